@@ -1,0 +1,257 @@
+"""The Kubeless ``Function`` object: validation and a typed view of what running it needs.
+
+Field names on the wire are Kubeless's exactly (``function-content-type``, ``deps``, ...);
+funcmesh settings Kubeless lacks are ``autoscaling.funcmesh.io/*`` annotations. Runtime ids are
+only checked for syntax here: which runtimes exist is the runtime catalog's business.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from funcmesh.errors import Cause, Invalid
+from funcmesh.model.durations import parse_duration_s
+from funcmesh.model.kinds import FUNCTION
+from funcmesh.model.objects import (
+    annotations_of,
+    labels_of,
+    metadata_causes,
+    metadata_of,
+    name_of,
+    namespace_of,
+    raise_if_causes,
+)
+from funcmesh.model.quantity import parse_memory_bytes
+
+DEFAULT_TIMEOUT_S = 180.0
+SCALING_PREFIX = "autoscaling.funcmesh.io/"
+CONTENT_TYPES = ("text", "base64", "url")
+ARCHIVE_SUFFIXES = ("zip", "compressedtar")
+_RUNTIME_ID = re.compile(r"^[a-zA-Z_-]+[0-9.]+$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scaling:
+    """How many instances and how busy each may be."""
+
+    min_scale: int = 0
+    max_scale: int = 10
+    target_concurrency: int = 1
+    scale_to_zero_after_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionSpec:
+    """Everything needed to build and run one Function, validated."""
+
+    namespace: str
+    name: str
+    generation: int
+    module: str
+    handler: str
+    runtime: str
+    content: str
+    content_type: str
+    checksum: str
+    deps: str
+    timeout_s: float
+    env: tuple[tuple[str, str], ...]
+    memory_limit: str | None
+    memory_limit_bytes: int | None
+    labels: Mapping[str, str]
+    scaling: Scaling
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
+    """Validate a raw Function and return its typed view; Invalid lists every problem at once."""
+    causes = metadata_causes(obj, FUNCTION)
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        causes.append(Cause(field="spec", message="spec is required", reason="FieldValueRequired"))
+        raise_if_causes(causes, kind="Function", name=name_of(obj))
+        raise AssertionError("unreachable")
+    parts = _Parts(causes)
+    module, handler = parts.handler(spec.get("handler"))
+    result = FunctionSpec(
+        namespace=namespace_of(obj) or "default",
+        name=name_of(obj),
+        generation=int(metadata_of(obj).get("generation") or 1),
+        module=module,
+        handler=handler,
+        runtime=parts.runtime(spec.get("runtime")),
+        content=parts.text("function", spec.get("function")),
+        content_type=parts.content_type(spec.get("function-content-type")),
+        checksum=parts.checksum(spec.get("checksum")),
+        deps=parts.text("deps", spec.get("deps")),
+        timeout_s=parts.timeout(spec.get("timeout")),
+        env=parts.env(_container(spec).get("env")),
+        memory_limit=(memory := _memory_quantity(_container(spec))),
+        memory_limit_bytes=parts.memory(memory),
+        labels=labels_of(obj),
+        scaling=parts.scaling(annotations_of(obj)),
+    )
+    raise_if_causes(causes, kind="Function", name=result.name)
+    return result
+
+
+def _container(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        containers = spec["deployment"]["spec"]["template"]["spec"]["containers"]
+        return containers[0] if isinstance(containers[0], dict) else {}
+    except (KeyError, IndexError, TypeError):
+        return {}
+
+
+def _memory_quantity(container: Mapping[str, Any]) -> str | None:
+    resources = container.get("resources") or {}
+    for section in ("limits", "requests"):
+        value = (resources.get(section) or {}).get("memory")
+        if value not in (None, "", 0, "0"):
+            return str(value)
+    return None
+
+
+class _Parts:
+    """Field parsers that record a Cause instead of raising, so all problems surface together."""
+
+    def __init__(self, causes: list[Cause]) -> None:
+        self.causes = causes
+
+    def fail(self, field: str, message: str, reason: str = "FieldValueInvalid") -> None:
+        self.causes.append(Cause(field=field, message=message, reason=reason))
+
+    def handler(self, value: Any) -> tuple[str, str]:
+        text = str(value or "")
+        module, dot, func = text.partition(".")
+        if not dot or "." in func or not _IDENTIFIER.match(func) or not module:
+            self.fail(
+                "spec.handler",
+                f'handler "{text}" must be module_name.handler_name (e.g. hello.handler)',
+                "FieldValueRequired" if not text else "FieldValueInvalid",
+            )
+            return "", ""
+        return module, func
+
+    def runtime(self, value: Any) -> str:
+        text = str(value or "")
+        if not _RUNTIME_ID.match(text):
+            self.fail("spec.runtime", f'runtime "{text}" must look like python3.11 or nodejs20')
+        return text
+
+    def text(self, field: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.fail(f"spec.{field}", f"{field} must be a string")
+            return ""
+        return value
+
+    def content_type(self, value: Any) -> str:
+        text = str(value or "text")
+        base, *suffixes = text.split("+")
+        unknown = [s for s in suffixes if s not in (*ARCHIVE_SUFFIXES, "deps")]
+        if base not in CONTENT_TYPES or unknown or len(set(suffixes) & set(ARCHIVE_SUFFIXES)) > 1:
+            self.fail(
+                "spec.function-content-type",
+                f'unknown function-content-type "{text}": expected text, base64 or url, '
+                "optionally +zip or +compressedtar",
+            )
+        return text
+
+    def checksum(self, value: Any) -> str:
+        text = str(value or "")
+        algorithm, _, digest = text.partition(":")
+        if text and (algorithm != "sha256" or not re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+            self.fail("spec.checksum", f'checksum "{text}" must be sha256:<64 hex digits> or empty')
+        return text.lower()
+
+    def timeout(self, value: Any) -> float:
+        if value in (None, ""):
+            return DEFAULT_TIMEOUT_S
+        try:
+            seconds = parse_duration_s(value, what="timeout")
+        except Invalid as exc:
+            self.fail("spec.timeout", str(exc))
+            return DEFAULT_TIMEOUT_S
+        if seconds <= 0:
+            self.fail("spec.timeout", f'timeout "{value}" must be more than 0 seconds')
+        return seconds
+
+    def env(self, value: Any) -> tuple[tuple[str, str], ...]:
+        if value is None:
+            return ()
+        pairs: list[tuple[str, str]] = []
+        for index, item in enumerate(value if isinstance(value, list) else [None]):
+            field = f"spec.deployment.spec.template.spec.containers[0].env[{index}]"
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                self.fail(field, "each env entry needs a name and a value")
+            elif "valueFrom" in item:
+                self.fail(field, f'env "{item["name"]}": valueFrom is not supported yet; use value')
+            else:
+                pairs.append((item["name"], str(item.get("value", ""))))
+        return tuple(pairs)
+
+    def memory(self, quantity: str | None) -> int | None:
+        if quantity is None:
+            return None
+        try:
+            return parse_memory_bytes(quantity) or None
+        except Invalid as exc:
+            self.fail("spec.deployment.spec.template.spec.containers[0].resources", str(exc))
+            return None
+
+    def scaling(self, annotations: Mapping[str, str]) -> Scaling:
+        defaults = Scaling()
+        values: dict[str, Any] = {}
+        for key in ("min-scale", "max-scale", "target-concurrency"):
+            raw = annotations.get(SCALING_PREFIX + key)
+            if raw is None:
+                continue
+            if not str(raw).strip().isdigit():
+                self.fail(
+                    f"metadata.annotations[{SCALING_PREFIX}{key}]",
+                    f'"{raw}" must be a whole number',
+                )
+                continue
+            values[key.replace("-", "_")] = int(raw)
+        raw_idle = annotations.get(SCALING_PREFIX + "scale-to-zero-after")
+        if raw_idle is not None:
+            try:
+                values["scale_to_zero_after_s"] = parse_duration_s(
+                    raw_idle, what="scale-to-zero-after"
+                )
+            except Invalid as exc:
+                self.fail(f"metadata.annotations[{SCALING_PREFIX}scale-to-zero-after]", str(exc))
+        scaling = Scaling(**{**_scaling_fields(defaults), **values})
+        self._check_scaling(scaling)
+        return scaling
+
+    def _check_scaling(self, scaling: Scaling) -> None:
+        field = "metadata.annotations"
+        if scaling.max_scale < 1:
+            self.fail(field, f"{SCALING_PREFIX}max-scale must be at least 1")
+        if scaling.min_scale > scaling.max_scale:
+            self.fail(
+                field,
+                f"{SCALING_PREFIX}min-scale ({scaling.min_scale}) must not exceed "
+                f"max-scale ({scaling.max_scale})",
+            )
+        if scaling.target_concurrency < 1:
+            self.fail(field, f"{SCALING_PREFIX}target-concurrency must be at least 1")
+
+
+def _scaling_fields(scaling: Scaling) -> dict[str, Any]:
+    return {
+        "min_scale": scaling.min_scale,
+        "max_scale": scaling.max_scale,
+        "target_concurrency": scaling.target_concurrency,
+        "scale_to_zero_after_s": scaling.scale_to_zero_after_s,
+    }

@@ -1,0 +1,101 @@
+"""The resource types funcmesh serves, with their Kubernetes names.
+
+One table says for each kind its group, version, plural, short names and whether it is namespaced
+and stored. The API's discovery documents, the CLI's ``get KIND`` and the store all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from funcmesh.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceType:
+    """One served resource, e.g. ``kubeless.io/v1beta1`` ``functions``."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    singular: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    read_only: bool = False
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def key(self) -> str:
+        """Stable storage key: ``functions.kubeless.io`` or ``pods`` for the core group."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        if self.read_only:
+            return ("get", "list", "watch")
+        return ("create", "delete", "get", "list", "patch", "update", "watch")
+
+
+FUNCTION = ResourceType(
+    group="kubeless.io",
+    version="v1beta1",
+    kind="Function",
+    plural="functions",
+    singular="function",
+    namespaced=True,
+)
+NAMESPACE = ResourceType(
+    group="",
+    version="v1",
+    kind="Namespace",
+    plural="namespaces",
+    singular="namespace",
+    namespaced=False,
+    short_names=("ns",),
+)
+POD = ResourceType(
+    group="",
+    version="v1",
+    kind="Pod",
+    plural="pods",
+    singular="pod",
+    namespaced=True,
+    short_names=("po",),
+    read_only=True,
+)
+EVENT = ResourceType(
+    group="",
+    version="v1",
+    kind="Event",
+    plural="events",
+    singular="event",
+    namespaced=True,
+    short_names=("ev",),
+)
+
+ALL: tuple[ResourceType, ...] = (FUNCTION, NAMESPACE, POD, EVENT)
+
+
+def find_resource(name: str) -> ResourceType:
+    """Resolve what a user types (``functions``, ``function``, ``Function``, ``po``,
+    ``functions.kubeless.io``) to a resource type."""
+    wanted = name.lower()
+    for rt in ALL:
+        names = {rt.plural, rt.singular, rt.kind.lower(), rt.key, *rt.short_names}
+        if rt.group:
+            names |= {f"{rt.singular}.{rt.group}", f"{rt.plural}.{rt.version}.{rt.group}"}
+        if wanted in names:
+            return rt
+    raise NotFound(f'the server doesn\'t have a resource type "{name}"')
+
+
+def find_by_kind(api_version: str, kind: str) -> ResourceType:
+    """Resolve ``apiVersion`` and ``kind`` of a manifest."""
+    for rt in ALL:
+        if rt.api_version == api_version and rt.kind == kind:
+            return rt
+    raise NotFound(f'no kind "{kind}" is registered for version "{api_version}"')

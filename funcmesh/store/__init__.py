@@ -1,0 +1,1 @@
+"""Durable desired state: objects in SQLite, compare-and-set on resourceVersion, a change feed."""
