@@ -1,0 +1,1 @@
+"""Controllers: reconcile desired state (stored objects) into running state (pools, builds)."""

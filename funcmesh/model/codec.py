@@ -17,7 +17,7 @@ from funcmesh.model.objects import RawObject
 def load_manifests(text: str, *, source: str = "<input>") -> list[RawObject]:
     """Every object in ``text``: YAML documents (``---``), JSON, and ``kind: List`` items."""
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(yaml.load_all(text, Loader=_PlainLoader))  # SafeLoader subclass
     except yaml.YAMLError as exc:
         raise Invalid(f"{source}: invalid YAML or JSON: {_describe_yaml_error(exc)}") from exc
     objects: list[RawObject] = []
@@ -94,3 +94,25 @@ def dump_yaml_documents(values: list[Any]) -> str:
 
 def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2)
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """SafeLoader without the timestamp rule: ``2021-05-03T11:31:53Z`` stays a string, as in
+    Kubernetes, instead of becoming a datetime that JSON cannot carry."""
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml_object(text: str | bytes, *, source: str = "request body") -> RawObject:
+    """One YAML (or JSON) mapping, or Invalid saying what is wrong with it."""
+    try:
+        value = yaml.load(text, Loader=_PlainLoader)  # a SafeLoader subclass: no arbitrary tags
+    except yaml.YAMLError as exc:
+        raise Invalid(f"{source} is not valid YAML: {_describe_yaml_error(exc)}") from exc
+    if not isinstance(value, dict):
+        raise Invalid(f"{source} must be a YAML mapping, got {type(value).__name__}")
+    return value

@@ -78,6 +78,19 @@ class Store:
     async def _run(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
 
+    async def _write(self, call: Callable[..., Change], *args: Any) -> RawObject:
+        """Run a write and publish its change even if the caller is cancelled meanwhile:
+        once the thread commits, watchers must hear of it."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._thread, call, *args)
+        future.add_done_callback(self._publish_committed)
+        change = await asyncio.shield(future)
+        return copy.deepcopy(change.object)
+
+    def _publish_committed(self, future: asyncio.Future[Change]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.feed.publish(future.result())
+
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -147,8 +160,7 @@ class Store:
         new["apiVersion"], new["kind"] = rt.api_version, rt.kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=rfc3339(), generation=1)
         meta.pop("resourceVersion", None)
-        change = await self._run(self._write_create, rt, new)
-        return self._published(change)
+        return await self._write(self._write_create, rt, new)
 
     def _write_create(self, rt: ResourceType, obj: RawObject) -> Change:
         namespace = namespace_of(obj)
@@ -166,8 +178,7 @@ class Store:
         A spec update keeps the stored status; a status update (``status_only``) changes nothing
         else. ``generation`` grows when the spec changes.
         """
-        change = await self._run(self._write_update, rt, copy.deepcopy(obj), status_only)
-        return self._published(change)
+        return await self._write(self._write_update, rt, copy.deepcopy(obj), status_only)
 
     def _write_update(self, rt: ResourceType, obj: RawObject, status_only: bool) -> Change:
         meta = obj.setdefault("metadata", {})
@@ -202,8 +213,7 @@ class Store:
     async def delete(
         self, rt: ResourceType, namespace: str, name: str, *, resource_version: str | None = None
     ) -> RawObject:
-        change = await self._run(self._write_delete, rt, _ns(rt, namespace), name, resource_version)
-        return self._published(change)
+        return await self._write(self._write_delete, rt, _ns(rt, namespace), name, resource_version)
 
     def _write_delete(
         self, rt: ResourceType, namespace: str, name: str, resource_version: str | None
@@ -247,10 +257,6 @@ class Store:
             raise
         self._rv = rv
         return Change(type=change_type, resource=rt.key, object=obj, resource_version=rv)
-
-    def _published(self, change: Change) -> RawObject:
-        self.feed.publish(change)
-        return copy.deepcopy(change.object)
 
     # watch
 

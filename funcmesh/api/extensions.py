@@ -1,0 +1,123 @@
+"""Endpoints served from the providers rather than the store: function and pod logs (plain text,
+streamed with ``follow``), function call statistics and the server configuration.
+
+``GET .../functions/{name}/log?follow=true&tailLines=N&container=build`` gives a function's
+output (or, with ``container=build``, its dependency build log); ``GET .../pods/{name}/log`` one
+instance's, which is what ``kubectl logs`` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from funcmesh.api.paths import ResourcePath, unknown_path
+from funcmesh.api.providers import ApiProviders
+from funcmesh.api.status import BadRequest, MethodNotAllowed
+from funcmesh.api.streams import StartedIterator, until_stopped
+from funcmesh.api.wire import json_response
+from funcmesh.model.kinds import FUNCTION, POD
+from funcmesh.store.sqlite import Store
+
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+_TRUE = frozenset({"true", "1"})
+
+
+class Extensions:
+    """Handlers for the ``log`` and ``stats`` subresources and ``/funcmesh/v1/server-config``."""
+
+    def __init__(self, *, store: Store, providers: ApiProviders, stop: asyncio.Event) -> None:
+        self._store = store
+        self._providers = providers
+        self._stop = stop
+
+    async def serve_subresource(
+        self, request: web.Request, path: ResourcePath
+    ) -> web.StreamResponse:
+        """Dispatch ``functions/log``, ``functions/stats`` and ``pods/log``; NotFound otherwise."""
+        handlers = {
+            (FUNCTION.key, "log"): self._function_log,
+            (FUNCTION.key, "stats"): self._function_stats,
+            (POD.key, "log"): self._pod_log,
+        }
+        handler = handlers.get((path.rt.key, path.subresource or ""))
+        if handler is None or path.name is None or path.namespace is None:
+            raise unknown_path(request.path)
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{path.rt.plural}/{path.subresource} only supports GET")
+        return await handler(request, path.namespace, path.name)
+
+    async def server_config(self, request: web.Request) -> web.Response:
+        return json_response(dict(self._providers.config.server_config()))
+
+    async def _function_stats(
+        self, request: web.Request, namespace: str, name: str
+    ) -> web.StreamResponse:
+        await self._store.get(FUNCTION, namespace, name)
+        return json_response(dict(self._providers.stats.function_stats(namespace, name)))
+
+    async def _function_log(
+        self, request: web.Request, namespace: str, name: str
+    ) -> web.StreamResponse:
+        await self._store.get(FUNCTION, namespace, name)
+        logs = self._providers.logs
+        build = request.query.get("container") == "build"
+        return await self._serve_log(
+            request,
+            read=lambda tail: logs.read_function_log(namespace, name, tail_lines=tail, build=build),
+            follow=lambda: logs.follow_function_log(namespace, name, build=build),
+        )
+
+    async def _pod_log(self, request: web.Request, namespace: str, name: str) -> web.StreamResponse:
+        self._providers.pods.get_pod(namespace, name)
+        logs = self._providers.logs
+        return await self._serve_log(
+            request,
+            read=lambda tail: logs.read_pod_log(namespace, name, tail_lines=tail),
+            follow=lambda: logs.follow_pod_log(namespace, name),
+        )
+
+    async def _serve_log(
+        self,
+        request: web.Request,
+        *,
+        read: Callable[[int | None], list[str]],
+        follow: Callable[[], AsyncIterator[str]],
+    ) -> web.StreamResponse:
+        tail_lines = _tail_lines(request.query.get("tailLines"))
+        if request.query.get("follow", "").lower() not in _TRUE:
+            return web.Response(text=_text(read(tail_lines)), content_type="text/plain")
+        live = StartedIterator(follow())
+        response = web.StreamResponse(headers={"Content-Type": TEXT_CONTENT_TYPE})
+        response.enable_chunked_encoding()
+        try:
+            await asyncio.sleep(0)  # let the follower subscribe before the tail is read
+            backlog = read(tail_lines)
+            await response.prepare(request)
+            await response.write(_text(backlog).encode())
+            lines = until_stopped(live, stop=self._stop)
+            async with contextlib.aclosing(lines):
+                async for line in lines:
+                    await response.write(_text([line]).encode())
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away
+        finally:
+            await live.aclose()
+        return response
+
+
+def _tail_lines(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.lstrip("-").isdigit():
+        raise BadRequest(f'tailLines must be a number, got "{text}"')
+    number = int(text)
+    return None if number < 0 else number
+
+
+def _text(lines: list[str]) -> str:
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

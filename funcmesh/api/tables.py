@@ -1,0 +1,214 @@
+"""Server-side printing: ``meta.k8s.io`` Tables that kubectl renders for ``kubectl get``.
+
+Each kind has its columns (priority 1 ones show only with ``-o wide``); kinds without their own
+columns get NAME and AGE. Ages are formatted exactly like kubectl (``5s``, ``3m12s``, ``4d``).
+This module is pure: the caller passes the current time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from funcmesh.model.conditions import function_status_text
+from funcmesh.model.kinds import EVENT, FUNCTION, NAMESPACE, POD, ResourceType
+from funcmesh.model.objects import RawObject, metadata_of, name_of, parse_rfc3339
+
+Cell = str | int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Column:
+    name: str
+    cell: Callable[[Mapping[str, Any], float], Cell]  # (object, now in Unix seconds)
+    type: str = "string"
+    format: str = ""
+    description: str = ""
+    priority: int = 0
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "format": self.format,
+            "description": self.description,
+            "priority": self.priority,
+        }
+
+
+def table(
+    rt: ResourceType,
+    objects: list[RawObject],
+    *,
+    now_s: float,
+    include_object: str = "Metadata",
+    with_columns: bool = True,
+    table_version: str = "v1",
+    list_metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Table with one row per object."""
+    columns = COLUMNS.get(rt.key, DEFAULT_COLUMNS)
+    return {
+        "kind": "Table",
+        "apiVersion": f"meta.k8s.io/{table_version}",
+        "metadata": dict(list_metadata or {}),
+        "columnDefinitions": [c.definition() for c in columns] if with_columns else [],
+        "rows": [_row(columns, obj, now_s, include_object, table_version) for obj in objects],
+    }
+
+
+def _row(
+    columns: tuple[Column, ...], obj: RawObject, now_s: float, include_object: str, version: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"cells": [column.cell(obj, now_s) for column in columns]}
+    if include_object == "Object":
+        row["object"] = obj
+    elif include_object == "Metadata":
+        row["object"] = {
+            "kind": "PartialObjectMetadata",
+            "apiVersion": f"meta.k8s.io/{version}",
+            "metadata": metadata_of(obj),
+        }
+    return row
+
+
+def human_duration(seconds: float) -> str:
+    """kubectl's ``duration.HumanDuration``: two significant units while they matter."""
+    whole = math.floor(seconds)
+    if whole < -1:
+        return "<invalid>"
+    if whole < 0:
+        return "0s"
+    if whole < 120:
+        return f"{whole}s"
+    minutes, hours = whole // 60, whole // 3600
+    days = hours // 24
+    if minutes < 10:
+        return _units(minutes, "m", whole % 60, "s")
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return _units(hours, "h", minutes % 60, "m")
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 24 * 8:
+        return _units(days, "d", hours % 24, "h")
+    if hours < 24 * 365 * 2:
+        return f"{days}d"
+    if hours < 24 * 365 * 8:
+        return _units(days // 365, "y", days % 365, "d")
+    return f"{days // 365}y"
+
+
+def _units(major: int, major_unit: str, minor: int, minor_unit: str) -> str:
+    return f"{major}{major_unit}" if minor == 0 else f"{major}{major_unit}{minor}{minor_unit}"
+
+
+def age_since(timestamp: Any, now_s: float) -> str:
+    if not isinstance(timestamp, str) or not timestamp:
+        return "<unknown>"
+    try:
+        return human_duration(now_s - parse_rfc3339(timestamp))
+    except ValueError:
+        return "<unknown>"
+
+
+# cells
+
+
+def _name(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    return name_of(obj)
+
+
+def _age(obj: Mapping[str, Any], now_s: float) -> Cell:
+    return age_since(metadata_of(obj).get("creationTimestamp"), now_s)
+
+
+def _field(*path: str, default: str = "") -> Callable[[Mapping[str, Any], float], Cell]:
+    def cell(obj: Mapping[str, Any], _now_s: float) -> Cell:
+        value: Any = obj
+        for part in path:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        return default if value in (None, "") else str(value)
+
+    return cell
+
+
+def _function_status(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    return function_status_text(obj)
+
+
+def _container_statuses(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    return [s for s in statuses if isinstance(s, Mapping)]
+
+
+def _pod_ready(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    containers = (obj.get("spec") or {}).get("containers") or []
+    statuses = _container_statuses(obj)
+    ready = sum(1 for s in statuses if s.get("ready"))
+    return f"{ready}/{max(len(containers), len(statuses))}"
+
+
+def _pod_status(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    if metadata_of(obj).get("deletionTimestamp"):
+        return "Terminating"
+    for status in _container_statuses(obj):
+        for state in ("waiting", "terminated"):
+            reason = ((status.get("state") or {}).get(state) or {}).get("reason")
+            if reason:
+                return str(reason)
+    pod_status = obj.get("status") or {}
+    return str(pod_status.get("reason") or pod_status.get("phase") or "Unknown")
+
+
+def _pod_restarts(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    return sum(int(s.get("restartCount") or 0) for s in _container_statuses(obj))
+
+
+def _event_last_seen(obj: Mapping[str, Any], now_s: float) -> Cell:
+    stamp = obj.get("lastTimestamp") or obj.get("eventTime")
+    return age_since(stamp or metadata_of(obj).get("creationTimestamp"), now_s)
+
+
+def _event_object(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    involved = obj.get("involvedObject") or {}
+    return f"{str(involved.get('kind') or '').lower()}/{involved.get('name') or ''}"
+
+
+_NAME = Column(name="Name", cell=_name, format="name", description="Name of the object")
+_AGE = Column(name="Age", cell=_age, description="Time since the object was created")
+
+DEFAULT_COLUMNS = (_NAME, _AGE)
+COLUMNS: dict[str, tuple[Column, ...]] = {
+    FUNCTION.key: (
+        _NAME,
+        Column(name="Runtime", cell=_field("spec", "runtime"), description="Runtime id"),
+        Column(name="Handler", cell=_field("spec", "handler"), description="module.function"),
+        Column(name="Status", cell=_function_status, description="Ready, or why not"),
+        _AGE,
+    ),
+    POD.key: (
+        _NAME,
+        Column(name="Ready", cell=_pod_ready, description="Ready containers of all"),
+        Column(name="Status", cell=_pod_status, description="Phase or container state"),
+        Column(name="Restarts", cell=_pod_restarts, type="integer", description="Restarts"),
+        _AGE,
+        Column(name="IP", cell=_field("status", "podIP", default="<none>"), priority=1),
+        Column(name="Node", cell=_field("spec", "nodeName", default="<none>"), priority=1),
+    ),
+    NAMESPACE.key: (
+        _NAME,
+        Column(name="Status", cell=_field("status", "phase", default="Active")),
+        _AGE,
+    ),
+    EVENT.key: (
+        Column(name="Last Seen", cell=_event_last_seen, description="Time of the last occurrence"),
+        Column(name="Type", cell=_field("type")),
+        Column(name="Reason", cell=_field("reason")),
+        Column(name="Object", cell=_event_object),
+        Column(name="Message", cell=_field("message")),
+    ),
+}

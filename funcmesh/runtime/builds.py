@@ -1,0 +1,318 @@
+"""Dependency environments, built once per (runtime, dependency file) and shared.
+
+``pip install --target`` puts a Function's ``requirements.txt`` into ``<root>/<key>/site-packages``,
+which a worker puts on its ``sys.path``. The key hashes the runtime and the normalised deps, so
+a second Function or a scale-out with the same deps never installs again, and concurrent
+requests for one key share one build. A build happens in a staging directory; its completion
+marker is written last and the directory is then renamed into place, so a build appears whole
+or not at all, and a crash leaves only staging debris, removed by the next build of that key.
+pip runs as an asyncio subprocess in its own process group, so cancelling a build (daemon
+shutdown) kills pip and whatever it started. One daemon owns ``root``.
+This module must not start workers or touch function code; Node (npm) builds come later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from funcmesh.errors import FuncmeshError
+from funcmesh.runtime.catalog import Runtime
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+DEFAULT_MAX_OUTPUT_BYTES = 4 << 20
+DEFAULT_BUILD_TIMEOUT_S = 900.0
+TAIL_LINES = 20
+MARKER = ".complete"
+SITE_PACKAGES = "site-packages"
+_DEPS_FILE = "requirements.txt"
+_MAX_LINE_CHARS = 1000
+_CHUNK_BYTES = 1 << 16
+_KEY_FORMAT = b"funcmesh-deps-v1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepsEnv:
+    """A finished dependency environment; ``path`` exists only when ``sys_paths`` is not empty."""
+
+    key: str
+    path: Path
+    sys_paths: tuple[str, ...]
+
+
+class BuildFailed(FuncmeshError):
+    """A dependency build failed; the message says what failed, with the tail of pip's output."""
+
+    def __init__(self, message: str, *, output_tail: str = "") -> None:
+        if output_tail:
+            message = f"{message}; the last lines of its output:\n{output_tail}"
+        super().__init__(message)
+        self.output_tail = output_tail
+
+
+def normalise_deps(deps: str) -> str:
+    """The deps text with line endings, blank lines, comments and edge spaces removed."""
+    lines = (line.strip() for line in deps.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("#"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Build:
+    """One build in flight: the task every caller awaits, and who wants to hear its output."""
+
+    task: asyncio.Task[DepsEnv]
+    listeners: list[Progress]
+
+
+class DependencyBuilder:
+    """Builds and caches dependency environments under ``root``."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        pip_args: Sequence[str] = (),
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+        build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._root = root
+        self._pip_args = tuple(pip_args)
+        self._max_output_bytes = max_output_bytes
+        self._build_timeout_s = build_timeout_s
+        self._environ = environ
+        self._builds: dict[str, _Build] = {}
+
+    def key_for(self, runtime: Runtime, deps: str) -> str:
+        """sha256 hex of the runtime (id, binary, version) and the normalised deps."""
+        digest = hashlib.sha256(_KEY_FORMAT)
+        version = ".".join(map(str, runtime.version))
+        for value in (runtime.id, str(runtime.executable), version, normalise_deps(deps)):
+            data = value.encode()
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+        return digest.hexdigest()
+
+    def log_path(self, key: str) -> Path:
+        """Where the output of the latest build of ``key`` is kept."""
+        return self._root / f"{key}.log"
+
+    def cached(self, runtime: Runtime, deps: str) -> DepsEnv | None:
+        """The finished environment for these deps, if there is one (costs one stat)."""
+        key = self.key_for(runtime, deps)
+        if not normalise_deps(deps):
+            return DepsEnv(key=key, path=self._root / key, sys_paths=())
+        return self._env(key) if (self._root / key / MARKER).is_file() else None
+
+    async def ensure(
+        self, runtime: Runtime, deps: str, *, progress: Progress | None = None
+    ) -> DepsEnv:
+        """The environment for these deps, built now if needed (BuildFailed if that fails)."""
+        env = self.cached(runtime, deps)
+        if env is not None:
+            return env
+        key = self.key_for(runtime, deps)
+        build = self._builds.get(key) or self._start(key, runtime, normalise_deps(deps))
+        if progress is not None:
+            build.listeners.append(progress)
+        try:
+            # shield: a caller that gives up does not cancel the build the others wait for.
+            return await asyncio.shield(build.task)
+        finally:
+            if progress is not None:
+                with contextlib.suppress(ValueError):  # a failing listener is dropped already
+                    build.listeners.remove(progress)
+
+    async def aclose(self) -> None:
+        """Cancel every build in flight, killing pip, and wait until they are cleaned up."""
+        tasks = [build.task for build in self._builds.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, key: str, runtime: Runtime, deps: str) -> _Build:
+        listeners: list[Progress] = []
+        task = asyncio.create_task(
+            self._build(key, runtime, deps, listeners), name=f"deps-{key[:12]}"
+        )
+        build = _Build(task=task, listeners=listeners)
+        self._builds[key] = build
+        task.add_done_callback(lambda _: self._builds.pop(key, None))
+        return build
+
+    def _env(self, key: str) -> DepsEnv:
+        path = self._root / key
+        return DepsEnv(key=key, path=path, sys_paths=(str(path / SITE_PACKAGES),))
+
+    async def _build(
+        self, key: str, runtime: Runtime, deps: str, listeners: list[Progress]
+    ) -> DepsEnv:
+        if runtime.language != "python":
+            message = (
+                f"dependency builds for {runtime.id} ({runtime.deps_file}) are not supported yet"
+            )
+            raise BuildFailed(message)
+        started_s = time.monotonic()
+        logger.info("building dependencies %s for %s", key[:12], runtime.id)
+        staging = await asyncio.to_thread(self._stage, key, deps)
+        log = self.log_path(key).open("wb")  # one quick open(2), like the stat in cached()
+        output = _Output(log=log, listeners=listeners, max_bytes=self._max_output_bytes)
+        try:
+            await self._run_pip(runtime, staging, output)
+            await asyncio.to_thread(_commit, staging, self._root / key, runtime=runtime, deps=deps)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+            raise
+        finally:
+            log.close()  # flushed after every write: closing does not wait on the disk
+        logger.info("built dependencies %s in %.1f s", key[:12], time.monotonic() - started_s)
+        return self._env(key)
+
+    def _stage(self, key: str, deps: str) -> Path:
+        """A fresh staging dir holding the deps file.
+
+        Debris of crashed builds of this key goes first: no other build of it is in flight.
+        """
+        self._root.mkdir(parents=True, exist_ok=True)
+        for debris in [*self._root.glob(f".tmp-{key}-*"), self._root / key]:
+            if debris.exists():
+                logger.info("removing %s, left by an interrupted build", debris)
+                shutil.rmtree(debris, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self._root))
+        (staging / "tmp").mkdir()
+        (staging / _DEPS_FILE).write_text(deps + "\n", encoding="utf-8")
+        return staging
+
+    async def _run_pip(self, runtime: Runtime, staging: Path, output: _Output) -> None:
+        argv = _pip_argv(runtime, staging, self._pip_args)
+        env = {**(os.environ if self._environ is None else self._environ)}
+        env |= {"TMPDIR": str(staging / "tmp"), "PIP_NO_INPUT": "1"}  # pip's debris stays ours
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=staging,
+                env=env,
+                start_new_session=True,  # its own process group, killed as one
+            )
+        except OSError as exc:
+            message = (
+                f"could not start {runtime.executable} for {runtime.id}: {exc.strerror or exc}"
+            )
+            raise BuildFailed(message) from exc
+        try:
+            async with asyncio.timeout(self._build_timeout_s):
+                await output.pump(process)
+                returncode = await process.wait()
+        except TimeoutError as exc:
+            await _kill_group(process)
+            message = (
+                f"pip install for {runtime.id} did not finish within {self._build_timeout_s:g} s"
+            )
+            raise BuildFailed(message, output_tail=output.tail()) from exc
+        except BaseException:
+            await _kill_group(process)
+            raise
+        if returncode != 0:
+            raise _pip_failure(runtime, returncode, output.tail())
+
+
+class _Output:
+    """Fans a build's output out to the log file (capped), the listeners and a tail."""
+
+    def __init__(self, *, log: BinaryIO, listeners: list[Progress], max_bytes: int) -> None:
+        self._log = log
+        self._listeners = listeners
+        self._log_budget_bytes = max_bytes
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._partial = b""
+
+    async def pump(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(_CHUNK_BYTES):
+            await asyncio.to_thread(self._write_log, chunk)
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            for line in lines:
+                self._publish(line)
+        if self._partial:
+            self._publish(self._partial)
+            self._partial = b""
+
+    def tail(self) -> str:
+        return "\n".join(self._tail)
+
+    def _write_log(self, chunk: bytes) -> None:
+        if self._log_budget_bytes > 0:
+            kept = chunk[: self._log_budget_bytes]
+            self._log_budget_bytes -= len(chunk)
+            self._log.write(kept)
+            if self._log_budget_bytes <= 0:
+                self._log.write(b"\n[funcmesh: output truncated, the log is full]\n")
+            self._log.flush()
+
+    def _publish(self, raw_line: bytes) -> None:
+        line = raw_line.decode("utf-8", "replace").rstrip()[:_MAX_LINE_CHARS]
+        if not line:
+            return
+        self._tail.append(line)
+        for listener in list(self._listeners):
+            try:
+                listener(line)
+            except Exception:
+                logger.exception("a build progress listener failed; it hears no more")
+                with contextlib.suppress(ValueError):
+                    self._listeners.remove(listener)
+
+
+def _pip_argv(runtime: Runtime, staging: Path, pip_args: Sequence[str]) -> list[str]:
+    # -I: PYTHONPATH and the user's site-packages must not leak into the build.
+    return [
+        str(runtime.executable), "-I", "-m", "pip", "install",
+        "--target", str(staging / SITE_PACKAGES), "--no-input",
+        "--disable-pip-version-check", "--progress-bar", "off",
+        *pip_args, "-r", str(staging / _DEPS_FILE),
+    ]  # fmt: skip
+
+
+def _pip_failure(runtime: Runtime, returncode: int, tail: str) -> BuildFailed:
+    what = f"pip install for {runtime.id} failed"
+    if "No module named pip" in tail:
+        program = runtime.executable
+        hint = f"{program} has no pip; install it with `{program} -m ensurepip`"
+        return BuildFailed(f"{what}: {hint}", output_tail=tail)
+    return BuildFailed(f"{what} (exit code {returncode})", output_tail=tail)
+
+
+def _commit(staging: Path, final: Path, *, runtime: Runtime, deps: str) -> None:
+    """Move the finished build into place; the marker inside makes it count."""
+    shutil.rmtree(staging / "tmp", ignore_errors=True)
+    (staging / SITE_PACKAGES).mkdir(exist_ok=True)  # deps that install nothing
+    record = {"runtime": runtime.id, "executable": str(runtime.executable), "deps": deps}
+    (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    staging.chmod(0o755)  # mkdtemp made it private; workers running as nobody must read it
+    staging.rename(final)
+
+
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()

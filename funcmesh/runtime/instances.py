@@ -1,0 +1,181 @@
+"""One running instance of a function, the lease a caller holds on it, and its Pod view.
+
+An instance is a worker process forked from a zygote, serving HTTP on its own pod IP. The pool
+owns instances; callers (the gateway) hold a Lease for exactly one call and give it back with
+``release``. When an instance ends, ``exit_reason`` says why in words a user understands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from funcmesh.model.function import Scaling
+from funcmesh.model.objects import rfc3339
+from funcmesh.runtime.catalog import Runtime
+
+if TYPE_CHECKING:
+    from funcmesh.runtime.pool import FunctionPool
+    from funcmesh.runtime.zygote import WorkerProcess
+
+MEMORY_ERROR_EXIT_CODE = 3  # the worker shim exits with this after answering a MemoryError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Revision:
+    """Everything needed to start instances of one generation of a function."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    runtime: Runtime
+    code_dir: Path
+    sys_paths: tuple[str, ...]
+    module: str
+    handler: str
+    env: tuple[tuple[str, str], ...]
+    timeout_s: float
+    memory_limit: str | None
+    memory_limit_bytes: int | None
+    labels: Mapping[str, str]
+    scaling: Scaling
+    template_hash: str
+
+
+@dataclass(slots=True, kw_only=True)
+class Instance:
+    """A worker process and what the pool knows about it."""
+
+    pod: str
+    ip: str
+    port: int
+    revision: Revision
+    listener: socket.socket
+    uid: str
+    process: WorkerProcess | None = None
+    in_flight: int = 0
+    started_at: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    draining: bool = False
+    load_error: str | None = None
+    stop_reason: str | None = None
+    exit_reason: str | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and not self.exited.is_set():
+            self.process.kill(sig)
+
+    def pod_object(self) -> dict[str, Any]:
+        """The read-only Pod the API shows for this instance."""
+        revision = self.revision
+        phase = "Succeeded" if self.exited.is_set() else "Running" if self.process else "Pending"
+        ready = self.ready and not self.exited.is_set()
+        state: dict[str, Any] = {"running": {"startedAt": rfc3339(self.started_at)}}
+        if self.load_error:
+            state = {"waiting": {"reason": "LoadFailed", "message": self.load_error}}
+        elif self.exited.is_set():
+            state = {"terminated": {"reason": self.exit_reason or "Completed"}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": self.pod,
+                "namespace": revision.namespace,
+                "uid": self.uid,
+                "creationTimestamp": rfc3339(self.started_at),
+                "labels": {**revision.labels, "function": revision.name},
+                "ownerReferences": [
+                    {
+                        "apiVersion": "kubeless.io/v1beta1",
+                        "kind": "Function",
+                        "name": revision.name,
+                        "uid": revision.uid,
+                    }
+                ],
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": revision.name,
+                        "image": f"funcmesh/{revision.runtime.id}",
+                        "ports": [{"containerPort": self.port, "protocol": "TCP"}],
+                    }
+                ],
+                "nodeName": socket.gethostname(),
+            },
+            "status": {
+                "phase": phase,
+                "podIP": self.ip,
+                "podIPs": [{"ip": self.ip}],
+                "hostIP": "127.0.0.1",
+                "startTime": rfc3339(self.started_at),
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                "containerStatuses": [
+                    {"name": revision.name, "ready": ready, "restartCount": 0, "state": state}
+                ],
+            },
+        }
+
+
+def describe_exit(
+    returncode: int, *, stop_reason: str | None, oom: bool, memory_limit: str | None
+) -> str:
+    """Why an instance ended, for error bodies and logs."""
+    if oom or (returncode == MEMORY_ERROR_EXIT_CODE and memory_limit):
+        return f"memory limit ({memory_limit}) exceeded"
+    if stop_reason:
+        return stop_reason
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exited with code {returncode}"
+
+
+class Lease:
+    """One call's hold on one instance; ``release`` exactly once."""
+
+    __slots__ = ("_instance", "_pool", "_released")
+
+    def __init__(self, pool: FunctionPool, instance: Instance) -> None:
+        self._pool = pool
+        self._instance = instance
+        self._released = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._instance.ip, self._instance.port
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance.pod
+
+    @property
+    def timeout_s(self) -> float:
+        return self._instance.revision.timeout_s
+
+    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._instance, ok=ok, duration_s=duration_s)
+
+    def kill(self, reason: str) -> None:
+        self._pool.kill(self._instance, reason)
+
+    async def exit_reason(self, wait_s: float) -> str | None:
+        try:
+            await asyncio.wait_for(self._instance.exited.wait(), wait_s)
+        except TimeoutError:
+            return None
+        return self._instance.exit_reason

@@ -1,0 +1,464 @@
+"""The instance pool of one function: cold starts, concurrency, queueing, scale to zero.
+
+``acquire`` gives a caller an instance with room (in-flight calls below the target concurrency),
+starts a new one when none has room and ``max-scale`` allows, and otherwise queues the caller
+(bounded; full -> QueueFull). A new instance's socket is bound before the worker is forked, so a
+caller can connect at once and the kernel holds the request until the worker accepts: the cold
+start costs one fork plus the handler's import. The pool never talks HTTP itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
+from funcmesh.runtime.addresses import AddressPool
+from funcmesh.runtime.instances import Instance, Lease, Revision, describe_exit
+from funcmesh.runtime.limits import MemoryLimiter
+from funcmesh.runtime.logs import LineSplitter, LogBook
+from funcmesh.runtime.stats import FunctionStats
+from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError, Zygote
+
+logger = logging.getLogger(__name__)
+
+STOP_GRACE_S = 5.0
+
+
+class ZygoteSource(Protocol):
+    """Where pools get a running zygote for an interpreter (restarted when one died)."""
+
+    async def zygote_for(self, interpreter: str) -> Zygote: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolContext:
+    """What every pool shares: addresses, zygotes, limits, logs and settings."""
+
+    addresses: AddressPool
+    zygotes: ZygoteSource
+    limiter: MemoryLimiter
+    logbook: LogBook
+    worker_port: int
+    max_queue: int
+    queue_wait_s: float
+    worker_uid: int | None
+    worker_gid: int | None
+    on_pod_change: Callable[[str, Instance], None]
+
+
+class FunctionPool:
+    """Instances of one function, and the callers waiting for one."""
+
+    def __init__(self, namespace: str, name: str, *, context: PoolContext, stats: FunctionStats):
+        self.namespace = namespace
+        self.name = name
+        self.display_name = f"{namespace}/{name}"
+        self.stats = stats
+        self.revision: Revision | None = None
+        self.failure: str | None = None
+        self._context = context
+        self._instances: dict[str, Instance] = {}
+        self._waiters: deque[asyncio.Future[Instance]] = deque()
+        self._decided = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
+    # desired state, from the function controller
+
+    def deploy(self, revision: Revision) -> None:
+        """Serve ``revision`` from now on; instances of older revisions drain and stop."""
+        self.revision, self.failure = revision, None
+        self._decided.set()
+        for instance in self._instances.values():
+            if instance.revision.template_hash != revision.template_hash:
+                instance.draining = True
+                if instance.in_flight == 0:
+                    self._stop(instance, "replaced by a new revision")
+        self._serve_waiters()
+
+    def fail(self, message: str) -> None:
+        """No revision can be served (yet): callers get 503 with this message."""
+        self.failure = message
+        self._decided.set()  # callers waiting for a first revision learn it will not come
+        if self.revision is None:
+            waiters, self._waiters = self._waiters, deque()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(Unavailable(self._unavailable_text()))
+
+    def _unavailable_text(self) -> str:
+        return f"function {self.display_name} is not ready: {self.failure or 'deploying'}"
+
+    async def warm(self, timeout_s: float = 30.0) -> str | None:
+        """Make sure one instance of the current revision loaded its handler.
+
+        Returns the load error (``SyntaxError: ...``) or None. The instance stays up and serves
+        calls until it has been idle for ``scale-to-zero-after``.
+        """
+        revision = self.revision
+        if revision is None:
+            return self.failure
+        current = [i for i in self._instances.values() if i.revision is revision and i.process]
+        instance = current[0] if current else await self._start(revision)
+        if instance.process is None:  # pragma: no cover - _start sets it
+            return "instance did not start"
+        try:
+            await asyncio.wait_for(asyncio.shield(instance.process.ready), timeout_s)
+        except WorkerLoadError as exc:
+            return str(exc)
+        except TimeoutError:
+            return f"the handler did not load within {timeout_s:.0f}s"
+        except FuncmeshError as exc:
+            return f"instance {instance.pod} {instance.exit_reason or 'failed'}: {exc}"
+        return None
+
+    # the gateway's side
+
+    async def acquire(self) -> Lease:
+        if self.revision is None:
+            await self._wait_for_revision()
+        instance = self._pick()
+        if instance is not None:
+            instance.in_flight += 1
+        elif self.revision is not None and self._live_count() < self._max_scale():
+            instance = await self._start(self.revision, reserved=True)
+        else:
+            instance = await self._queue()
+        return Lease(self, instance)
+
+    async def _wait_for_revision(self) -> None:
+        if self.failure is not None:
+            raise Unavailable(self._unavailable_text())
+        try:
+            await asyncio.wait_for(self._decided.wait(), self._context.queue_wait_s)
+        except TimeoutError:
+            raise Unavailable(self._unavailable_text()) from None
+        if self.revision is None:
+            raise Unavailable(self._unavailable_text())
+
+    def _max_scale(self) -> int:
+        return self.revision.scaling.max_scale if self.revision else 0
+
+    def _target(self) -> int:
+        return self.revision.scaling.target_concurrency if self.revision else 1
+
+    def _live_count(self) -> int:
+        return sum(1 for i in self._instances.values() if not i.draining)
+
+    def _pick(self) -> Instance | None:
+        target = self._target()
+        best: Instance | None = None
+        for instance in self._instances.values():
+            if instance.draining or instance.in_flight >= target:
+                continue
+            if best is None or instance.in_flight < best.in_flight:
+                best = instance
+        return best
+
+    async def _queue(self) -> Instance:
+        if len(self._waiters) >= self._context.max_queue:
+            raise QueueFull(
+                f"function {self.display_name} is at its limit of {self._max_scale()} instances "
+                f"and {len(self._waiters)} calls are already waiting; try again later or raise "
+                "autoscaling.funcmesh.io/max-scale"
+            )
+        waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, self._context.queue_wait_s)
+        except TimeoutError:
+            raise QueueFull(
+                f"function {self.display_name}: no instance became free within "
+                f"{self._context.queue_wait_s:.0f}s"
+            ) from None
+
+    def release(self, instance: Instance, *, ok: bool, duration_s: float) -> None:
+        instance.in_flight -= 1
+        instance.last_active = time.monotonic()
+        self.stats.record_call(ok=ok, duration_s=duration_s)
+        if instance.draining:
+            if instance.in_flight == 0:
+                self._stop(instance, "replaced by a new revision")
+            self._serve_waiters()
+        elif self._waiters:
+            self._serve_waiters()
+
+    def _serve_waiters(self) -> None:
+        while self._waiters:
+            if self._waiters[0].done():
+                self._waiters.popleft()
+                continue
+            instance = self._pick()
+            if instance is None:
+                if self.revision is not None and self._live_count() < self._max_scale():
+                    self._spawn_for_waiters(self.revision)
+                return
+            instance.in_flight += 1
+            self._waiters.popleft().set_result(instance)
+
+    def _spawn_for_waiters(self, revision: Revision) -> None:
+        async def start() -> None:
+            try:
+                await self._start(revision)
+            except FuncmeshError as exc:
+                waiter = self._waiters.popleft() if self._waiters else None
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(exc)
+                return
+            self._serve_waiters()
+
+        self._guard(start())
+
+    def kill(self, instance: Instance, reason: str) -> None:
+        """Stop an instance at once (after a timeout); its calls fail, new ones go elsewhere."""
+        instance.draining = True
+        instance.stop_reason = reason
+        instance.signal(signal.SIGKILL)
+
+    # instances
+
+    async def _start(self, revision: Revision, *, reserved: bool = False) -> Instance:
+        """Fork a new instance; ``reserved`` counts the caller's call on it from the start."""
+        context = self._context
+        ip, listener = self._bind_pod_address()
+        pod = f"{revision.name}-{revision.template_hash[:8]}-{secrets.token_hex(3)[:5]}"
+        instance = Instance(
+            pod=pod,
+            ip=ip,
+            port=context.worker_port,
+            revision=revision,
+            listener=listener,
+            uid=str(uuid.uuid4()),
+            in_flight=1 if reserved else 0,
+        )
+        self._instances[pod] = instance
+        self.stats.record_cold_start()
+        try:
+            await self._fork(instance)
+        except BaseException:
+            self._forget(instance)
+            raise
+        self.stats.set_instances(len(self._instances))
+        context.on_pod_change("ADDED", instance)
+        return instance
+
+    def _bind_pod_address(self) -> tuple[str, socket.socket]:
+        """A fresh pod IP with the worker port bound; skips addresses something else holds
+        (another daemon on the same machine, a lingering process)."""
+        addresses, port = self._context.addresses, self._context.worker_port
+        error: OSError | None = None
+        for _ in range(16):
+            ip = addresses.take()
+            try:
+                return ip, _listen(ip, port)
+            except OSError as exc:
+                addresses.give_back(ip)
+                error = exc
+        raise Unavailable(f"cannot listen on a pod address, port {port}: {error}")
+
+    async def _fork(self, instance: Instance) -> None:
+        context, revision = self._context, instance.revision
+        fence = context.limiter.fence(instance.pod, revision.memory_limit_bytes)
+        read_fd, write_fd = os.pipe()
+        try:
+            zygote = await context.zygotes.zygote_for(str(revision.runtime.executable))
+            instance.process = await zygote.spawn(
+                self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit),
+                listen_socket=instance.listener,
+                log_fd=write_fd,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            # The worker holds the socket now; without our copy, connections to a dead
+            # worker are refused at once instead of waiting in the backlog.
+            instance.listener.close()
+        sink = context.logbook.instance_sink(revision.namespace, revision.name, instance.pod)
+        loop = asyncio.get_running_loop()
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        await loop.connect_read_pipe(lambda: LineSplitter(sink), pipe)
+        self._guard(self._supervise(instance))
+
+    def _spawn_request(
+        self, instance: Instance, cgroup_procs: str | None, use_rlimit: bool
+    ) -> SpawnRequest:
+        revision = instance.revision
+        return SpawnRequest(
+            pod_name=instance.pod,
+            module=revision.module,
+            function=revision.handler,
+            function_name=revision.name,
+            code_dir=str(revision.code_dir),
+            sys_paths=revision.sys_paths,
+            env=worker_environment(instance),
+            timeout_s=revision.timeout_s,
+            runtime=revision.runtime.id,
+            memory_limit=revision.memory_limit or "0",
+            memory_limit_bytes=revision.memory_limit_bytes,
+            use_rlimit=use_rlimit,
+            cgroup_procs=cgroup_procs,
+            uid=self._context.worker_uid,
+            gid=self._context.worker_gid,
+        )
+
+    async def _supervise(self, instance: Instance) -> None:
+        process = instance.process
+        assert process is not None
+        try:
+            await process.ready
+            instance.ready = True
+        except WorkerLoadError as exc:
+            instance.load_error = str(exc)
+            self._context.logbook.note(self.namespace, self.name, f"{instance.pod}: {exc}")
+        except FuncmeshError:
+            pass
+        self._context.on_pod_change("MODIFIED", instance)
+        try:
+            returncode = await asyncio.shield(process.exited)
+        except FuncmeshError:  # the zygote died, and the worker with it
+            returncode = -signal.SIGKILL
+        instance.exit_reason = describe_exit(
+            returncode,
+            stop_reason=instance.stop_reason,
+            oom=self._context.limiter.breached(instance.pod),
+            memory_limit=instance.revision.memory_limit,
+        )
+        self._context.logbook.note(
+            self.namespace, self.name, f"instance {instance.pod} {instance.exit_reason}"
+        )
+        self._forget(instance)
+        self._serve_waiters()
+
+    def _forget(self, instance: Instance) -> None:
+        if self._instances.pop(instance.pod, None) is None:
+            return
+        instance.exited.set()
+        instance.listener.close()
+        self._context.addresses.give_back(instance.ip)
+        self._context.limiter.release(instance.pod)
+        self._context.logbook.forget_pod(self.namespace, instance.pod)
+        self.stats.set_instances(len(self._instances))
+        if instance.process is not None:
+            self._context.on_pod_change("DELETED", instance)
+
+    def _stop(self, instance: Instance, reason: str) -> None:
+        """Ask an instance to finish (SIGTERM), and SIGKILL it if it does not in time."""
+        instance.draining = True
+        instance.stop_reason = instance.stop_reason or reason
+        instance.signal(signal.SIGTERM)
+
+        async def enforce() -> None:
+            try:
+                await asyncio.wait_for(instance.exited.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                instance.signal(signal.SIGKILL)
+
+        self._guard(enforce())
+
+    def reap_idle(self, now: float) -> None:
+        """Stop idle instances beyond min-scale; start instances up to min-scale."""
+        revision = self.revision
+        if revision is None or self._closed:
+            return
+        scaling = revision.scaling
+        live = [i for i in self._instances.values() if not i.draining]
+        idle = sorted(
+            (
+                i
+                for i in live
+                if i.in_flight == 0 and now - i.last_active > scaling.scale_to_zero_after_s
+            ),
+            key=lambda i: i.last_active,
+        )
+        for instance in idle[: max(0, len(live) - scaling.min_scale)]:
+            self._stop(instance, "stopped after being idle")
+        for _ in range(scaling.min_scale - len(live)):
+            self._guard(self._start_quietly(revision))
+
+    async def _start_quietly(self, revision: Revision) -> None:
+        try:
+            await self._start(revision)
+        except FuncmeshError as exc:
+            logger.warning("could not keep %s warm: %s", self.display_name, exc)
+
+    def summary(self) -> Mapping[str, object]:
+        return self.stats.summary(instances=len(self._instances))
+
+    async def close(self) -> None:
+        """Stop every instance (SIGTERM, then SIGKILL after the grace) and fail the waiters."""
+        self._closed = True
+        self.fail("the function was removed")
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(Unavailable(f"function {self.display_name} was removed"))
+        self._waiters.clear()
+        instances = list(self._instances.values())
+        for instance in instances:
+            self._stop(instance, "stopped")
+        await asyncio.gather(*(i.exited.wait() for i in instances if i.process))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task of %s failed", self.display_name, exc_info=task.exception())
+
+
+def _listen(ip: str, port: int) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((ip, port))
+        listener.listen(1024)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def worker_environment(instance: Instance) -> dict[str, str]:
+    """The process environment of a worker: the user's env first, Kubeless's variables last."""
+    revision = instance.revision
+    env = dict(revision.env)
+    env.update(
+        PATH=os.defpath + ":/usr/local/bin",
+        LANG="C.UTF-8",
+        HOME="/tmp",
+        PYTHONUNBUFFERED="1",
+        HOSTNAME=instance.pod,
+        POD_NAME=instance.pod,
+        POD_NAMESPACE=revision.namespace,
+        POD_IP=instance.ip,
+        FUNC_HANDLER=revision.handler,
+        MOD_NAME=revision.module,
+        FUNC_TIMEOUT=f"{revision.timeout_s:g}",
+        FUNC_RUNTIME=revision.runtime.id,
+        FUNC_MEMORY_LIMIT=revision.memory_limit or "0",
+        FUNC_PORT=str(instance.port),
+        KUBELESS_INSTALL_VOLUME=str(revision.code_dir),
+    )
+    return env

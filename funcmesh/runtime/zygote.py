@@ -1,0 +1,508 @@
+"""Daemon side of the Python zygote: start one, have it fork workers, follow their lives.
+
+A :class:`Zygote` is one warmed interpreter (``shims/_funcmesh_zygote.py``) behind an AF_UNIX
+SOCK_SEQPACKET control socket, one JSON message per packet. :meth:`Zygote.spawn` passes the
+listening socket and the log pipe of a new instance along with a :class:`SpawnRequest` and
+returns a :class:`WorkerProcess` whose futures say when the function is loaded (or why not)
+and when the process exits. If the zygote dies, its workers die with it (PDEATHSIG) and every
+pending future fails with :class:`~funcmesh.errors.Unavailable`; the pool starts a new zygote.
+
+Must not: create or bind sockets, read worker logs, parse HTTP, decide limits or identities
+(the pool does), read os.environ, or block the event loop.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from funcmesh.errors import AlreadyExists, FuncmeshError, Invalid, Unavailable
+
+logger = logging.getLogger(__name__)
+
+ZYGOTE_SCRIPT: Final = Path(__file__).parent / "shims" / "_funcmesh_zygote.py"
+CONTROL_FD_ENV: Final = "FUNCMESH_CONTROL_FD"
+DAEMON_PID_ENV: Final = "FUNCMESH_DAEMON_PID"
+MAX_MESSAGE_BYTES: Final = 256 * 1024  # the zygote's receive buffer
+HELLO_TIMEOUT_S: Final = 10.0
+SPAWN_TIMEOUT_S: Final = 5.0
+CLOSE_GRACE_S: Final = 2.0
+EXIT_TIMEOUT_S: Final = 5.0
+STDERR_TAIL_LINES: Final = 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpawnRequest:
+    """Everything a forked worker needs to load one function instance."""
+
+    pod_name: str
+    module: str
+    function: str
+    function_name: str  # the Kubeless Function's name, shown as context["function-name"]
+    code_dir: str
+    sys_paths: tuple[str, ...]
+    env: Mapping[str, str]
+    timeout_s: float
+    runtime: str
+    memory_limit: str  # as shown in context["memory-limit"]; "0" if none
+    memory_limit_bytes: int | None = None
+    use_rlimit: bool = False
+    cgroup_procs: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "op": "spawn",
+            "pod_name": self.pod_name,
+            "module": self.module,
+            "function": self.function,
+            "function_name": self.function_name,
+            "code_dir": self.code_dir,
+            "sys_paths": list(self.sys_paths),
+            "env": dict(self.env),
+            "timeout_s": self.timeout_s,
+            "runtime": self.runtime,
+            "memory_limit": self.memory_limit,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "use_rlimit": self.use_rlimit,
+            "cgroup_procs": self.cgroup_procs,
+            "uid": self.uid,
+            "gid": self.gid,
+        }
+
+
+class WorkerLoadError(FuncmeshError):
+    """The function's code did not load; ``error`` is the worker's one-line reason."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class WorkerProcess:
+    """One forked worker: its pid and two futures that follow it."""
+
+    __slots__ = ("_signal", "exited", "pid", "pod_name", "ready")
+
+    def __init__(
+        self,
+        *,
+        pod_name: str,
+        pid: int,
+        ready: asyncio.Future[None],
+        exited: asyncio.Future[int],
+        signal_worker: Callable[[int, int], None],
+    ) -> None:
+        self.pod_name = pod_name
+        self.pid = pid
+        self.ready = ready  # None once loaded; WorkerLoadError or Unavailable if not
+        self.exited = exited  # the return code (-N for signal N); Unavailable if the zygote died
+        self._signal = signal_worker
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess {self.pod_name} pid={self.pid}>"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the worker; nothing happens if it is gone already."""
+        if not self.exited.done():
+            self._signal(self.pid, sig)
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """The daemon's record of one spawn, from request until the worker's exit is reported."""
+
+    spawned: asyncio.Future[int]
+    ready: asyncio.Future[None]
+    exited: asyncio.Future[int]
+    pid: int | None = None
+    abandoned: bool = False  # spawn() gave up waiting: kill the worker as soon as it exists
+
+    @classmethod
+    def create(cls, loop: asyncio.AbstractEventLoop) -> _Slot:
+        slot = cls(
+            spawned=loop.create_future(), ready=loop.create_future(), exited=loop.create_future()
+        )
+        for future in slot.futures():
+            future.add_done_callback(_retrieve_exception)
+        return slot
+
+    def futures(self) -> tuple[asyncio.Future[Any], ...]:
+        return (self.spawned, self.ready, self.exited)
+
+
+class Zygote:
+    """A running zygote process and its control socket; create with :meth:`start`."""
+
+    def __init__(
+        self, *, process: asyncio.subprocess.Process, control: socket.socket, interpreter: str
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._process = process
+        self._control = control
+        self._interpreter = interpreter
+        self._slots: dict[str, _Slot] = {}
+        self._buffer = bytearray(MAX_MESSAGE_BYTES)  # reused: allocating per message is slower
+        self._hello: asyncio.Future[str] = self._loop.create_future()
+        self._hello.add_done_callback(_retrieve_exception)
+        self._send_lock = asyncio.Lock()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._alive = True
+        self._closing = False
+        self.pid = process.pid
+        self.python_version = ""
+        self._loop.add_reader(control.fileno(), self._on_readable)
+        self._stderr_task = asyncio.create_task(
+            self._read_stderr(), name=f"zygote-{self.pid}-stderr"
+        )
+        self._watch_task = asyncio.create_task(
+            self._watch_process(), name=f"zygote-{self.pid}-watch"
+        )
+
+    def __repr__(self) -> str:
+        state = "alive" if self._alive else "gone"
+        return f"<Zygote pid={self.pid} python={self.python_version or '?'} {state}>"
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @classmethod
+    async def start(
+        cls,
+        interpreter: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+    ) -> Zygote:
+        """Start a zygote on ``interpreter`` and wait until it has warmed up and said hello."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child_env = {
+            **(env or {}),
+            DAEMON_PID_ENV: str(os.getpid()),
+            CONTROL_FD_ENV: str(theirs.fileno()),
+        }
+        try:
+            process = await asyncio.create_subprocess_exec(
+                interpreter,
+                "-s",
+                str(ZYGOTE_SCRIPT),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(theirs.fileno(),),
+                env=child_env,
+                start_new_session=True,  # Ctrl-C in the daemon's terminal must not hit workers
+            )
+        except OSError as exc:
+            ours.close()
+            raise Unavailable(f"cannot start a Python zygote with {interpreter}: {exc}") from exc
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        zygote = cls(process=process, control=ours, interpreter=interpreter)
+        try:
+            await zygote._await_hello(hello_timeout_s)
+        except BaseException:
+            await zygote.close()
+            raise
+        logger.info(
+            "python zygote %d started (%s, Python %s)",
+            zygote.pid,
+            interpreter,
+            zygote.python_version,
+        )
+        return zygote
+
+    async def spawn(
+        self, request: SpawnRequest, *, listen_socket: socket.socket, log_fd: int
+    ) -> WorkerProcess:
+        """Fork a worker for ``request``; returns once it exists (see ``ready`` for loading)."""
+        pod = request.pod_name
+        if not self._alive or self._closing:
+            raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
+        if pod in self._slots:
+            raise AlreadyExists(f"pod {pod} already has a worker in zygote {self.pid}")
+        payload = json.dumps(request.to_message()).encode()
+        if len(payload) > MAX_MESSAGE_BYTES:
+            raise Invalid(
+                f"spawn request for pod {pod} is {len(payload)} bytes, more than "
+                f"{MAX_MESSAGE_BYTES}: the environment is too large"
+            )
+        slot = _Slot.create(self._loop)
+        self._slots[pod] = slot
+        try:
+            await self._send(payload, fds=(listen_socket.fileno(), log_fd))
+        except BaseException:
+            self._slots.pop(pod, None)
+            raise
+        try:
+            async with asyncio.timeout(SPAWN_TIMEOUT_S):
+                pid = await asyncio.shield(slot.spawned)
+        except TimeoutError:
+            slot.abandoned = True
+            raise Unavailable(
+                f"the Python zygote (pid {self.pid}) did not fork pod {pod} "
+                f"within {SPAWN_TIMEOUT_S:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            slot.abandoned = True
+            raise
+        return WorkerProcess(
+            pod_name=pod,
+            pid=pid,
+            ready=slot.ready,
+            exited=slot.exited,
+            signal_worker=self.signal_worker,
+        )
+
+    def signal_worker(self, pid: int, sig: int) -> None:
+        """Ask the zygote to signal its child ``pid``: it only signals unreaped children, so a
+        recycled pid is never hit. Without a zygote the workers are dead already."""
+        if not self._alive:
+            return
+        message = json.dumps({"op": "kill", "pid": pid, "signal": int(sig)}).encode()
+        try:
+            self._control.send(message)
+        except BlockingIOError:  # the zygote is not reading: reach the worker directly
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        except OSError as exc:
+            self._lose(f"control socket failed: {exc}")
+
+    async def close(self, *, grace_s: float = CLOSE_GRACE_S) -> None:
+        """SIGTERM the workers, SIGKILL those still running after ``grace_s``, stop the zygote."""
+        if self._closing:
+            await self._wait_tasks()
+            return
+        self._closing = True
+        running = {
+            slot.pid: slot.exited
+            for slot in self._slots.values()
+            if slot.pid is not None and not slot.exited.done()
+        }
+        for pid in running:
+            self.signal_worker(pid, signal.SIGTERM)
+        if running and self._alive:
+            await asyncio.wait(running.values(), timeout=grace_s)
+        self._stop_reading()
+        self._control.close()  # EOF: the zygote SIGKILLs what is left and exits
+        try:
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                await self._process.wait()
+        except TimeoutError:
+            logger.warning("python zygote %d ignored EOF; killing it", self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+        self._lose("was closed")
+        await self._wait_tasks()
+
+    # -- control socket
+
+    async def _send(self, payload: bytes, *, fds: tuple[int, ...] = ()) -> None:
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            while True:
+                if not self._alive:
+                    raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
+                try:
+                    self._control.sendmsg([payload], ancillary)
+                    return
+                except BlockingIOError:
+                    await self._writable()
+                except OSError as exc:
+                    self._lose(f"control socket failed: {exc}")
+                    raise Unavailable(f"the Python zygote (pid {self.pid}) is gone: {exc}") from exc
+
+    async def _writable(self) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        fd = self._control.fileno()
+        self._loop.add_writer(fd, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            self._loop.remove_writer(fd)
+
+    def _on_readable(self) -> None:
+        while self._alive:
+            try:
+                size, _, flags, _ = self._control.recvmsg_into([self._buffer])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lose(f"control socket failed: {exc}")
+                return
+            if not size:
+                self._lose("closed its control socket")
+                return
+            if flags & socket.MSG_TRUNC:
+                logger.warning("python zygote %d sent an oversized message; dropped", self.pid)
+                continue
+            data = self._buffer[:size]
+            try:
+                message = json.loads(data)
+            except ValueError:
+                logger.warning("python zygote %d sent unreadable JSON: %.200r", self.pid, data)
+                continue
+            self._dispatch(message)
+
+    def _dispatch(self, message: Any) -> None:
+        match message:
+            case {"op": "hello", "pid": int(), "python": str(version)}:
+                if not self._hello.done():
+                    self._hello.set_result(version)
+            case {"op": "spawned", "pod": str(pod), "pid": int(pid)}:
+                self._on_spawned(pod, pid)
+            case {"op": "ready", "pod": str(pod)}:
+                self._settle(pod, None)
+            case {"op": "failed", "pod": str(pod), "error": str(error)}:
+                self._settle(pod, WorkerLoadError(error))
+            case {"op": "exited", "pod": str(pod), "returncode": int(returncode)}:
+                self._on_exited(pod, returncode)
+            case {"op": "error", "pod": str(pod), "error": str(error)}:
+                slot = self._slots.pop(pod, None)
+                if slot is not None:
+                    _fail_all(slot, f"the Python zygote could not start pod {pod}: {error}")
+            case {"op": "error", "error": str(error)}:
+                logger.warning("python zygote %d reports: %s", self.pid, error)
+            case _:
+                logger.warning(
+                    "python zygote %d sent an unexpected message: %.200r", self.pid, message
+                )
+
+    def _on_spawned(self, pod: str, pid: int) -> None:
+        slot = self._slots.get(pod)
+        if slot is None:  # nobody waits for it: do not let it run unaccounted for
+            logger.warning("python zygote %d forked pid %d for unknown pod %s", self.pid, pid, pod)
+            self.signal_worker(pid, signal.SIGKILL)
+            return
+        slot.pid = pid
+        if not slot.spawned.done():
+            slot.spawned.set_result(pid)
+        if slot.abandoned:
+            self.signal_worker(pid, signal.SIGKILL)
+
+    def _settle(self, pod: str, error: WorkerLoadError | None) -> None:
+        slot = self._slots.get(pod)
+        if slot is None or slot.ready.done():
+            return
+        if error is None:
+            slot.ready.set_result(None)
+        else:
+            slot.ready.set_exception(error)
+
+    def _on_exited(self, pod: str, returncode: int) -> None:
+        slot = self._slots.pop(pod, None)
+        if slot is None:
+            return
+        if not slot.ready.done():
+            slot.ready.set_exception(
+                WorkerLoadError(f"the worker exited with status {returncode} before it was ready")
+            )
+        if not slot.exited.done():
+            slot.exited.set_result(returncode)
+
+    # -- the zygote process
+
+    async def _await_hello(self, timeout_s: float) -> None:
+        reason = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                self.python_version = await self._hello
+            return
+        except TimeoutError:
+            reason = f"did not start within {timeout_s:g} s"
+        except Unavailable:
+            with contextlib.suppress(TimeoutError):  # it is going away: let it finish
+                async with asyncio.timeout(1.0):
+                    await self._process.wait()
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        returncode = await self._process.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._stderr_task)
+        tail = "\n".join(self._stderr_tail) or "(no output)"
+        reason = reason or f"exited with status {returncode} before it was ready"
+        raise Unavailable(f"the Python zygote ({self._interpreter}) {reason}; its stderr:\n{tail}")
+
+    async def _watch_process(self) -> None:
+        returncode = await self._process.wait()
+        self._lose(f"exited with status {returncode}")
+
+    async def _read_stderr(self) -> None:
+        stream = self._process.stderr
+        if stream is None:
+            return
+        pending = b""
+        while chunk := await stream.read(8192):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                self._note_stderr(line)
+        if pending:
+            self._note_stderr(pending)
+
+    def _note_stderr(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip()
+        self._stderr_tail.append(text)
+        logger.warning("python zygote %d: %s", self.pid, text)
+
+    def _lose(self, reason: str) -> None:
+        """The zygote is gone (or going): fail everything still waiting on it."""
+        if not self._alive:
+            return
+        self._alive = False
+        self._stop_reading()
+        if self._closing:
+            reason = "was closed"
+        else:
+            logger.warning("python zygote %d %s", self.pid, reason)
+        message = f"the Python zygote (pid {self.pid}) {reason}"
+        if not self._hello.done():
+            self._hello.set_exception(Unavailable(message))
+        for slot in self._slots.values():
+            _fail_all(slot, message)
+        self._slots.clear()
+
+    def _stop_reading(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # ValueError: socket already closed
+            self._loop.remove_reader(self._control.fileno())
+
+    async def _wait_tasks(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                await asyncio.gather(self._watch_task, self._stderr_task, return_exceptions=True)
+        for task in (self._watch_task, self._stderr_task):
+            task.cancel()
+        await asyncio.gather(self._watch_task, self._stderr_task, return_exceptions=True)
+
+
+def _fail_all(slot: _Slot, message: str) -> None:
+    for future in slot.futures():
+        if not future.done():
+            future.set_exception(Unavailable(message))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _retrieve_exception(future: asyncio.Future[Any]) -> None:
+    """These futures report state: an unobserved failure is not an error worth a log line."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,134 @@
+"""A real ``funcmesh up`` for end-to-end tests, and a way to run the CLI as a user types it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FUNCMESH = str(Path(sys.executable).with_name("funcmesh"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    home: Path
+    api_url: str
+    gateway_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "FUNCMESH_HOME": str(self.home),
+            "KUBECONFIG": str(self.home / "kubeconfig"),
+        }
+
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [FUNCMESH, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"funcmesh {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}\n"
+                f"daemon log tail:\n{self.log_tail()}"
+            )
+        return result
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout_s)
+
+
+def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
+    api_port, gateway_port = free_port(), free_port()
+    env = {**os.environ, "FUNCMESH_HOME": str(home), **(extra_env or {})}
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(
+        [
+            FUNCMESH,
+            "up",
+            "--api-addr",
+            f"127.0.0.1:{api_port}",
+            "--gateway-addr",
+            f"127.0.0.1:{gateway_port}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    daemon = Daemon(
+        home=home,
+        api_url=f"https://127.0.0.1:{api_port}",
+        gateway_url=f"http://127.0.0.1:{gateway_port}",
+        process=process,
+        log_path=log_path,
+    )
+    wait_ready(daemon)
+    return daemon
+
+
+def wait_ready(daemon: Daemon, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only for polling /readyz, which carries no secret
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise AssertionError(
+                f"funcmesh up exited {daemon.process.returncode}:\n{daemon.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(
+                f"{daemon.api_url}/readyz", context=context, timeout=1
+            ) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    daemon.stop(signal.SIGKILL)
+    raise AssertionError(f"funcmesh up did not become ready:\n{daemon.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    home = tmp_path_factory.mktemp("funcmesh-home")
+    running = start_daemon(home / "home", log_path=home / "daemon.log")
+    try:
+        yield running
+    finally:
+        code = running.stop()
+        assert code == 0, f"funcmesh up exited {code} on SIGTERM:\n{running.log_tail()}"
