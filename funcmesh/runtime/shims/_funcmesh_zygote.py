@@ -392,6 +392,7 @@ class Zygote:
         if not size or len(fds) != 2:
             return 0  # the zygote is closing
         request = json.loads(self.buffer[:size])
+        request["zygote_pid"] = self.pid
         return become_worker(self.worker, request, fds[0], fds[1], status_fd)
 
 
@@ -461,6 +462,12 @@ def load(worker: ModuleType, request: dict[str, Any]) -> Any:
         os.setgid(gid)
     if uid is not None:
         os.setuid(uid)
+    if uid is not None or gid is not None:
+        # The kernel clears the parent-death signal when credentials change: set it again,
+        # or a worker running as nobody would outlive a daemon killed with SIGKILL.
+        set_parent_death_signal()
+        if os.getppid() != request.get("zygote_pid", os.getppid()):
+            os._exit(1)  # the zygote died before the signal was set again
     os.environ.update(request.get("env") or {})  # empty before: the zygote cleared its own
     code_dir = request["code_dir"]
     os.chdir(code_dir)

@@ -1,0 +1,67 @@
+"""The seam between the gateway and the instance pools: what one function call needs.
+
+The runtime's instance pool satisfies these Protocols structurally, so the runtime never imports
+the gateway and this module imports nothing from the runtime. ``Backend.acquire`` raises
+``funcmesh.errors.QueueFull`` (the gateway answers 429) or ``funcmesh.errors.Unavailable`` (503);
+any other ``FuncmeshError`` is answered 503 with its message. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Lease(Protocol):
+    """One instance, reserved for one call; released exactly once."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Pod IP and port of the instance serving this call."""
+        ...
+
+    @property
+    def instance_id(self) -> str:
+        """Pod name: the key of the connection pool, and the name in error messages."""
+        ...
+
+    @property
+    def timeout_s(self) -> float:
+        """The function's timeout: how long the instance may take to answer."""
+        ...
+
+    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
+        """Give the instance back; ``ok`` is False for any failure or 5xx answer."""
+        ...
+
+    def kill(self, reason: str) -> None:
+        """The instance did not answer in time: replace it."""
+        ...
+
+    async def exit_reason(self, wait_s: float) -> str | None:
+        """Why the instance died (``"killed by signal 9"``), or None if it is still alive.
+
+        Asked after the connection to the instance broke; waits up to ``wait_s`` for the
+        process to be reaped.
+        """
+        ...
+
+
+class Backend(Protocol):
+    """The instances of one function."""
+
+    @property
+    def display_name(self) -> str:
+        """``namespace/name``, as users see it in error messages."""
+        ...
+
+    async def acquire(self) -> Lease:
+        """Reserve an instance, starting one if needed; raises QueueFull or Unavailable."""
+        ...
+
+
+class Backends(Protocol):
+    """Every function the gateway can call."""
+
+    def lookup(self, namespace: str, name: str) -> Backend | None:
+        """The function's backend, or None when no such function exists."""
+        ...

@@ -1,0 +1,220 @@
+"""The HTTP/1.1 message heads the gateway writes: requests to instances, answers to clients.
+
+Pure functions from parsed parts to bytes, called once per request on the hot path, so they work
+on the raw header bytes and build each head with one join. No I/O, no parsing of wire data
+(httptools does that in ``downstream`` and ``upstream``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+
+Headers = Sequence[tuple[bytes, bytes]]
+
+EVENT_NAMESPACE = b"gateway.funcmesh.io"
+DEFAULT_EVENT_TYPE = b"application/x-www-form-urlencoded"
+
+# RFC 9110 section 7.6.1, plus the Proxy-* family: meaningful for one connection only.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade"}
+)
+# Set by the gateway itself, whatever the client sent.
+_REPLACED = frozenset({b"content-length", b"expect", b"x-forwarded-host", b"x-forwarded-proto"})
+_EVENT_HEADERS = (b"event-id", b"event-time", b"event-type", b"event-namespace")
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """One complete request from a client, body buffered."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    keep_alive: bool
+    http11: bool
+    client_ip: bytes
+
+    @property
+    def head_only(self) -> bool:
+        return self.method == b"HEAD"
+
+
+class BodyFraming(enum.Enum):
+    """How the end of a response body is found."""
+
+    NONE = "none"  # no body: HEAD, 1xx, 204, 304
+    CONTENT_LENGTH = "content-length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until-close"
+
+
+def is_hop_by_hop(lower_name: bytes) -> bool:
+    return lower_name in HOP_BY_HOP or lower_name.startswith(b"proxy-")
+
+
+def without_connection_options(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The headers minus ``Connection`` and the ones it names (RFC 9110 section 7.6.1)."""
+    options = {b"connection"}
+    for name, value in headers:
+        if name.lower() == b"connection":
+            options.update(token.strip().lower() for token in value.split(b","))
+    return [(name, value) for name, value in headers if name.lower() not in options]
+
+
+def _names_options(connection_value: bytes) -> bool:
+    """True when a Connection header lists header names, not just close / keep-alive."""
+    tokens = {token.strip().lower() for token in connection_value.split(b",")}
+    return not tokens <= {b"close", b"keep-alive"}
+
+
+def rewrite_request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    *,
+    body_length: int,
+    client_ip: bytes,
+    default_host: bytes,
+    event_id: bytes,
+    event_time: bytes,
+) -> bytes:
+    """The head sent to an instance: the client's headers without hop-by-hop ones, the body
+    framed by Content-Length, ``X-Forwarded-*`` and the Kubeless event headers added."""
+    # One pass that builds the head as it reads the headers: this runs once per call.
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    host: bytes | None = None
+    content_type: bytes | None = None
+    forwarded_for: list[bytes] = []
+    sent_events: set[bytes] = set()
+    for name, value in headers:
+        lower_name = name.lower()
+        if is_hop_by_hop(lower_name) or lower_name in _REPLACED:
+            if lower_name == b"connection" and _names_options(value):
+                return rewrite_request_head(
+                    method,
+                    target,
+                    without_connection_options(headers),
+                    body_length=body_length,
+                    client_ip=client_ip,
+                    default_host=default_host,
+                    event_id=event_id,
+                    event_time=event_time,
+                )
+            continue
+        if lower_name == b"x-forwarded-for":
+            forwarded_for.append(value)
+            continue
+        if lower_name == b"host":
+            host = value
+        elif lower_name == b"content-type":
+            content_type = value
+        elif lower_name.startswith(b"event-"):
+            sent_events.add(lower_name)
+        parts += (name, b": ", value, b"\r\n")
+    if host is None:
+        host = default_host
+        parts += (b"Host: ", host, b"\r\n")
+    if body_length or method in _BODY_METHODS:
+        parts += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+    forwarded_for.append(client_ip)
+    parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
+    parts += (b"X-Forwarded-Host: ", host, b"\r\nX-Forwarded-Proto: http\r\n")
+    event_values = (event_id, event_time, content_type or DEFAULT_EVENT_TYPE, EVENT_NAMESPACE)
+    for event_name, event_value in zip(_EVENT_HEADERS, event_values, strict=True):
+        if event_name not in sent_events:
+            parts += (event_name, b": ", event_value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def relay_response_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    chunked: bool,
+    connection: bytes | None,
+) -> bytes:
+    """The head sent to the client for an instance's response.
+
+    ``chunked`` re-frames a body whose length is unknown; ``connection`` is the Connection header
+    to send (``close``, ``keep-alive`` for an HTTP/1.0 client) or None.
+    """
+    parts = [b"HTTP/1.1 %d " % status, reason or _reason(status), b"\r\n"]
+    for name, value in headers:
+        lower_name = name.lower()
+        if is_hop_by_hop(lower_name):
+            if lower_name == b"connection" and _names_options(value):
+                filtered = without_connection_options(headers)
+                return relay_response_head(
+                    status, reason, filtered, chunked=chunked, connection=connection
+                )
+            continue
+        if chunked and lower_name == b"content-length":
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if connection is not None:
+        parts += (b"Connection: ", connection, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    function: str | None = None,
+    connection: bytes | None = None,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response with the JSON body ``{"error": ..., "function": ...}``."""
+    document = {"error": message} if function is None else {"error": message, "function": function}
+    body = json.dumps(document).encode()
+    return _complete_response(
+        status, b"application/json", body, connection=connection, head_only=head_only
+    )
+
+
+def text_response(
+    status: int, text: str, *, connection: bytes | None = None, head_only: bool = False
+) -> bytes:
+    """A complete plain-text response."""
+    body = text.encode()
+    return _complete_response(
+        status, b"text/plain; charset=utf-8", body, connection=connection, head_only=head_only
+    )
+
+
+def _complete_response(
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    *,
+    connection: bytes | None,
+    head_only: bool,
+) -> bytes:
+    parts = [
+        b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)),
+        b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)),
+    ]
+    if connection is not None:
+        parts.append(b"Connection: %s\r\n" % connection)
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"

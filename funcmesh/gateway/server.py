@@ -1,0 +1,173 @@
+"""The gateway: the HTTP entry for function calls (``/function/NAME[.NS]``) and its lifecycle.
+
+``Gateway`` listens, routes each request (a function call, ``/healthz``, or 404), enforces the
+per-connection deadlines with one sweep per second (no timer per request), and drains on close.
+Function calls go through ``proxy.Relay``; the instances come from a ``Backends`` seam, so this
+module never imports the runtime. No logging per request: this is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from funcmesh.errors import Unavailable
+from funcmesh.gateway.backends import Backends
+from funcmesh.gateway.downstream import ClientConnection, ConnectionLimits
+from funcmesh.gateway.messages import Request
+from funcmesh.gateway.proxy import Relay
+from funcmesh.gateway.routing import is_health_check, origin_form, route_function
+from funcmesh.gateway.upstream import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Serves function calls on one address until ``close``."""
+
+    def __init__(
+        self,
+        backends: Backends,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        max_body_bytes: int = 10 << 20,
+        max_head_bytes: int = 64 << 10,
+        header_timeout_s: float = 30.0,
+        idle_timeout_s: float = 75.0,
+        upstream_idle_timeout_s: float = 30.0,
+        max_idle_per_instance: int = 32,
+        backlog: int = 1024,
+        sweep_interval_s: float = 1.0,
+    ) -> None:
+        self._backends = backends
+        self._host = host
+        self._port = port
+        self._backlog = backlog
+        self._sweep_interval_s = sweep_interval_s
+        self._limits = ConnectionLimits(
+            max_body_bytes=max_body_bytes,
+            max_head_bytes=max_head_bytes,
+            header_timeout_s=header_timeout_s,
+            idle_timeout_s=idle_timeout_s,
+        )
+        self._upstream_idle_timeout_s = upstream_idle_timeout_s
+        self._pool = UpstreamPool(max_idle_per_instance=max_idle_per_instance)
+        self._relay: Relay | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._connections: set[ClientConnection] = set()
+        self._draining = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound host and port (the real port when constructed with port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise Unavailable("the gateway is not listening")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections currently open."""
+        return len(self._connections)
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._limits
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def start(self) -> None:
+        """Listen; raises Unavailable when the address cannot be bound."""
+        loop = asyncio.get_running_loop()
+        self._relay = Relay(self._pool)
+        try:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self), self._host, self._port, backlog=self._backlog
+            )
+        except OSError as exc:
+            address = f"{self._host}:{self._port}"
+            raise Unavailable(f"gateway cannot listen on {address}: {exc.strerror}") from exc
+        self._sweeper = loop.call_later(self._sweep_interval_s, self._sweep)
+        logger.info("gateway listening on %s:%d", *self.address)
+
+    async def close(self, drain_s: float) -> None:
+        """Stop listening, let calls in flight finish for up to ``drain_s``, then cut the rest."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        calls = [c.call_task for c in self._connections if c.call_task is not None]
+        for connection in list(self._connections):
+            connection.drain()
+        if calls:
+            _, unfinished = await asyncio.wait(calls, timeout=drain_s)
+            for call in unfinished:
+                call.cancel()
+            if unfinished:
+                logger.warning(
+                    "gateway cut %d calls still running after %gs", len(unfinished), drain_s
+                )
+                await asyncio.wait(unfinished)
+        for connection in list(self._connections):
+            connection.abort()
+        self._pool.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ConnectionOwner
+
+    def answer(
+        self, request: Request, connection: ClientConnection
+    ) -> Coroutine[Any, Any, None] | None:
+        """A function call's coroutine, or None when the answer was written at once."""
+        target = origin_form(request.target)
+        route = route_function(target)
+        if route is None:
+            if is_health_check(target):
+                connection.send_text(200, "OK")
+            else:
+                connection.send_error(404, _no_route_message(target))
+            return None
+        backend = self._backends.lookup(route.namespace, route.name)
+        if backend is None:
+            function = route.display_name
+            connection.send_error(404, f"function {function} not found", function=function)
+            return None
+        assert self._relay is not None
+        return self._relay.call(backend, route, request, connection)
+
+    def connection_opened(self, connection: ClientConnection) -> None:
+        if self._draining:
+            connection.abort()
+            return
+        self._connections.add(connection)
+
+    def connection_closed(self, connection: ClientConnection) -> None:
+        self._connections.discard(connection)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.call_later(self._sweep_interval_s, self._sweep)
+        now_s = loop.time()
+        try:
+            for connection in list(self._connections):
+                connection.check_deadline(now_s)
+            self._pool.close_idle_since(now_s - self._upstream_idle_timeout_s)
+        except Exception:
+            logger.exception("gateway deadline sweep failed")
+
+
+def _no_route_message(target: bytes) -> str:
+    path = target.partition(b"?")[0][:200].decode("latin-1")
+    return (
+        f"no route for {path}: call a function at /function/NAME "
+        "(namespace default) or /function/NAME.NAMESPACE"
+    )

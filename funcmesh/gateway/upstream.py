@@ -1,0 +1,396 @@
+"""Connections from the gateway to function instances: one HTTP/1.1 exchange at a time, pooled.
+
+An ``UpstreamConnection`` writes one request and relays the response to a ``ResponseSink`` (the
+client's connection) as it arrives, parsed by httptools' ``HttpResponseParser``; the
+``UpstreamPool`` keeps idle keep-alive connections per instance. This module knows nothing of
+functions, leases or user-facing messages: it reports what went wrong as ``UpstreamTimeout``,
+``UpstreamBroken`` or ``ClientGone``, and ``proxy`` turns those into answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import httptools
+
+from funcmesh.errors import FuncmeshError
+from funcmesh.gateway.messages import BodyFraming, Headers
+
+_SMALL_WRITE_BYTES = 64 * 1024
+
+
+class UpstreamTimeout(FuncmeshError):
+    """The instance did not answer (connect, or response head) in time."""
+
+
+class UpstreamBroken(FuncmeshError):
+    """The connection failed before the response was complete; the message says how."""
+
+    def __init__(self, reason: str, *, response_started: bool, retryable: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.response_started = response_started
+        # A reused keep-alive connection that closed before any response byte: the request
+        # never reached the instance, so it is safe to send again on a fresh connection.
+        self.retryable = retryable
+
+
+class ClientGone(FuncmeshError):
+    """The client left before its response was complete."""
+
+
+class ResponseSource(Protocol):
+    """What a sink may ask of the connection feeding it."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def abandon(self) -> None:
+        """The client is gone: stop relaying, fail the exchange with ClientGone."""
+        ...
+
+
+class ResponseSink(Protocol):
+    """Where a response goes, piece by piece, as it arrives from the instance."""
+
+    def start_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: BodyFraming,
+        source: ResponseSource,
+    ) -> bool:
+        """Relay the head; False when the client is gone."""
+        ...
+
+    def send_body(self, data: bytes) -> None: ...
+
+    def end_response(self) -> None: ...
+
+    def flush(self) -> None:
+        """Write what was relayed so far (called once per read from the instance)."""
+        ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an instance; ``exchange`` sends one request at a time."""
+
+    def __init__(self, instance_id: str, *, on_lost: Callable[[UpstreamConnection], None]) -> None:
+        self.instance_id = instance_id
+        self.reused = False
+        self.keep_alive = False
+        self.idle_since_s = 0.0
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser_spent = False
+        self._sink: ResponseSink | None = None
+        self._done: asyncio.Future[int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_only = False
+        self._received = False
+        self._started = False
+        self._informational = False
+        self._status = 0
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._framing = BodyFraming.NONE
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange ended cleanly: keep-alive, still open, and the whole request was sent
+        (an instance may answer before reading a large body)."""
+        transport = self._transport
+        return (
+            self.keep_alive
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def exchange(
+        self,
+        head: bytes,
+        body: bytes,
+        sink: ResponseSink,
+        *,
+        head_only: bool,
+        timeout_s: float,
+    ) -> asyncio.Future[int]:
+        """Send a request; the future gives the response status once the response is relayed.
+
+        ``timeout_s`` bounds the time from sending to the end of the response head.
+        """
+        done: asyncio.Future[int] = self._loop.create_future()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            reason = "the connection closed before the request was sent"
+            done.set_exception(
+                UpstreamBroken(reason, response_started=False, retryable=self.reused)
+            )
+            return done
+        self._reset_exchange(sink, done, head_only=head_only)
+        self._timer = self._loop.call_later(timeout_s, self._time_out)
+        if len(body) < _SMALL_WRITE_BYTES:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        return done
+
+    def pause_reading(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def abandon(self) -> None:
+        self._fail(ClientGone("the client closed its connection"))
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            self.abort()  # bytes nobody asked for: the connection cannot be trusted any more
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail_broken(f"the instance sent an invalid HTTP response ({exc})")
+            return
+        if self._sink is not None:
+            sink.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._on_lost(self)
+        if self._sink is None:
+            return
+        if self._started and self._framing is BodyFraming.UNTIL_CLOSE:
+            self._finish(keep_alive=False)
+            return
+        self._fail_broken(_describe_loss(exc))
+
+    # httptools callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._skip_informational(status)
+            return
+        sink = self._sink
+        if sink is None:
+            self._fail_broken("the instance sent a response nobody asked for")
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._status = status
+        self._framing = response_framing(status, self._headers, head_only=self._head_only)
+        if not sink.start_response(status, self._reason, self._headers, self._framing, self):
+            self.abandon()
+            return
+        self._started = True
+        if self._head_only:
+            # httptools cannot be told that a HEAD response has no body: start a new parser.
+            self._parser_spent = True
+            self._finish(keep_alive=self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink.send_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._sink is not None:
+            self._finish(keep_alive=self._parser.should_keep_alive())
+
+    # exchange bookkeeping
+
+    def _reset_exchange(
+        self, sink: ResponseSink, done: asyncio.Future[int], *, head_only: bool
+    ) -> None:
+        if self._parser_spent:
+            self._parser = httptools.HttpResponseParser(self)
+            self._parser_spent = False
+        self._sink = sink
+        self._done = done
+        self._head_only = head_only
+        self._received = False
+        self._started = False
+        self._reason = b""
+        self._headers = []
+        self.keep_alive = False
+
+    def _skip_informational(self, status: int) -> None:
+        if status == 101:
+            self._fail_broken("the instance switched protocols (101) without being asked to")
+            return
+        self._informational = True  # 100 Continue, 103 Early Hints: not relayed
+        self._reason = b""
+        self._headers = []
+
+    def _finish(self, *, keep_alive: bool) -> None:
+        sink, done = self._sink, self._done
+        self._sink = self._done = None
+        self.keep_alive = keep_alive
+        if sink is not None:
+            sink.end_response()
+        if done is not None and not done.done():
+            done.set_result(self._status)
+
+    def _fail_broken(self, reason: str) -> None:
+        retryable = self.reused and not self._received
+        self._fail(UpstreamBroken(reason, response_started=self._started, retryable=retryable))
+
+    def _time_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeout("the instance did not answer in time"))
+
+    def _fail(self, error: FuncmeshError) -> None:
+        """End the exchange, if one is going on, with ``error``; the connection is unusable."""
+        done = self._done
+        self._sink = self._done = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.keep_alive = False
+        self.abort()
+        if done is not None and not done.done():
+            done.set_exception(error)
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per instance, most recently used first."""
+
+    def __init__(self, *, max_idle_per_instance: int = 32) -> None:
+        self._max_idle_per_instance = max_idle_per_instance
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._open: set[UpstreamConnection] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def take_idle(self, instance_id: str) -> UpstreamConnection | None:
+        idle = self._idle.get(instance_id)
+        while idle:
+            connection = idle.pop()
+            if connection.is_open:
+                connection.reused = True
+                return connection
+        return None
+
+    async def connect(
+        self, instance_id: str, address: tuple[str, int], *, timeout_s: float
+    ) -> UpstreamConnection:
+        """A new connection; raises UpstreamTimeout or UpstreamBroken."""
+        loop = asyncio.get_running_loop()
+        host, port = address
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, connection = await loop.create_connection(
+                    lambda: UpstreamConnection(instance_id, on_lost=self._forget), host, port
+                )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"connecting took longer than {timeout_s:g}s") from exc
+        except OSError as exc:
+            reason = _describe_connect_error(exc)
+            raise UpstreamBroken(reason, response_started=False, retryable=False) from exc
+        self._open.add(connection)
+        return connection
+
+    def put_idle(self, connection: UpstreamConnection, *, now_s: float) -> None:
+        if not connection.is_open:
+            return
+        idle = self._idle.setdefault(connection.instance_id, [])
+        if len(idle) >= self._max_idle_per_instance:
+            connection.close()
+            return
+        connection.idle_since_s = now_s
+        idle.append(connection)
+
+    def close_idle_since(self, before_s: float) -> None:
+        """Close connections idle since before ``before_s`` (the instance may have gone)."""
+        for idle in list(self._idle.values()):
+            for connection in [c for c in idle if c.idle_since_s < before_s]:
+                connection.close()
+
+    def close(self) -> None:
+        for connection in list(self._open):
+            connection.abort()
+        self._idle.clear()
+
+    def _forget(self, connection: UpstreamConnection) -> None:
+        self._open.discard(connection)
+        idle = self._idle.get(connection.instance_id)
+        if idle is None:
+            return
+        if connection in idle:
+            idle.remove(connection)
+        if not idle:
+            del self._idle[connection.instance_id]
+
+
+def response_framing(status: int, headers: Headers, *, head_only: bool) -> BodyFraming:
+    """How the body of a response ends (RFC 9112 section 6.3)."""
+    if head_only or status in (204, 304) or status < 200:
+        return BodyFraming.NONE
+    framing = BodyFraming.UNTIL_CLOSE
+    for name, value in headers:
+        lower_name = name.lower()
+        if lower_name == b"transfer-encoding" and b"chunked" in value.lower():
+            return BodyFraming.CHUNKED
+        if lower_name == b"content-length":
+            framing = BodyFraming.CONTENT_LENGTH
+    return framing
+
+
+def _describe_loss(exc: Exception | None) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "the instance reset the connection before the response was complete"
+    if exc is None:
+        return "the instance closed the connection before the response was complete"
+    return f"the connection broke before the response was complete ({exc})"
+
+
+def _describe_connect_error(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens on the instance's address)"
+    return exc.strerror or str(exc)
