@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import pwd
@@ -105,6 +106,7 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
     """Start everything; on exit stop everything, in reverse order."""
     async with contextlib.AsyncExitStack() as stack:
         home = _prepare_home(settings.home)
+        work_dir = _prepare_work_dir(settings)
         stack.enter_context(_exclusive_lock(home))
         _private_database(settings.db_path)
         store = await Store.open(settings.db_path)
@@ -128,7 +130,7 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         stack.callback(logbook.close)
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)
-        builder = DependencyBuilder(root=home / "deps")
+        builder = DependencyBuilder(root=work_dir / "deps")
         stack.push_async_callback(builder.aclose)
         pod_events = PodEvents()
         pools = Pools(
@@ -144,7 +146,7 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             builder=builder,
             pools=pools,
             logbook=logbook,
-            code_root=home / "code",
+            code_root=work_dir / "code",
         )
         stack.push_async_callback(controller.close)
         await controller.start()
@@ -219,13 +221,32 @@ def _worker_identity() -> tuple[int | None, int | None]:
 
 
 def _prepare_home(home: Path) -> Path:
-    """The state directory: traversable by workers (code, deps), secrets inside stay 0600/0700."""
+    """The state directory; its secrets (kubeconfig, pki, state.db) stay 0600/0700."""
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o711)
-    for public in ("code", "deps"):
-        (home / public).mkdir(exist_ok=True)
-        (home / public).chmod(0o755)
     return home
+
+
+def _prepare_work_dir(settings: DaemonSettings) -> Path:
+    """Where prepared code and dependency environments live, readable by the workers.
+
+    Workers of a root daemon run as nobody, who must be able to reach this directory: under
+    ``$FUNCMESH_HOME`` when every directory above it lets others through (/root does not),
+    else ``/var/lib/funcmesh/<hash of the home>``. ``FUNCMESH_WORK_DIR`` overrides both.
+    """
+    work_dir = settings.work_dir or settings.home
+    if settings.work_dir is None and os.geteuid() == 0 and not _traversable(settings.home):
+        digest = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
+        work_dir = Path("/var/lib/funcmesh") / digest
+    for public in (work_dir, work_dir / "code", work_dir / "deps"):
+        public.mkdir(parents=True, exist_ok=True)
+        public.chmod(0o711 if public == work_dir else 0o755)
+    return work_dir
+
+
+def _traversable(path: Path) -> bool:
+    """Whether any user may pass through every directory down to ``path``."""
+    return all(p.stat().st_mode & 0o001 for p in [path.resolve(), *path.resolve().parents])
 
 
 def _private_database(db_path: Path) -> None:

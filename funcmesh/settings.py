@@ -43,6 +43,7 @@ class DaemonSettings:
     """Everything ``funcmesh up`` needs to know before it starts."""
 
     home: Path
+    work_dir: Path | None = None  # where code and dependency environments go (see app)
     api_addr: Address
     gateway_addr: Address
     max_body_bytes: int = 10 << 20
@@ -87,8 +88,10 @@ def load_daemon_settings(
     """Flags win over ``FUNCMESH_*`` variables, which win over the defaults."""
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
     gateway = gateway_addr or env.get("FUNCMESH_GATEWAY_ADDR") or DEFAULT_GATEWAY_ADDR
+    work_dir = env.get("FUNCMESH_WORK_DIR")
     return DaemonSettings(
         home=default_home(env),
+        work_dir=Path(work_dir).expanduser() if work_dir else None,
         api_addr=parse_address(api, what="--api-addr"),
         gateway_addr=parse_address(gateway, what="--gateway-addr"),
     )

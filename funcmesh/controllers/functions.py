@@ -55,6 +55,9 @@ class FunctionController:
         self._events = EventRecorder(store)
         self._latest: dict[tuple[str, str], RawObject | None] = {}
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # The generation last worked on per function: a status write (or a failed build) must
+        # not start the same work again; a restart of the daemon tries everything once more.
+        self._attempted: dict[tuple[str, str], int] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -87,20 +90,31 @@ class FunctionController:
         try:
             while key in self._latest:
                 obj = self._latest.pop(key)
-                try:
-                    if obj is None:
-                        await self._pools.remove(*key)
-                    elif self._needs_work(obj):
-                        await self._reconcile(obj)
-                except Exception:
-                    logger.exception("reconciling function %s/%s failed", *key)
+                if obj is None:
+                    self._attempted.pop(key, None)
+                    await self._pools.remove(*key)
+                elif self._needs_work(key, obj):
+                    await self._reconcile_guarded(obj)
         finally:
             self._workers.pop(key, None)
 
-    def _needs_work(self, obj: RawObject) -> bool:
-        generation = metadata_of(obj).get("generation")
-        pool = self._pools.lookup(namespace_of(obj), name_of(obj))
-        return pool is None or pool.revision is None or pool.revision.generation != generation
+    def _needs_work(self, key: tuple[str, str], obj: RawObject) -> bool:
+        generation = int(metadata_of(obj).get("generation") or 1)
+        if self._attempted.get(key) == generation:
+            return False
+        self._attempted[key] = generation
+        return True
+
+    async def _reconcile_guarded(self, obj: RawObject) -> None:
+        """Reconcile; an unexpected error still ends in a status the user can read."""
+        try:
+            await self._reconcile(obj)
+        except Exception as exc:
+            logger.exception("reconciling function %s/%s failed", namespace_of(obj), name_of(obj))
+            status = copy.deepcopy(obj.get("status") or {})
+            status["observedGeneration"] = int(metadata_of(obj).get("generation") or 1)
+            message = f"deploying failed: {type(exc).__name__}: {exc}"
+            await self._finish(obj, status, ok=False, reason="DeployFailed", message=message)
 
     async def _reconcile(self, obj: RawObject) -> None:
         status = copy.deepcopy(obj.get("status") or {})

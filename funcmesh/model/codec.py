@@ -75,6 +75,9 @@ def load_json_object(text: str | bytes, *, source: str = "request body") -> RawO
 class _BlockDumper(yaml.SafeDumper):
     """Multi-line strings as literal blocks, so function code stays readable in ``-o yaml``."""
 
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # no &id001 anchors when two fields share one value
+
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     style = "|" if "\n" in value else None

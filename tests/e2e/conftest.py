@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
 FUNCMESH = str(Path(sys.executable).with_name("funcmesh"))
 
@@ -70,9 +76,34 @@ class Daemon:
         return self.process.wait(timeout_s)
 
 
+WORK_DIRS: set[Path] = set()
+
+
+def work_dir_for(home: Path) -> Path:
+    """A work directory workers (running as nobody under a root daemon) can reach: pytest's
+    own temporary directories are private to root."""
+    digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"funcmesh-e2e-{digest}"
+    path.mkdir(mode=0o711, exist_ok=True)
+    WORK_DIRS.add(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_work_dirs() -> Iterator[None]:
+    yield
+    for path in WORK_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
     api_port, gateway_port = free_port(), free_port()
-    env = {**os.environ, "FUNCMESH_HOME": str(home), **(extra_env or {})}
+    env = {
+        **os.environ,
+        "FUNCMESH_HOME": str(home),
+        "FUNCMESH_WORK_DIR": str(work_dir_for(home)),
+        **(extra_env or {}),
+    }
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [
@@ -132,3 +163,45 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     finally:
         code = running.stop()
         assert code == 0, f"funcmesh up exited {code} on SIGTERM:\n{running.log_tail()}"
+
+
+def api_client(daemon: Daemon, *, token: bool = True) -> httpx.Client:
+    """An HTTPS client for the daemon's API, trusting its CA, with the kubeconfig's token."""
+    config = yaml.safe_load((daemon.home / "kubeconfig").read_text())
+    ca_pem = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {config['users'][0]['user']['token']}"
+    return httpx.Client(base_url=daemon.api_url, verify=context, headers=headers, timeout=30)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (workers are grandchildren: daemon -> zygote -> worker)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    living = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            living.add(pid)
+    return living

@@ -1,0 +1,145 @@
+"""``get KIND [NAME...]``: objects as kubectl shows them.
+
+Tables come from the server (a meta.k8s.io Table: ``-o wide`` adds the columns of priority > 0,
+``-A`` a NAMESPACE column first); ``-o yaml|json`` prints one object as itself and several as a
+``kind: List``; ``-o name`` prints ``function.kubeless.io/NAME``. Read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from funcmesh.cli.options import global_options, output_option
+from funcmesh.cli.output import (
+    cell_text,
+    dump_objects,
+    format_table,
+    object_reference,
+    report_error,
+)
+from funcmesh.cli.session import session_of
+from funcmesh.errors import FuncmeshError, Invalid
+from funcmesh.model.kinds import ResourceType, find_resource
+from funcmesh.model.objects import RawObject, namespace_of
+from funcmesh.model.selectors import parse_selector
+
+if TYPE_CHECKING:
+    from funcmesh.client.responses import Table
+
+
+@click.command("get")
+@click.argument("kind")
+@click.argument("names", nargs=-1)
+@output_option("yaml", "json", "wide", "name")
+@click.option("-l", "--selector", metavar="SELECTOR", help="Label selector, e.g. app=web.")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Objects of every namespace.")
+@global_options
+@click.pass_context
+def get(
+    ctx: click.Context,
+    kind: str,
+    names: Sequence[str],
+    output: str | None,
+    selector: str | None,
+    all_namespaces: bool,
+) -> None:
+    """Show objects of one kind (functions, pods, namespaces, events)."""
+    rt = find_resource(kind)
+    if selector:
+        parse_selector(selector)  # a syntax error is reported here, not by the server
+    if names and all_namespaces:
+        raise Invalid("a name cannot be looked up across all namespaces: drop -A or the names")
+    all_namespaces = all_namespaces and rt.namespaced
+    if output in ("yaml", "json", "name"):
+        failed = _print_objects(ctx, rt, names, output, selector, all_namespaces=all_namespaces)
+    else:
+        failed = _print_tables(ctx, rt, names, output == "wide", selector, all_namespaces)
+    if failed:
+        ctx.exit(1)
+
+
+def _print_objects(
+    ctx: click.Context,
+    rt: ResourceType,
+    names: Sequence[str],
+    output: str,
+    selector: str | None,
+    *,
+    all_namespaces: bool,
+) -> bool:
+    session = session_of(ctx)
+    client = session.client()
+    objects: list[RawObject] = []
+    failed = False
+    if names:
+        for name in names:
+            try:
+                objects.append(client.get(rt, session.namespace, name))
+            except FuncmeshError as exc:
+                report_error(exc)
+                failed = True
+    else:
+        listing = client.list(
+            rt, session.namespace, selector=selector, all_namespaces=all_namespaces
+        )
+        objects = listing.items
+        if not objects:
+            _no_resources(rt, session.namespace, all_namespaces=all_namespaces)
+            return False
+    if output == "name":
+        for obj in objects:
+            click.echo(object_reference(rt, obj))
+    elif objects or not names:
+        click.echo(dump_objects(objects, output=output, single=len(names) == 1), nl=False)
+    return failed
+
+
+def _print_tables(
+    ctx: click.Context,
+    rt: ResourceType,
+    names: Sequence[str],
+    wide: bool,
+    selector: str | None,
+    all_namespaces: bool,
+) -> bool:
+    session = session_of(ctx)
+    client = session.client()
+    tables: list[Table] = []
+    failed = False
+    if names:
+        for name in names:
+            try:
+                tables.append(client.table(rt, session.namespace, name))
+            except FuncmeshError as exc:
+                report_error(exc)
+                failed = True
+    else:
+        tables.append(
+            client.table(rt, session.namespace, selector=selector, all_namespaces=all_namespaces)
+        )
+    if any(table.rows for table in tables):
+        click.echo(render_tables(tables, wide=wide, with_namespace=all_namespaces))
+    elif not names:
+        _no_resources(rt, session.namespace, all_namespaces=all_namespaces)
+    return failed
+
+
+def render_tables(tables: Sequence[Table], *, wide: bool, with_namespace: bool) -> str:
+    """The rows of ``tables`` (same columns) under the first one's headers."""
+    columns = tables[0].columns
+    shown = [i for i, column in enumerate(columns) if wide or column.priority == 0]
+    headers = [columns[i].name.upper() for i in shown]
+    rows = []
+    for table in tables:
+        for row in table.rows:
+            cells = [cell_text(row.cells[i]) if i < len(row.cells) else "" for i in shown]
+            rows.append([namespace_of(row.object), *cells] if with_namespace else cells)
+    return format_table(["NAMESPACE", *headers] if with_namespace else headers, rows)
+
+
+def _no_resources(rt: ResourceType, namespace: str, *, all_namespaces: bool) -> None:
+    where = f" in {namespace} namespace" if rt.namespaced and not all_namespaces else ""
+    click.echo(f"No resources found{where}.", err=True)

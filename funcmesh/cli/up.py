@@ -1,0 +1,31 @@
+"""``funcmesh up``: run the daemon in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+
+@click.command("up")
+@click.option("--api-addr", metavar="HOST:PORT", help="API server address [127.0.0.1:6443].")
+@click.option("--gateway-addr", metavar="HOST:PORT", help="Gateway address [127.0.0.1:8080].")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def up(api_addr: str | None, gateway_addr: str | None, verbose: bool) -> None:
+    """Run the funcmesh daemon: API server, gateway, controllers and runtimes."""
+    from funcmesh.app import run
+    from funcmesh.errors import FuncmeshError
+    from funcmesh.settings import load_daemon_settings
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = load_daemon_settings(os.environ, api_addr=api_addr, gateway_addr=gateway_addr)
+    except FuncmeshError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(run(settings, os.environ))

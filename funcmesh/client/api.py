@@ -1,0 +1,390 @@
+"""Typed HTTP client of the funcmesh API, spoken with Kubernetes conventions.
+
+Paths come from ``model.kinds``; answers become typed values (``responses``); error answers and
+transport failures become FuncmeshError subclasses with a message a user can act on. httpx lives
+here and in ``download`` only. This module must not print, prompt or know about the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from funcmesh import __version__
+from funcmesh.client.kubeconfig import Kubeconfig
+from funcmesh.client.responses import (
+    FunctionStats,
+    ObjectList,
+    ProxyResponse,
+    ServerConfig,
+    Table,
+    WatchEvent,
+    parse_function_stats,
+    parse_list,
+    parse_object,
+    parse_server_config,
+    parse_table,
+    parse_watch_event,
+)
+from funcmesh.client.status import error_from_response, error_from_status
+from funcmesh.errors import FuncmeshError, Invalid, Unavailable
+from funcmesh.model.kinds import FUNCTION, ResourceType
+from funcmesh.model.objects import RawObject, name_of, namespace_of
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+WATCH_SLACK_S = 5.0
+FUNCTION_PORT_NAME = "http-function-port"
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+Params = Mapping[str, str]
+E = TypeVar("E", bound=BaseException)
+
+
+class ApiClient:
+    """One connection pool to the API; use as a context manager or call ``close``."""
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        token: str | None = None,
+        ca_pem: str | None = None,
+        verify_tls: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    ) -> None:
+        if not server.startswith(("https://", "http://")):
+            raise Invalid(f'server "{server}" must be a URL such as https://127.0.0.1:6443')
+        self.server = server.rstrip("/")
+        self._timeout_s = request_timeout_s
+        headers = {"User-Agent": f"funcmesh/{__version__}", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            verify=_tls_verification(ca_pem, verify_tls=verify_tls),
+            transport=transport,
+            timeout=request_timeout_s,
+            trust_env=False,  # a proxy from the environment must not see loopback API traffic
+        )
+
+    @classmethod
+    def from_kubeconfig(cls, config: Kubeconfig, *, server: str | None = None) -> ApiClient:
+        """A client for the kubeconfig's context; ``server`` (``--server``) overrides its URL."""
+        return cls(
+            server=server or config.server,
+            token=config.token,
+            ca_pem=config.ca_pem,
+            verify_tls=not config.insecure_skip_tls_verify,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- Kubernetes verbs ------------------------------------------------------------------
+
+    def version(self) -> dict[str, Any]:
+        return parse_object(self._json("GET", "/version"), what="GET /version")
+
+    def get(self, rt: ResourceType, namespace: str, name: str) -> RawObject:
+        path = object_path(rt, namespace, name)
+        return parse_object(self._json("GET", path), what=f"GET {path}")
+
+    def list(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        *,
+        selector: str | None = None,
+        all_namespaces: bool = False,
+    ) -> ObjectList:
+        path = collection_path(rt, namespace, all_namespaces=all_namespaces)
+        params = {"labelSelector": selector} if selector else {}
+        return parse_list(self._json("GET", path, params=params), what=f"GET {path}")
+
+    def table(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str | None = None,
+        *,
+        selector: str | None = None,
+        all_namespaces: bool = False,
+    ) -> Table:
+        """The server's human view (a meta.k8s.io Table) of one object or a list."""
+        if name is None:
+            path = collection_path(rt, namespace, all_namespaces=all_namespaces)
+        else:
+            path = object_path(rt, namespace, name)
+        params = {"labelSelector": selector} if selector else {}
+        answer = self._json("GET", path, params=params, headers={"Accept": TABLE_ACCEPT})
+        return parse_table(answer, what=f"GET {path}")
+
+    def create(self, rt: ResourceType, obj: RawObject) -> RawObject:
+        path = collection_path(rt, namespace_of(obj))
+        return parse_object(self._json("POST", path, body=obj), what=f"POST {path}")
+
+    def replace(self, rt: ResourceType, obj: RawObject) -> RawObject:
+        path = object_path(rt, namespace_of(obj), name_of(obj))
+        return parse_object(self._json("PUT", path, body=obj), what=f"PUT {path}")
+
+    def merge_patch(
+        self, rt: ResourceType, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> RawObject:
+        """JSON merge patch (RFC 7386); with ``metadata.resourceVersion`` it is conditional."""
+        path = object_path(rt, namespace, name)
+        headers = {"Content-Type": MERGE_PATCH_CONTENT_TYPE}
+        answer = self._json("PATCH", path, body=patch, headers=headers)
+        return parse_object(answer, what=f"PATCH {path}")
+
+    def delete(self, rt: ResourceType, namespace: str, name: str) -> RawObject:
+        path = object_path(rt, namespace, name)
+        return parse_object(self._json("DELETE", path), what=f"DELETE {path}")
+
+    def watch(
+        self,
+        rt: ResourceType,
+        namespace: str,
+        *,
+        resource_version: str,
+        all_namespaces: bool = False,
+        field_selector: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[WatchEvent]:
+        """Changes after ``resource_version``; ends quietly after ``timeout_s`` without events.
+
+        A watch ``ERROR`` event raises its Status as an exception (ResourceExpired for 410).
+        """
+        path = collection_path(rt, namespace, all_namespaces=all_namespaces)
+        params = {"watch": "true", "resourceVersion": resource_version}
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if timeout_s is not None:
+            params["timeoutSeconds"] = str(max(1, math.ceil(timeout_s)))
+        read_timeout_s = None if timeout_s is None else timeout_s + WATCH_SLACK_S
+        for line in self._stream_lines(path, params=params, read_timeout_s=read_timeout_s):
+            if not line.strip():
+                continue
+            event = parse_watch_event(_decode_json(line, what=f"watch {path}"))
+            if event.type == "ERROR":
+                raise error_from_status(event.object)
+            yield event
+
+    # -- funcmesh extensions ---------------------------------------------------------------
+
+    def proxy(
+        self,
+        namespace: str,
+        service: str,
+        *,
+        method: str = "GET",
+        path: str = "",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        port: str = FUNCTION_PORT_NAME,
+    ) -> ProxyResponse:
+        """Call a service through the API's service proxy; any status comes back as is."""
+        url = (
+            f"/api/v1/namespaces/{_segment(namespace)}/services/{_segment(service)}:"
+            f"{_segment(port)}/proxy/{path.lstrip('/')}"
+        )
+        # No read timeout: the function's own timeout (enforced by the daemon) bounds the call.
+        timeout = httpx.Timeout(self._timeout_s, read=None)
+        # The function, not the API, decides the answer's type: do not send the API's Accept.
+        all_headers = {"Accept": "*/*", **(headers or {})}
+        response = self._send(method, url, content=body, headers=all_headers, timeout=timeout)
+        return ProxyResponse(
+            status=response.status_code,
+            reason_phrase=response.reason_phrase,
+            headers=dict(response.headers),
+            body=response.content,
+        )
+
+    def function_log(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        build: bool = False,
+    ) -> Iterator[str]:
+        """Log lines of a function's instances, or of its dependency build with ``build``."""
+        path = object_path(FUNCTION, namespace, name) + "/log"
+        params = {"follow": "true" if follow else "false"}
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
+        if build:
+            params["container"] = "build"
+        read_timeout_s = None if follow else self._timeout_s
+        yield from self._stream_lines(path, params=params, read_timeout_s=read_timeout_s)
+
+    def function_stats(self, namespace: str, name: str) -> FunctionStats:
+        path = object_path(FUNCTION, namespace, name) + "/stats"
+        return parse_function_stats(self._json("GET", path), what=f"GET {path}")
+
+    def server_config(self) -> ServerConfig:
+        return parse_server_config(self._json("GET", "/funcmesh/v1/server-config"))
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        content = None if body is None else json.dumps(body).encode()
+        all_headers = dict(headers or {})
+        if content is not None:
+            all_headers.setdefault("Content-Type", "application/json")
+        response = self._send(method, path, params=params, content=content, headers=all_headers)
+        if not response.is_success:
+            raise error_from_response(
+                response.status_code, response.content, reason_phrase=response.reason_phrase
+            )
+        return _decode_json(response.content, what=f"{method} {path}")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(
+                method,
+                path,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=timeout if timeout is not None else self._timeout_s,
+            )
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+        logger.debug("%s %s -> %d", method, response.url, response.status_code)
+        return response
+
+    def _stream_lines(
+        self, path: str, *, params: Params, read_timeout_s: float | None
+    ) -> Iterator[str]:
+        """Lines of a streamed GET; a read timeout ends the stream quietly."""
+        timeout = httpx.Timeout(self._timeout_s, read=read_timeout_s)
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                logger.debug("GET %s (stream) -> %d", response.url, response.status_code)
+                if not response.is_success:
+                    response.read()
+                    raise error_from_response(
+                        response.status_code, response.content, reason_phrase=response.reason_phrase
+                    )
+                yield from response.iter_lines()
+        except httpx.ReadTimeout:
+            return
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
+
+    def _transport_error(self, exc: httpx.HTTPError) -> FuncmeshError:
+        where = f"the funcmesh API at {self.server}"
+        tls = _cause_of_type(exc, ssl.SSLError)
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return Unavailable(
+                f"TLS verification of {where} failed ({tls.verify_message}): the kubeconfig's CA "
+                "does not match the server's certificate; use the kubeconfig funcmesh up wrote"
+            )
+        if tls is not None:
+            return Unavailable(
+                f"TLS handshake with {where} failed ({tls.reason or tls}): does it speak https?"
+            )
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return Unavailable(f"cannot reach {where} ({_reason(exc)}): is funcmesh up running?")
+        if isinstance(exc, httpx.TimeoutException):
+            return Unavailable(f"{where} did not answer within {self._timeout_s:g} s")
+        if isinstance(exc, httpx.TransportError):
+            return Unavailable(f"the connection to {where} failed ({_reason(exc)})")
+        return FuncmeshError(f"request to {where} failed: {exc}")
+
+
+def collection_path(rt: ResourceType, namespace: str, *, all_namespaces: bool = False) -> str:
+    """``/apis/kubeless.io/v1beta1/namespaces/default/functions``, ``/api/v1/namespaces``."""
+    prefix = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
+    if rt.namespaced and not all_namespaces:
+        prefix += f"/namespaces/{_segment(namespace or 'default')}"
+    return f"{prefix}/{rt.plural}"
+
+
+def object_path(rt: ResourceType, namespace: str, name: str) -> str:
+    if not name:
+        raise Invalid(f"a {rt.singular} name is required")
+    return f"{collection_path(rt, namespace)}/{_segment(name)}"
+
+
+def _segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _decode_json(content: bytes | str, *, what: str) -> Any:
+    try:
+        return json.loads(content)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FuncmeshError(f"the funcmesh API answered {what} with invalid JSON") from exc
+
+
+def _tls_verification(ca_pem: str | None, *, verify_tls: bool) -> ssl.SSLContext | bool:
+    if not verify_tls:
+        return False
+    if ca_pem is None:
+        return True
+    try:
+        return ssl.create_default_context(cadata=ca_pem)
+    except (ssl.SSLError, ValueError) as exc:
+        raise Invalid(
+            f"the certificate authority in the kubeconfig is not a valid PEM certificate ({exc})"
+        ) from exc
+
+
+def _cause_of_type(exc: BaseException, kind: type[E]) -> E | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """``connection refused``, ``unknown host``, ``timed out``: the root cause in a few words."""
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if _cause_of_type(exc, ConnectionRefusedError) is not None:
+        return "connection refused"
+    if _cause_of_type(exc, socket.gaierror) is not None:
+        return "unknown host"
+    os_error = _cause_of_type(exc, OSError)
+    if os_error is not None and os_error.strerror:
+        return os_error.strerror.lower()
+    return str(exc) or type(exc).__name__
