@@ -89,9 +89,16 @@ def load_daemon_settings(
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
     gateway = gateway_addr or env.get("FUNCMESH_GATEWAY_ADDR") or DEFAULT_GATEWAY_ADDR
     work_dir = env.get("FUNCMESH_WORK_DIR")
+    max_queue = env.get("FUNCMESH_MAX_QUEUE", "")
+    if max_queue and not max_queue.isdigit():
+        raise Invalid(f"FUNCMESH_MAX_QUEUE must be a whole number, got {max_queue!r}")
+    runtime = (
+        RuntimeSettings(max_queue_per_function=int(max_queue)) if max_queue else RuntimeSettings()
+    )
     return DaemonSettings(
         home=default_home(env),
         work_dir=Path(work_dir).expanduser() if work_dir else None,
         api_addr=parse_address(api, what="--api-addr"),
         gateway_addr=parse_address(gateway, what="--gateway-addr"),
+        runtime=runtime,
     )
