@@ -107,14 +107,17 @@ def dependencies_text(spec: Mapping[str, Any]) -> str:
 def describe(ctx: click.Context, name: str, output: str | None) -> None:
     """Show one function in detail."""
     session = session_of(ctx)
-    obj = session.client().get(FUNCTION, session.namespace, name)
+    client = session.client()
+    obj = client.get(FUNCTION, session.namespace, name)
     if output:
         click.echo(dump_value(obj, output=output), nl=False)
         return
-    click.echo(describe_text(obj))
+    click.echo(
+        describe_text(obj, instances=client.function_stats(session.namespace, name).instances)
+    )
 
 
-def describe_text(obj: RawObject) -> str:
+def describe_text(obj: RawObject, *, instances: int) -> str:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     runtime = str(spec.get("runtime") or "")
@@ -131,7 +134,7 @@ def describe_text(obj: RawObject) -> str:
         ("Dependencies", str(spec.get("deps") or "").rstrip("\n")),
         ("Timeout", str(spec.get("timeout") or "180")),
         ("Status", function_status_text(obj)),
-        ("Instances", f"{status.get('instances', 0)} ({status.get('readyInstances', 0)} ready)"),
+        ("Instances", str(instances)),
     ]
     lines = [_describe_line(label, value) for label, value in fields]
     lines.append("Conditions:")

@@ -5,8 +5,6 @@ Function status, written by the function controller:
     status:
       observedGeneration: 3        # the generation the rest of the status describes
       runtime: python3.11          # the runtime actually used (after resolving Kubeless ids)
-      instances: 1                 # running instances; readyInstances: those serving
-      readyInstances: 1
       conditions:
       - type: Ready                # True once the code is prepared, deps built, handler loaded
         status: "False"
