@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 from funcmesh.errors import NotFound
+from funcmesh.runtime.fanout import Fanout
 
 MAX_LINE_BYTES = 16 * 1024
 
@@ -31,39 +32,25 @@ class LogRing:
         self._budget = budget_bytes
         self._size = 0
         self._lines: deque[str] = deque()
-        self._followers: set[asyncio.Queue[str | None]] = set()
+        self._live: Fanout[str] = Fanout()
 
     def append(self, line: str) -> None:
         self._lines.append(line)
         self._size += len(line)
         while self._size > self._budget and len(self._lines) > 1:
             self._size -= len(self._lines.popleft())
-        for queue in list(self._followers):
-            try:
-                queue.put_nowait(line)
-            except asyncio.QueueFull:
-                self._followers.discard(queue)
+        self._live.publish(line)
 
     def tail(self, count: int | None) -> list[str]:
         lines = list(self._lines)
         return lines if count is None else lines[-count:] if count > 0 else []
 
-    async def follow(self) -> AsyncIterator[str]:
-        """Live lines until the ring is closed (or the follower falls 10,000 lines behind)."""
-        queue: asyncio.Queue[str | None] = asyncio.Queue(10_000)
-        self._followers.add(queue)
-        try:
-            while (line := await queue.get()) is not None:
-                yield line
-        finally:
-            self._followers.discard(queue)
+    def follow(self) -> AsyncIterator[str]:
+        """Live lines until the ring is closed (or the follower falls far behind)."""
+        return self._live.follow()
 
     def close(self) -> None:
-        for queue in list(self._followers):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
-        self._followers.clear()
+        self._live.close()
 
 
 class LineSplitter(asyncio.Protocol):

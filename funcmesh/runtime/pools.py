@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from funcmesh.errors import NotFound
+from funcmesh.runtime.fanout import Fanout
 from funcmesh.runtime.instances import Instance, Revision
 from funcmesh.runtime.pool import FunctionPool, PoolContext
 from funcmesh.runtime.stats import FunctionStats, Metrics
@@ -55,31 +56,18 @@ class PodEvents:
     """Fan-out of Pod changes to API watchers."""
 
     def __init__(self) -> None:
-        self._followers: set[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = set()
+        self._live: Fanout[tuple[str, dict[str, Any]]] = Fanout()
 
     def publish(self, kind: str, pod: dict[str, Any]) -> None:
-        for queue in list(self._followers):
-            try:
-                queue.put_nowait((kind, pod))
-            except asyncio.QueueFull:
-                self._followers.discard(queue)
+        self._live.publish((kind, pod))
 
     async def follow(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(10_000)
-        self._followers.add(queue)
-        try:
-            while (item := await queue.get()) is not None:
-                if namespace is None or item[1]["metadata"]["namespace"] == namespace:
-                    yield item
-        finally:
-            self._followers.discard(queue)
+        async for kind, pod in self._live.follow():
+            if namespace is None or pod["metadata"]["namespace"] == namespace:
+                yield kind, pod
 
     def close(self) -> None:
-        for queue in list(self._followers):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
-        self._followers.clear()
+        self._live.close()
 
 
 class Pools:
