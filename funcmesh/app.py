@@ -111,8 +111,12 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         _private_database(settings.db_path)
         store = await Store.open(settings.db_path)
         stack.push_async_callback(store.close)
-        catalog = await asyncio.to_thread(
+        discovered = await asyncio.to_thread(
             RuntimeCatalog.discover, path_env=env.get("PATH", os.defpath)
+        )
+        # Only Python has a runtime (zygote and shim) so far; Node.js is found but not offered.
+        catalog = RuntimeCatalog.from_runtimes(
+            runtime for runtime in discovered.runtimes if runtime.language == "python"
         )
         api_url = f"https://{_url_host(settings.api_addr.host)}:{settings.api_addr.port}"
         identity = await asyncio.to_thread(
