@@ -154,7 +154,8 @@ class ResourceHandlers:
         obj = decode_object(request.content_type, await self._body(request))
         obj = _placed(path, _with_generated_name(_checked_type(path.rt, obj)))
         try:
-            admitted = self._admission.admit(path.rt, obj, None)
+            # Admission may decode and list an archive: keep that off the event loop.
+            admitted = await asyncio.to_thread(self._admission.admit, path.rt, obj, None)
             created = admitted if options.dry_run else await self._stored.create(path.rt, admitted)
         except FuncmeshError as exc:  # the URL has no name: take it from the object
             return error_response(exc, request, details_for(path.rt, name_of(obj), exc))
@@ -200,7 +201,7 @@ class ResourceHandlers:
             obj = copy.deepcopy(current)
             obj["status"] = new_status
             metadata_of(obj)["resourceVersion"] = wanted_version
-        admitted = self._admission.admit(path.rt, obj, current)
+        admitted = await asyncio.to_thread(self._admission.admit, path.rt, obj, current)
         if dry_run:
             return json_response(admitted)
         return json_response(await self._stored.update(path.rt, admitted, status_only=status_only))

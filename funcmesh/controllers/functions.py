@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from funcmesh.controllers.events import EventRecorder
-from funcmesh.errors import FuncmeshError, Invalid, NotFound
+from funcmesh.errors import Invalid, NotFound
 from funcmesh.model.conditions import find_condition, remove_condition, set_condition
 from funcmesh.model.function import FunctionSpec, parse_function
 from funcmesh.model.kinds import FUNCTION
@@ -134,7 +134,7 @@ class FunctionController:
             revision = await self._build(obj, spec, resolution.runtime, status)
         except (Invalid, BuildFailed) as exc:
             reason = "BuildFailed" if isinstance(exc, BuildFailed) else "Invalid"
-            message = _failure_text(exc)
+            message = str(exc)  # a BuildFailed carries pip's output tail already
             await self._finish(obj, status, ok=False, reason=reason, message=message)
             pool.fail(f"{reason}: {message}")
             return
@@ -236,9 +236,3 @@ def _note_runtime(status: dict[str, object], warning: str | None) -> None:
         )
     else:
         remove_condition(status, "RuntimeSubstituted")
-
-
-def _failure_text(exc: FuncmeshError) -> str:
-    if isinstance(exc, BuildFailed) and exc.output_tail:
-        return f"{exc}\n{exc.output_tail}"
-    return str(exc)

@@ -90,7 +90,7 @@ class Relay:
             status = await self._exchange(lease, route, request, responder)
             ok = status < 500
         except UpstreamTimeout:
-            lease.kill("timeout")
+            lease.kill(f"killed after the {lease.timeout_s:g}s timeout")
             status = 504
             message = (
                 f"Request timeout exceeded: function {function} did not answer "

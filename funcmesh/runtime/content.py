@@ -7,7 +7,9 @@ A Function's ``spec.function`` arrives as ``text``, ``base64`` or ``url``, each 
 The directory appears whole or not at all: it is built next to its final place and renamed.
 Archives are untrusted input: members that would land outside the directory, links pointing
 outside it, device files and archive bombs are refused with the member named.
-This module is blocking (callers run it in a thread) and must not import or run the code.
+:func:`check_content` is the part of that which needs no disk and no network (decoding, the
+checksum, an archive's member list), so the API can refuse bad content before storing it.
+``prepare_code`` blocks (callers run it in a thread); nothing here imports or runs the code.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -195,13 +197,48 @@ def prepare_code(
     return dest
 
 
+def check_content(
+    *,
+    content: str | bytes,
+    content_type: str,
+    checksum: str,
+    module: str,
+    suffix: str,
+    deps_file: str = "",
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> None:
+    """Invalid unless the code would prepare, as far as that shows without writing anything.
+
+    Decodes the content, verifies the checksum and lists an archive's members: names that leave
+    the directory, special files, the budget, the handler module and the ``+deps`` file are
+    checked; links and member data are left to :func:`prepare_code`. Only a URL's scheme is
+    checked: it is downloaded when the code is prepared. The cost is one decode and one hash
+    of the content, plus the archive's listing.
+    """
+    kind = parse_content_type(content_type)
+    parse_checksum(checksum)
+    _check_module_name(module)
+    if kind.encoding == "url":
+        _check_url(content.decode() if isinstance(content, bytes) else content)
+        return
+    raw = decode_raw(content, content_type)
+    verify_checksum(raw, checksum)
+    if kind.archive is None:
+        return
+    budget = _Budget(max_bytes=max_unpacked_bytes, max_members=max_members)
+    listing = _LISTERS[kind.archive](raw, budget)
+    _check_module_listed(listing, module=module, suffix=suffix)
+    if kind.bundles_deps and deps_file not in listing.files:
+        raise _no_bundled_deps(deps_file)
+
+
 def read_bundled_deps(code_dir: Path, deps_file: str) -> str:
     """The dependency file a ``+deps`` archive carries (Invalid when it has none)."""
     try:
         return (code_dir / deps_file).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        message = f"function-content-type has +deps but the archive holds no {deps_file}"
-        raise _invalid("spec.function-content-type", message) from exc
+        raise _no_bundled_deps(deps_file) from exc
     except UnicodeDecodeError as exc:
         raise _invalid("spec.function", f"{deps_file} in the archive is not UTF-8") from exc
 
@@ -221,10 +258,19 @@ def _invalid(field: str, message: str) -> Invalid:
     return Invalid(message, [Cause(field=field, message=message)])
 
 
-def _fetch(url: str, fetch_url: FetchUrl) -> bytes:
-    if not url.startswith(("http://", "https://")):
+def _no_bundled_deps(deps_file: str) -> Invalid:
+    message = f"function-content-type has +deps but the archive holds no {deps_file}"
+    return _invalid("spec.function-content-type", message)
+
+
+def _check_url(url: str) -> None:
+    if not url.strip().startswith(("http://", "https://")):
         message = f"function-content-type url needs an http:// or https:// address, got {url!r}"
         raise _invalid("spec.function", message)
+
+
+def _fetch(url: str, fetch_url: FetchUrl) -> bytes:
+    _check_url(url)
     try:
         return fetch_url(url)
     except urllib.error.HTTPError as exc:
@@ -265,13 +311,29 @@ def _check_module_present(root: Path, *, module: str, suffix: str) -> None:
         return
     entries = sorted(root.iterdir())
     names = [f"{entry.name}/" if entry.is_dir() else entry.name for entry in entries]
+    wrapped = len(entries) == 1 and (entries[0] / f"{module}{suffix}").is_file()
+    raise _module_missing(module, names, wrapped_in=names[0] if wrapped else None)
+
+
+def _check_module_listed(listing: _Listing, *, module: str, suffix: str) -> None:
+    marker = _PACKAGE_MARKERS.get(suffix)
+    files = listing.files
+    if f"{module}{suffix}" in files or (marker and f"{module}/{marker}" in files):
+        return
+    names = listing.top_names()
+    wrapped = len(names) == 1 and f"{names[0]}{module}{suffix}" in files
+    raise _module_missing(module, names, wrapped_in=names[0] if wrapped else None)
+
+
+def _module_missing(module: str, names: list[str], *, wrapped_in: str | None) -> Invalid:
+    """``names``: the archive's top-level entries, folders ending in ``/``."""
     listed = ", ".join(names[:_LISTED_ENTRIES]) + (", ..." if len(names) > _LISTED_ENTRIES else "")
     message = (
         f'handler module "{module}" not found in the archive (it holds: {listed or "nothing"})'
     )
-    if len(entries) == 1 and (entries[0] / f"{module}{suffix}").is_file():
-        message += f"; archive the contents of {names[0]}, not the folder itself"
-    raise _invalid("spec.handler", message)
+    if wrapped_in is not None:
+        message += f"; archive the contents of {wrapped_in}, not the folder itself"
+    return _invalid("spec.handler", message)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -381,51 +443,125 @@ class _Extraction:
 
 def _locate(root: Path, name: str) -> Path | None:
     """The path of member ``name`` under ``root`` (None for the root), or Invalid."""
+    parts = _member_parts(name)
+    return root.joinpath(*parts) if parts else None
+
+
+def _member_parts(name: str) -> list[str]:
+    """The path components of member ``name`` (none for the root); Invalid if it leaves it."""
     if name.startswith("/") or "\x00" in name:
         raise _refused(name, "absolute paths are not allowed")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise _refused(name, "its path leaves the function's directory")
-    return root.joinpath(*parts) if parts else None
+    return parts
 
 
-def _unpack_zip(raw: bytes, extraction: _Extraction) -> None:
+@dataclass(slots=True, kw_only=True)
+class _Listing:
+    """Where an archive's members would land, without writing them: for :func:`check_content`."""
+
+    budget: _Budget
+    files: set[str] = field(default_factory=set)  # "a/b.py": files and links
+    top: dict[str, bool] = field(default_factory=dict)  # top-level name -> is a folder
+
+    def add(self, name: str, *, is_dir: bool) -> None:
+        self.budget.charge_member(name)
+        parts = _member_parts(name)
+        if not parts:
+            return
+        self.top[parts[0]] = self.top.get(parts[0], False) or is_dir or len(parts) > 1
+        if not is_dir:
+            self.files.add("/".join(parts))
+
+    def top_names(self) -> list[str]:
+        return [f"{name}/" if folder else name for name, folder in sorted(self.top.items())]
+
+
+_SPECIAL_FILE = "it is a special file (device, fifo or socket)"
+
+
+@contextlib.contextmanager
+def _zip_errors() -> Iterator[None]:
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-            for info in archive.infolist():
-                _unpack_zip_member(archive, info, extraction)
+        yield
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise _invalid("spec.function", f"corrupt zip archive: {exc}") from exc
     except (NotImplementedError, RuntimeError) as exc:  # exotic compression, encryption
         raise _invalid("spec.function", f"unsupported zip archive: {exc}") from exc
 
 
-def _unpack_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: _Extraction) -> None:
+def _zip_member_kind(info: zipfile.ZipInfo) -> Literal["dir", "link", "file"]:
     mode = info.external_attr >> 16
     if info.is_dir() or stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "link"
+    # No file type: made on a system without Unix modes, or by zipfile.writestr(name, data).
+    if stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):
+        return "file"
+    raise _refused(info.filename, _SPECIAL_FILE)
+
+
+def _unpack_zip(raw: bytes, extraction: _Extraction) -> None:
+    with _zip_errors(), zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for info in archive.infolist():
+            _unpack_zip_member(archive, info, extraction)
+
+
+def _list_zip(raw: bytes, budget: _Budget) -> _Listing:
+    listing = _Listing(budget=budget)
+    with _zip_errors(), zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        for info in archive.infolist():
+            listing.add(info.filename, is_dir=_zip_member_kind(info) == "dir")
+            budget.charge_bytes(info.filename, info.file_size)  # as declared: nothing inflates
+    return listing
+
+
+def _unpack_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: _Extraction) -> None:
+    kind = _zip_member_kind(info)
+    if kind == "dir":
         out.add_dir(info.filename)
-    elif stat.S_ISLNK(mode):
+    elif kind == "link":
         with archive.open(info) as stream:
             link_target = stream.read(_MAX_LINK_TARGET_BYTES).decode("utf-8", "replace")
         out.add_symlink(info.filename, link_target)
-    elif mode == 0 or stat.S_ISREG(mode):  # 0: made on a system without Unix modes
-        with archive.open(info) as stream:
-            out.add_file(info.filename, stream, executable=bool(mode & 0o111))
     else:
-        raise _refused(info.filename, "it is a special file (device, fifo or socket)")
+        with archive.open(info) as stream:
+            executable = bool((info.external_attr >> 16) & 0o111)
+            out.add_file(info.filename, stream, executable=executable)
 
 
-def _unpack_tar(raw: bytes, extraction: _Extraction) -> None:
+@contextlib.contextmanager
+def _tar_errors() -> Iterator[None]:
     try:
-        with _open_tar(raw) as archive:
-            for member in archive:
-                _unpack_tar_member(archive, member, extraction)
+        yield
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise _invalid("spec.function", f"corrupt tar archive: {exc}") from exc
     except OSError as exc:
         if exc.errno is not None:  # the disk failed, not the archive
             raise
         raise _invalid("spec.function", f"corrupt tar archive: {exc}") from exc
+
+
+def _unpack_tar(raw: bytes, extraction: _Extraction) -> None:
+    with _tar_errors(), _open_tar(raw) as archive:
+        for member in archive:
+            _unpack_tar_member(archive, member, extraction)
+
+
+def _list_tar(raw: bytes, budget: _Budget) -> _Listing:
+    """Reading the member list of a compressed tar inflates it, within the budget: each
+    member's declared size is charged before the stream moves past its data."""
+    listing = _Listing(budget=budget)
+    with _tar_errors(), _open_tar(raw) as archive:
+        for member in archive:
+            if not (member.isdir() or member.issym() or member.islnk() or member.isreg()):
+                raise _refused(member.name, _SPECIAL_FILE)
+            listing.add(member.name, is_dir=member.isdir())
+            if member.isreg():
+                budget.charge_bytes(member.name, member.size)
+    return listing
 
 
 def _open_tar(raw: bytes) -> tarfile.TarFile:
@@ -450,10 +586,14 @@ def _unpack_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, out: _
         with stream:
             out.add_file(member.name, stream, executable=bool(member.mode & 0o111))
     else:
-        raise _refused(member.name, "it is a special file (device, fifo or socket)")
+        raise _refused(member.name, _SPECIAL_FILE)
 
 
 _UNPACKERS: dict[ArchiveFormat, Callable[[bytes, _Extraction], None]] = {
     "zip": _unpack_zip,
     "tar": _unpack_tar,
+}
+_LISTERS: dict[ArchiveFormat, Callable[[bytes, _Budget], _Listing]] = {
+    "zip": _list_zip,
+    "tar": _list_tar,
 }

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from funcmesh.runtime.pool import FunctionPool
     from funcmesh.runtime.zygote import WorkerProcess
 
-MEMORY_ERROR_EXIT_CODE = 3  # the worker shim exits with this after answering a MemoryError
+MEMORY_ERROR_EXIT_CODE = 213  # the worker shim exits with this after answering a MemoryError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -173,8 +173,9 @@ class FunctionPool:
     async def _queue(self) -> Instance:
         if len(self._waiters) >= self._context.max_queue:
             raise QueueFull(
-                f"function {self.display_name} is at its limit of {self._max_scale()} instances "
-                f"and {len(self._waiters)} calls are already waiting; try again later or raise "
+                f"function {self.display_name} is at its limit of "
+                f"{_count(self._max_scale(), 'instance')} "
+                f"and {_count(len(self._waiters), 'call')} already waiting; try again later or raise "
                 "autoscaling.funcmesh.io/max-scale"
             )
         waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
@@ -426,6 +427,10 @@ class FunctionPool:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("task of %s failed", self.display_name, exc_info=task.exception())
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _listen(ip: str, port: int) -> socket.socket:

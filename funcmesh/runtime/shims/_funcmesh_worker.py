@@ -53,7 +53,7 @@ RECV_BYTES = 64 * 1024
 DRAIN_TIMEOUT_S = 10.0
 ACCEPT_RETRY_S = 0.1
 MAX_METHOD_LABELS = 16
-MEMORY_EXIT_STATUS = 3
+MEMORY_EXIT_STATUS = 213  # also in funcmesh/runtime/instances.py; unusual, so a handler's own exit is not mistaken for it
 HISTOGRAM_BUCKETS_S = (
     0.005,
     0.01,

@@ -21,6 +21,7 @@ import pytest
 from funcmesh.errors import Invalid
 from funcmesh.runtime.content import (
     ContentType,
+    check_content,
     content_digest,
     download,
     parse_content_type,
@@ -168,6 +169,17 @@ def test_prepare_writes_the_code(
     assert files_under(code_dir) == expected
 
 
+def test_zip_members_without_a_file_type_are_files(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("hello.py", HELLO)  # mode 0o600, no S_IFREG bits
+        archive.writestr(zipfile.ZipInfo("lib/util.py"), LIB)  # no mode at all
+
+    code_dir = prepare(tmp_path, b64(buffer.getvalue()), "base64+zip")
+
+    assert files_under(code_dir) == {"hello.py": HELLO, "lib/util.py": LIB}
+
+
 def test_symlinks_inside_the_directory_work(tmp_path: Path) -> None:
     archive = tar_of(
         {
@@ -225,42 +237,52 @@ def zlib_payload(archive: bytes) -> bytes:
     return archive[start : start + info.compress_size]
 
 
-@pytest.mark.parametrize(
-    ("content", "content_type", "checksum", "message"),
-    [
-        (HELLO.decode(), "x", "",
-         'unknown function-content-type "x": expected text, base64 or url,'
-         " optionally +zip or +compressedtar"),
-        (b64(ZIP), "base64+gzip", "", 'unknown function-content-type "base64+gzip"'),
-        (b64(ZIP), "base64+zip+compressedtar", "", "unknown function-content-type"),
-        (b64(ZIP), "base64+zip+zip", "", "unknown function-content-type"),
-        (b64(ZIP), "Base64", "", "unknown function-content-type"),
-        (HELLO.decode(), "text+deps", "", "+deps needs +zip or +compressedtar"),
-        (HELLO.decode(), "text", sha256(b"other"),
-         f"checksum mismatch: spec says {sha256(b'other')}, content is {sha256(HELLO)}"),
-        (b64(HELLO), "base64", "md5:" + "0" * 32,
-         'unsupported checksum algorithm "md5": expected sha256:<64 hex digits>'),
-        (HELLO.decode(), "text", "sha256:xyz", 'malformed checksum "sha256:xyz"'),
-        (HELLO.decode(), "text", "0" * 64, "malformed checksum"),
-        ("@@not base64@@", "base64", "", "function content is not valid base64"),
-        ("file:///etc/passwd", "url", "", "needs an http:// or https:// address"),
-        (b64(b"not a zip at all"), "base64+zip", "",
-         "corrupt zip archive: File is not a zip file"),
-        (b64(ZIP[: len(ZIP) // 2]), "base64+zip", "", "corrupt zip archive"),
-        (b64(ZIP.replace(zlib_payload(ZIP), b"\x00" * len(zlib_payload(ZIP)))), "base64+zip", "",
-         "corrupt zip archive"),
-        (b64(b"hello"), "base64+compressedtar", "",
-         "corrupt tar archive: not a tar file (plain, gzip, bzip2 or xz)"),
-        (b64(tar_of({"hello.py": HELLO * 1000})[:200]), "base64+compressedtar", "",
-         "corrupt tar archive"),
-        (b64(zip_of({"a.py": b"", "b/c.py": b""})), "base64+zip", "",
-         'handler module "hello" not found in the archive (it holds: a.py, b/)'),
-        (b64(zip_of({})), "base64+zip", "",
-         'handler module "hello" not found in the archive (it holds: nothing)'),
-        (b64(zip_of({"myfunc/hello.py": HELLO})), "base64+zip", "",
-         "(it holds: myfunc/); archive the contents of myfunc/, not the folder itself"),
-    ],
-)  # fmt: skip
+BAD_CONTENT_FIELDS = ("content", "content_type", "checksum", "message")
+BAD_CONTENT = [
+    (HELLO.decode(), "x", "",
+     'unknown function-content-type "x": expected text, base64 or url,'
+     " optionally +zip or +compressedtar"),
+    (b64(ZIP), "base64+gzip", "", 'unknown function-content-type "base64+gzip"'),
+    (b64(ZIP), "base64+zip+compressedtar", "", "unknown function-content-type"),
+    (b64(ZIP), "base64+zip+zip", "", "unknown function-content-type"),
+    (b64(ZIP), "Base64", "", "unknown function-content-type"),
+    (HELLO.decode(), "text+deps", "", "+deps needs +zip or +compressedtar"),
+    (HELLO.decode(), "text", sha256(b"other"),
+     f"checksum mismatch: spec says {sha256(b'other')}, content is {sha256(HELLO)}"),
+    (b64(HELLO), "base64", "md5:" + "0" * 32,
+     'unsupported checksum algorithm "md5": expected sha256:<64 hex digits>'),
+    (HELLO.decode(), "text", "sha256:xyz", 'malformed checksum "sha256:xyz"'),
+    (HELLO.decode(), "text", "0" * 64, "malformed checksum"),
+    ("@@not base64@@", "base64", "", "function content is not valid base64"),
+    ("file:///etc/passwd", "url", "", "needs an http:// or https:// address"),
+    (b64(b"not a zip at all"), "base64+zip", "",
+     "corrupt zip archive: File is not a zip file"),
+    (b64(ZIP[: len(ZIP) // 2]), "base64+zip", "", "corrupt zip archive"),
+    (b64(b"hello"), "base64+compressedtar", "",
+     "corrupt tar archive: not a tar file (plain, gzip, bzip2 or xz)"),
+    (b64(tar_of({"hello.py": HELLO * 1000})[:200]), "base64+compressedtar", "",
+     "corrupt tar archive"),
+    (b64(zip_of({"a.py": b"", "b/c.py": b""})), "base64+zip", "",
+     'handler module "hello" not found in the archive (it holds: a.py, b/)'),
+    (b64(zip_of({})), "base64+zip", "",
+     'handler module "hello" not found in the archive (it holds: nothing)'),
+    (b64(zip_of({"myfunc/hello.py": HELLO})), "base64+zip", "",
+     "(it holds: myfunc/); archive the contents of myfunc/, not the folder itself"),
+    (b64(zip_of({"myfunc/hello.py": HELLO, "myfunc/": None})), "base64+zip", "",
+     "archive the contents of myfunc/, not the folder itself"),
+    (b64(tar_of({"./lib/x.py": b"", "./README": b""})), "base64+compressedtar", "",
+     'handler module "hello" not found in the archive (it holds: README, lib/)'),
+]  # fmt: skip
+# Member data is only read when the code is prepared: admission cannot see this one.
+CORRUPT_MEMBER_DATA = (
+    b64(ZIP.replace(zlib_payload(ZIP), b"\x00" * len(zlib_payload(ZIP)))),
+    "base64+zip",
+    "",
+    "corrupt zip archive",
+)
+
+
+@pytest.mark.parametrize(BAD_CONTENT_FIELDS, [*BAD_CONTENT, CORRUPT_MEMBER_DATA])
 def test_prepare_refuses_bad_content(
     tmp_path: Path, content: str, content_type: str, checksum: str, message: str
 ) -> None:
@@ -270,6 +292,78 @@ def test_prepare_refuses_bad_content(
     assert message in str(caught.value)
     assert caught.value.causes, "a refusal names the field at fault"
     assert not (tmp_path / "code" / "abc").exists()
+
+
+def check(content: str, content_type: str, *, checksum: str = "", **limits: int) -> None:
+    check_content(
+        content=content,
+        content_type=content_type,
+        checksum=checksum,
+        module="hello",
+        suffix=".py",
+        deps_file="requirements.txt",
+        **limits,
+    )
+
+
+@pytest.mark.parametrize(BAD_CONTENT_FIELDS, BAD_CONTENT)
+def test_check_refuses_what_prepare_would_refuse(
+    content: str, content_type: str, checksum: str, message: str
+) -> None:
+    with pytest.raises(Invalid) as caught:
+        check(content, content_type, checksum=checksum)
+
+    assert message in str(caught.value)
+    assert caught.value.causes, "a refusal names the field at fault"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "checksum"),
+    [
+        (HELLO.decode(), "text", sha256(HELLO)),
+        (b64(HELLO), "base64", sha256(HELLO)),
+        (b64(ZIP), "base64+zip", sha256(ZIP)),
+        (b64(zip_of({"hello/": None, "hello/__init__.py": HELLO})), "base64+zip", ""),
+        (b64(zip_of({"hello.py": HELLO, "requirements.txt": b"six\n"})), "base64+zip+deps", ""),
+        (b64(tar_of({"./hello.py": HELLO, "./lib/util.py": LIB})), "base64+compressedtar", ""),
+        (b64(tar_of({"src/hello.py": HELLO, "hello.py": Link(target="src/hello.py")})),
+         "base64+compressedtar", ""),
+        # not downloaded at admission: nothing listens there
+        ("http://127.0.0.1:9/hello.py", "url", sha256(b"unknowable")),
+    ],
+)  # fmt: skip
+def test_check_accepts_content_that_prepares(
+    content: str, content_type: str, checksum: str
+) -> None:
+    check(content, content_type, checksum=checksum)
+
+
+@pytest.mark.parametrize(
+    ("archive", "content_type", "message"),
+    [
+        (zip_of({"hello.py": HELLO, "../evil.py": b"x"}), "base64+zip",
+         "refusing archive member '../evil.py': its path leaves the function's directory"),
+        (tar_of({"hello.py": HELLO, "/etc/evil.py": b"x"}), "base64+compressedtar",
+         "refusing archive member '/etc/evil.py': absolute paths are not allowed"),
+        (tar_of({"hello.py": HELLO, "pipe": Special(kind=tarfile.FIFOTYPE)}),
+         "base64+compressedtar", "refusing archive member 'pipe': it is a special file"),
+        (zip_of({"hello.py": HELLO, "fifo": Special(kind=b"")}), "base64+zip",
+         "refusing archive member 'fifo': it is a special file"),
+        (zip_of({"hello.py": HELLO, "zeros.bin": b"\0" * (1 << 20)}), "base64+zip",
+         "'zeros.bin': the archive unpacks to more than 65536 bytes"),
+        (tar_of({"hello.py": HELLO, "zeros.bin": b"\0" * (1 << 20)}), "base64+compressedtar",
+         "'zeros.bin': the archive unpacks to more than 65536 bytes"),
+        (zip_of({f"f{i}.py": b"" for i in range(5)}), "base64+zip",
+         "'f3.py': the archive has more than 3 members"),
+    ],
+)  # fmt: skip
+def test_check_refuses_archives_by_their_member_list(
+    archive: bytes, content_type: str, message: str
+) -> None:
+    with pytest.raises(Invalid, match="refusing archive member") as caught:
+        check(b64(archive), content_type, max_unpacked_bytes=64 << 10, max_members=3)
+
+    assert message in str(caught.value)
 
 
 def test_checksum_is_checked_over_the_decoded_bytes(tmp_path: Path) -> None:
