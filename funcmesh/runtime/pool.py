@@ -174,9 +174,9 @@ class FunctionPool:
         if len(self._waiters) >= self._context.max_queue:
             raise QueueFull(
                 f"function {self.display_name} is at its limit of "
-                f"{_count(self._max_scale(), 'instance')} "
-                f"and {_count(len(self._waiters), 'call')} already waiting; try again later or raise "
-                "autoscaling.funcmesh.io/max-scale"
+                f"{_count(self._max_scale(), 'instance')} and "
+                f"{_count(len(self._waiters), 'call')} already waiting; try again later or "
+                "raise autoscaling.funcmesh.io/max-scale"
             )
         waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
