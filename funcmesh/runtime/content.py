@@ -5,8 +5,8 @@ A Function's ``spec.function`` arrives as ``text``, ``base64`` or ``url``, each 
 :func:`prepare_code` decodes or downloads it, checks the ``sha256:`` checksum, and writes
 ``<module><suffix>`` or the unpacked archive into a directory named by :func:`content_digest`.
 The directory appears whole or not at all: it is built next to its final place and renamed.
-Archives are untrusted input: members that would land outside the directory, links pointing
-outside it, device files and archive bombs are refused with the member named.
+Archives are untrusted input: :mod:`funcmesh.runtime.archives` unpacks them safely; this module
+checks that the handler module (and a ``+deps`` archive's dependency file) is among the members.
 :func:`check_content` is the part of that which needs no disk and no network (decoding, the
 checksum, an archive's member list), so the API can refuse bad content before storing it.
 ``prepare_code`` blocks (callers run it in a thread); nothing here imports or runs the code.
@@ -19,38 +19,36 @@ import binascii
 import contextlib
 import fcntl
 import hashlib
-import io
 import logging
-import lzma
 import os
 import re
 import shutil
-import stat
-import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from funcmesh.errors import Cause, Invalid
+from funcmesh.runtime.archives import (
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_UNPACKED_BYTES,
+    ArchiveFormat,
+    ArchiveLimits,
+    ArchiveListing,
+    list_archive,
+    unpack_archive,
+)
 
 logger = logging.getLogger(__name__)
 
 Encoding = Literal["text", "base64", "url"]
-ArchiveFormat = Literal["zip", "tar"]
 FetchUrl = Callable[[str], bytes]
 
-DEFAULT_MAX_UNPACKED_BYTES = 200 << 20
-DEFAULT_MAX_MEMBERS = 100_000
 DEFAULT_MAX_DOWNLOAD_BYTES = 200 << 20
 DOWNLOAD_TIMEOUT_S = 30.0
-_CHUNK_BYTES = 1 << 16
-_MAX_LINK_TARGET_BYTES = 4096
 _LISTED_ENTRIES = 10
 _ENCODINGS: dict[str, Encoding] = {"": "text", "text": "text", "base64": "base64", "url": "url"}
 _ARCHIVES: dict[str, ArchiveFormat] = {"zip": "zip", "compressedtar": "tar"}
@@ -185,9 +183,9 @@ def prepare_code(
         raw = decode_raw(content, content_type, fetch_url=fetch_url)
         verify_checksum(raw, checksum)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        limits = ArchiveLimits(max_unpacked_bytes=max_unpacked_bytes, max_members=max_members)
         try:
-            budget = _Budget(max_bytes=max_unpacked_bytes, max_members=max_members)
-            _write_code(raw, kind, staging, module=module, suffix=suffix, budget=budget)
+            _write_code(raw, kind, staging, module=module, suffix=suffix, limits=limits)
             staging.chmod(0o755)
             staging.rename(dest)
         except BaseException:
@@ -226,8 +224,8 @@ def check_content(
     verify_checksum(raw, checksum)
     if kind.archive is None:
         return
-    budget = _Budget(max_bytes=max_unpacked_bytes, max_members=max_members)
-    listing = _LISTERS[kind.archive](raw, budget)
+    limits = ArchiveLimits(max_unpacked_bytes=max_unpacked_bytes, max_members=max_members)
+    listing = list_archive(kind.archive, raw, limits=limits)
     _check_module_listed(listing, module=module, suffix=suffix)
     if kind.bundles_deps and deps_file not in listing.files:
         raise _no_bundled_deps(deps_file)
@@ -244,13 +242,13 @@ def read_bundled_deps(code_dir: Path, deps_file: str) -> str:
 
 
 def _write_code(
-    raw: bytes, kind: ContentType, staging: Path, *, module: str, suffix: str, budget: _Budget
+    raw: bytes, kind: ContentType, staging: Path, *, module: str, suffix: str, limits: ArchiveLimits
 ) -> None:
     """A single file is named after the handler module, whatever it was called when uploaded."""
     if kind.archive is None:
         (staging / f"{module}{suffix}").write_bytes(raw)
         return
-    _UNPACKERS[kind.archive](raw, _Extraction(staging, budget))
+    unpack_archive(kind.archive, raw, staging, limits=limits)
     _check_module_present(staging, module=module, suffix=suffix)
 
 
@@ -315,17 +313,17 @@ def _check_module_present(root: Path, *, module: str, suffix: str) -> None:
     raise _module_missing(module, names, wrapped_in=names[0] if wrapped else None)
 
 
-def _check_module_listed(listing: _Listing, *, module: str, suffix: str) -> None:
+def _check_module_listed(listing: ArchiveListing, *, module: str, suffix: str) -> None:
     marker = _PACKAGE_MARKERS.get(suffix)
     files = listing.files
     if f"{module}{suffix}" in files or (marker and f"{module}/{marker}" in files):
         return
-    names = listing.top_names()
+    names = listing.top_names
     wrapped = len(names) == 1 and f"{names[0]}{module}{suffix}" in files
     raise _module_missing(module, names, wrapped_in=names[0] if wrapped else None)
 
 
-def _module_missing(module: str, names: list[str], *, wrapped_in: str | None) -> Invalid:
+def _module_missing(module: str, names: Sequence[str], *, wrapped_in: str | None) -> Invalid:
     """``names``: the archive's top-level entries, folders ending in ``/``."""
     listed = ", ".join(names[:_LISTED_ENTRIES]) + (", ..." if len(names) > _LISTED_ENTRIES else "")
     message = (
@@ -334,266 +332,3 @@ def _module_missing(module: str, names: list[str], *, wrapped_in: str | None) ->
     if wrapped_in is not None:
         message += f"; archive the contents of {wrapped_in}, not the folder itself"
     return _invalid("spec.handler", message)
-
-
-@dataclass(slots=True, kw_only=True)
-class _Budget:
-    """What an archive may still unpack: guards against zip bombs and inode floods."""
-
-    max_bytes: int
-    max_members: int
-    used_bytes: int = 0
-    used_members: int = 0
-
-    def charge_member(self, name: str) -> None:
-        self.used_members += 1
-        if self.used_members > self.max_members:
-            raise _refused(name, f"the archive has more than {self.max_members} members")
-
-    def charge_bytes(self, name: str, size: int) -> None:
-        self.used_bytes += size
-        if self.used_bytes > self.max_bytes:
-            raise _refused(
-                name, f"the archive unpacks to more than {self.max_bytes} bytes (archive bomb?)"
-            )
-
-
-def _refused(name: str, reason: str) -> Invalid:
-    return _invalid("spec.function", f"refusing archive member {name!r}: {reason}")
-
-
-class _Extraction:
-    """Writes archive members under ``root``, refusing any that would reach outside it."""
-
-    def __init__(self, root: Path, budget: _Budget) -> None:
-        self._root = Path(os.path.realpath(root))
-        self._budget = budget
-
-    def add_dir(self, name: str) -> None:
-        target = self._place(name)
-        if target is not None:
-            target.mkdir(mode=0o755, parents=True, exist_ok=True)
-
-    def add_file(self, name: str, source: IO[bytes], *, executable: bool) -> None:
-        target = self._place(name)
-        if target is None:
-            raise _refused(name, "a file needs a name")
-        self._clear(name, target)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with os.fdopen(os.open(target, flags, 0o755 if executable else 0o644), "wb") as sink:
-            while chunk := source.read(_CHUNK_BYTES):
-                self._budget.charge_bytes(name, len(chunk))
-                sink.write(chunk)
-
-    def add_symlink(self, name: str, link_target: str) -> None:
-        """Only links that stay inside: leading ``..`` may climb, never a ``..`` after a name.
-
-        Climbing starts from the real directory of the link, so links made earlier cannot
-        lift it; and a target that only descends after its climb stays inside even if later
-        members turn its components into links, since those obey the same rule.
-        """
-        target = self._place(name)
-        parts = [part for part in link_target.split("/") if part not in ("", ".")]
-        climbs = next((i for i, part in enumerate(parts) if part != ".."), len(parts))
-        landing = Path(os.path.realpath(target.parent)) if target is not None else self._root
-        for _ in range(climbs):
-            landing = landing.parent
-        escapes = link_target.startswith("/") or ".." in parts[climbs:] or "\x00" in link_target
-        if target is None or escapes or not landing.is_relative_to(self._root):
-            raise _refused(name, f"it links to {link_target!r}, outside the function's directory")
-        self._clear(name, target)
-        target.symlink_to(link_target)
-
-    def add_hardlink(self, name: str, link_name: str) -> None:
-        """A hard link becomes a copy of the earlier member it names."""
-        try:
-            source = _locate(self._root, link_name)
-        except Invalid:
-            source = None
-        if source is None or source.is_symlink() or not source.is_file():
-            raise _refused(name, f"it links to {link_name!r}, which is no earlier file member")
-        with source.open("rb") as stream:
-            self.add_file(name, stream, executable=os.access(source, os.X_OK))
-
-    def _place(self, name: str) -> Path | None:
-        """Where ``name`` goes, its folder made (None for the archive root itself)."""
-        self._budget.charge_member(name)
-        target = _locate(self._root, name)
-        if target is None:
-            return None
-        try:
-            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise _refused(name, "a file or a link of its folder's name exists already") from exc
-        if not Path(os.path.realpath(target.parent)).is_relative_to(self._root):
-            raise _refused(name, "its path goes through a link that leaves the directory")
-        return target
-
-    def _clear(self, name: str, target: Path) -> None:
-        """A later member replaces an earlier file, as tar and unzip -o do, but never a link.
-
-        Other links were checked against the real path of their folder, which a replaced
-        link could change.
-        """
-        if target.is_symlink() or target.is_dir():
-            kind = "link" if target.is_symlink() else "directory"
-            raise _refused(name, f"a {kind} of that name exists already")
-        target.unlink(missing_ok=True)
-
-
-def _locate(root: Path, name: str) -> Path | None:
-    """The path of member ``name`` under ``root`` (None for the root), or Invalid."""
-    parts = _member_parts(name)
-    return root.joinpath(*parts) if parts else None
-
-
-def _member_parts(name: str) -> list[str]:
-    """The path components of member ``name`` (none for the root); Invalid if it leaves it."""
-    if name.startswith("/") or "\x00" in name:
-        raise _refused(name, "absolute paths are not allowed")
-    parts = [part for part in name.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise _refused(name, "its path leaves the function's directory")
-    return parts
-
-
-@dataclass(slots=True, kw_only=True)
-class _Listing:
-    """Where an archive's members would land, without writing them: for :func:`check_content`."""
-
-    budget: _Budget
-    files: set[str] = field(default_factory=set)  # "a/b.py": files and links
-    top: dict[str, bool] = field(default_factory=dict)  # top-level name -> is a folder
-
-    def add(self, name: str, *, is_dir: bool) -> None:
-        self.budget.charge_member(name)
-        parts = _member_parts(name)
-        if not parts:
-            return
-        self.top[parts[0]] = self.top.get(parts[0], False) or is_dir or len(parts) > 1
-        if not is_dir:
-            self.files.add("/".join(parts))
-
-    def top_names(self) -> list[str]:
-        return [f"{name}/" if folder else name for name, folder in sorted(self.top.items())]
-
-
-_SPECIAL_FILE = "it is a special file (device, fifo or socket)"
-
-
-@contextlib.contextmanager
-def _zip_errors() -> Iterator[None]:
-    try:
-        yield
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise _invalid("spec.function", f"corrupt zip archive: {exc}") from exc
-    except (NotImplementedError, RuntimeError) as exc:  # exotic compression, encryption
-        raise _invalid("spec.function", f"unsupported zip archive: {exc}") from exc
-
-
-def _zip_member_kind(info: zipfile.ZipInfo) -> Literal["dir", "link", "file"]:
-    mode = info.external_attr >> 16
-    if info.is_dir() or stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "link"
-    # No file type: made on a system without Unix modes, or by zipfile.writestr(name, data).
-    if stat.S_IFMT(mode) == 0 or stat.S_ISREG(mode):
-        return "file"
-    raise _refused(info.filename, _SPECIAL_FILE)
-
-
-def _unpack_zip(raw: bytes, extraction: _Extraction) -> None:
-    with _zip_errors(), zipfile.ZipFile(io.BytesIO(raw)) as archive:
-        for info in archive.infolist():
-            _unpack_zip_member(archive, info, extraction)
-
-
-def _list_zip(raw: bytes, budget: _Budget) -> _Listing:
-    listing = _Listing(budget=budget)
-    with _zip_errors(), zipfile.ZipFile(io.BytesIO(raw)) as archive:
-        for info in archive.infolist():
-            listing.add(info.filename, is_dir=_zip_member_kind(info) == "dir")
-            budget.charge_bytes(info.filename, info.file_size)  # as declared: nothing inflates
-    return listing
-
-
-def _unpack_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, out: _Extraction) -> None:
-    kind = _zip_member_kind(info)
-    if kind == "dir":
-        out.add_dir(info.filename)
-    elif kind == "link":
-        with archive.open(info) as stream:
-            link_target = stream.read(_MAX_LINK_TARGET_BYTES).decode("utf-8", "replace")
-        out.add_symlink(info.filename, link_target)
-    else:
-        with archive.open(info) as stream:
-            executable = bool((info.external_attr >> 16) & 0o111)
-            out.add_file(info.filename, stream, executable=executable)
-
-
-@contextlib.contextmanager
-def _tar_errors() -> Iterator[None]:
-    try:
-        yield
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise _invalid("spec.function", f"corrupt tar archive: {exc}") from exc
-    except OSError as exc:
-        if exc.errno is not None:  # the disk failed, not the archive
-            raise
-        raise _invalid("spec.function", f"corrupt tar archive: {exc}") from exc
-
-
-def _unpack_tar(raw: bytes, extraction: _Extraction) -> None:
-    with _tar_errors(), _open_tar(raw) as archive:
-        for member in archive:
-            _unpack_tar_member(archive, member, extraction)
-
-
-def _list_tar(raw: bytes, budget: _Budget) -> _Listing:
-    """Reading the member list of a compressed tar inflates it, within the budget: each
-    member's declared size is charged before the stream moves past its data."""
-    listing = _Listing(budget=budget)
-    with _tar_errors(), _open_tar(raw) as archive:
-        for member in archive:
-            if not (member.isdir() or member.issym() or member.islnk() or member.isreg()):
-                raise _refused(member.name, _SPECIAL_FILE)
-            listing.add(member.name, is_dir=member.isdir())
-            if member.isreg():
-                budget.charge_bytes(member.name, member.size)
-    return listing
-
-
-def _open_tar(raw: bytes) -> tarfile.TarFile:
-    try:
-        return tarfile.open(fileobj=io.BytesIO(raw), mode="r:*")
-    except tarfile.ReadError as exc:
-        message = "corrupt tar archive: not a tar file (plain, gzip, bzip2 or xz)"
-        raise _invalid("spec.function", message) from exc
-
-
-def _unpack_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, out: _Extraction) -> None:
-    if member.isdir():
-        out.add_dir(member.name)
-    elif member.issym():
-        out.add_symlink(member.name, member.linkname)
-    elif member.islnk():
-        out.add_hardlink(member.name, member.linkname)
-    elif member.isreg():
-        stream = archive.extractfile(member)
-        if stream is None:
-            raise _refused(member.name, "its data cannot be read")
-        with stream:
-            out.add_file(member.name, stream, executable=bool(member.mode & 0o111))
-    else:
-        raise _refused(member.name, _SPECIAL_FILE)
-
-
-_UNPACKERS: dict[ArchiveFormat, Callable[[bytes, _Extraction], None]] = {
-    "zip": _unpack_zip,
-    "tar": _unpack_tar,
-}
-_LISTERS: dict[ArchiveFormat, Callable[[bytes, _Budget], _Listing]] = {
-    "zip": _list_zip,
-    "tar": _list_tar,
-}
