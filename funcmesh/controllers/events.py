@@ -6,10 +6,11 @@ The store keeps the newest events only (older ones are pruned per namespace).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 
-from funcmesh.errors import FuncmeshError
+from funcmesh.errors import FuncmeshError, NotFound
 from funcmesh.model.kinds import EVENT, FUNCTION
 from funcmesh.model.objects import RawObject, metadata_of, rfc3339
 from funcmesh.store.sqlite import Store
@@ -25,6 +26,7 @@ class EventRecorder:
     def __init__(self, store: Store, *, component: str = "funcmesh") -> None:
         self._store = store
         self._component = component
+        self._counts: dict[str, int] = {}  # events per namespace, learnt on the first prune
 
     async def record(self, about: RawObject, *, warning: bool, reason: str, message: str) -> None:
         meta = metadata_of(about)
@@ -57,9 +59,16 @@ class EventRecorder:
             logger.warning("could not record event %s for %s: %s", reason, meta.get("name"), exc)
 
     async def _prune(self, namespace: str) -> None:
-        events, _ = await self._store.list_objects(EVENT, namespace)
-        if len(events) <= MAX_EVENTS_PER_NAMESPACE:
+        """Delete the oldest events once a namespace holds a tenth more than it may, so the
+        list is read once per ``MAX_EVENTS_PER_NAMESPACE // 10`` events, not per event."""
+        count = self._counts.get(namespace, MAX_EVENTS_PER_NAMESPACE * 11 // 10) + 1
+        self._counts[namespace] = count
+        if count <= MAX_EVENTS_PER_NAMESPACE * 11 // 10:
             return
+        events, _ = await self._store.list_objects(EVENT, namespace)
         events.sort(key=lambda e: int(metadata_of(e)["resourceVersion"]))
-        for old in events[: len(events) - MAX_EVENTS_PER_NAMESPACE]:
-            await self._store.delete(EVENT, namespace, str(metadata_of(old)["name"]))
+        excess = events[: max(0, len(events) - MAX_EVENTS_PER_NAMESPACE)]
+        for old in excess:
+            with contextlib.suppress(NotFound):
+                await self._store.delete(EVENT, namespace, str(metadata_of(old)["name"]))
+        self._counts[namespace] = len(events) - len(excess)
