@@ -77,7 +77,49 @@ EVENT = ResourceType(
     short_names=("ev",),
 )
 
-ALL: tuple[ResourceType, ...] = (FUNCTION, NAMESPACE, POD, EVENT)
+SECRET = ResourceType(
+    group="",
+    version="v1",
+    kind="Secret",
+    plural="secrets",
+    singular="secret",
+    namespaced=True,
+)
+HTTP_TRIGGER = ResourceType(
+    group="kubeless.io",
+    version="v1beta1",
+    kind="HTTPTrigger",
+    plural="httptriggers",
+    singular="httptrigger",
+    namespaced=True,
+)
+CRONJOB_TRIGGER = ResourceType(
+    group="kubeless.io",
+    version="v1beta1",
+    kind="CronJobTrigger",
+    plural="cronjobtriggers",
+    singular="cronjobtrigger",
+    namespaced=True,
+)
+NATS_TRIGGER = ResourceType(
+    group="kubeless.io",
+    version="v1beta1",
+    kind="NATSTrigger",
+    plural="natstriggers",
+    singular="natstrigger",
+    namespaced=True,
+)
+
+ALL: tuple[ResourceType, ...] = (
+    FUNCTION,
+    HTTP_TRIGGER,
+    CRONJOB_TRIGGER,
+    NATS_TRIGGER,
+    NAMESPACE,
+    POD,
+    EVENT,
+    SECRET,
+)
 
 
 def find_resource(name: str) -> ResourceType:

@@ -65,7 +65,8 @@ def test_openapi_lets_kubectl_rely_on_server_side_validation() -> None:
     assert root["api/v1"]["serverRelativeURL"].startswith("/openapi/v3/api/v1?hash=")
     document = openapi_document("kubeless.io", "v1beta1")
     assert document is not None
-    (patch,) = patch_operations(document).values()
+    patches = patch_operations(document)
+    [patch] = [op for path, op in patches.items() if path.endswith("/functions/{name}")]
     assert patch["x-kubernetes-group-version-kind"] == {
         "group": "kubeless.io",
         "version": "v1beta1",
