@@ -27,6 +27,7 @@ class EventRecorder:
         self._store = store
         self._component = component
         self._counts: dict[str, int] = {}  # events per namespace, learnt on the first prune
+        self._pruning: set[str] = set()
 
     async def record(self, about: RawObject, *, warning: bool, reason: str, message: str) -> None:
         meta = metadata_of(about)
@@ -60,15 +61,22 @@ class EventRecorder:
 
     async def _prune(self, namespace: str) -> None:
         """Delete the oldest events once a namespace holds a tenth more than it may, so the
-        list is read once per ``MAX_EVENTS_PER_NAMESPACE // 10`` events, not per event."""
-        count = self._counts.get(namespace, MAX_EVENTS_PER_NAMESPACE * 11 // 10) + 1
+        list is read once per ``MAX_EVENTS_PER_NAMESPACE // 10`` events, not per event.
+        One prune per namespace at a time: events recorded meanwhile only count."""
+        limit = MAX_EVENTS_PER_NAMESPACE * 11 // 10
+        count = self._counts.get(namespace, limit) + 1
         self._counts[namespace] = count
-        if count <= MAX_EVENTS_PER_NAMESPACE * 11 // 10:
+        if count <= limit or namespace in self._pruning:
             return
-        events, _ = await self._store.list_objects(EVENT, namespace)
-        events.sort(key=lambda e: int(metadata_of(e)["resourceVersion"]))
-        excess = events[: max(0, len(events) - MAX_EVENTS_PER_NAMESPACE)]
-        for old in excess:
-            with contextlib.suppress(NotFound):
-                await self._store.delete(EVENT, namespace, str(metadata_of(old)["name"]))
-        self._counts[namespace] = len(events) - len(excess)
+        self._pruning.add(namespace)
+        try:
+            events, _ = await self._store.list_objects(EVENT, namespace)
+            events.sort(key=lambda e: int(metadata_of(e)["resourceVersion"]))
+            excess = events[: max(0, len(events) - MAX_EVENTS_PER_NAMESPACE)]
+            self._counts[namespace] = len(events) - len(excess)
+            del events
+            for old in excess:
+                with contextlib.suppress(NotFound):
+                    await self._store.delete(EVENT, namespace, str(metadata_of(old)["name"]))
+        finally:
+            self._pruning.discard(namespace)

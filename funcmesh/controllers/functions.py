@@ -168,6 +168,7 @@ class FunctionController:
             dest=self._code_root / digest,
             fetch_url=None,
         )
+        await _precompile(code_dir, runtime)
         deps = spec.deps
         if "+deps" in spec.content_type:
             deps = await asyncio.to_thread(read_bundled_deps, code_dir, runtime.deps_file)
@@ -217,6 +218,32 @@ class FunctionController:
         update = {"metadata": {**metadata_of(obj), "resourceVersion": None}, "status": status}
         with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
             await self._store.update(FUNCTION, update, status_only=True)
+
+
+async def _precompile(code_dir: Path, runtime: Runtime) -> None:
+    """Byte-compile the code with the runtime's own interpreter, once, off the request path.
+
+    Workers may run as nobody and could not write ``__pycache__`` themselves: without this,
+    every cold start would compile the handler again. A syntax error is left for the load
+    check to report.
+    """
+    if runtime.language != "python":
+        return
+    process = await asyncio.create_subprocess_exec(
+        str(runtime.executable),
+        "-m",
+        "compileall",
+        "-q",
+        str(code_dir),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await process.wait()
+    finally:
+        if process.returncode is None:  # cancelled: the daemon is stopping
+            process.kill()
+            await process.wait()
 
 
 def _settled(obj: RawObject, generation: int) -> bool:

@@ -325,8 +325,10 @@ class FunctionPool:
         try:
             await process.ready
             instance.ready = True
+            instance.last_active = time.monotonic()  # idle time counts from being loaded
         except WorkerLoadError as exc:
             instance.load_error = str(exc)
+            instance.last_active = time.monotonic()
             self._context.logbook.note(self.namespace, self.name, f"{instance.pod}: {exc}")
         except FuncmeshError:
             pass
@@ -380,11 +382,14 @@ class FunctionPool:
             return
         scaling = revision.scaling
         live = [i for i in self._instances.values() if not i.draining]
+        # Only loaded instances count as idle: one still importing its handler is not.
         idle = sorted(
             (
                 i
                 for i in live
-                if i.in_flight == 0 and now - i.last_active > scaling.scale_to_zero_after_s
+                if i.in_flight == 0
+                and (i.ready or i.load_error is not None)
+                and now - i.last_active > scaling.scale_to_zero_after_s
             ),
             key=lambda i: i.last_active,
         )
