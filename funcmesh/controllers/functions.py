@@ -10,10 +10,12 @@ for one function is serialised; a newer generation that arrives meanwhile is don
 from __future__ import annotations
 
 import asyncio
+import compileall
 import contextlib
 import copy
 import hashlib
 import logging
+import sys
 from pathlib import Path
 
 from funcmesh.controllers.events import EventRecorder
@@ -221,22 +223,26 @@ class FunctionController:
 
 
 async def _precompile(code_dir: Path, runtime: Runtime) -> None:
-    """Byte-compile the code with the runtime's own interpreter, once, off the request path.
+    """Byte-compile the code for the runtime's interpreter, once per code and runtime.
 
     Workers may run as nobody and could not write ``__pycache__`` themselves: without this,
-    every cold start would compile the handler again. A syntax error is left for the load
-    check to report.
+    every cold start would compile the handler again. The daemon compiles in a thread when its
+    Python is the runtime's, else the runtime's interpreter does it. A syntax error is left
+    for the load check to report.
     """
-    if runtime.language != "python":
+    marker = code_dir / f".compiled-{runtime.id}"
+    if runtime.language != "python" or marker.exists():
         return
+    if tuple(runtime.version[:2]) == sys.version_info[:2]:
+        await asyncio.to_thread(compileall.compile_dir, str(code_dir), quiet=2)
+    else:
+        await _run_quietly(str(runtime.executable), "-m", "compileall", "-q", str(code_dir))
+    marker.touch()
+
+
+async def _run_quietly(*argv: str) -> None:
     process = await asyncio.create_subprocess_exec(
-        str(runtime.executable),
-        "-m",
-        "compileall",
-        "-q",
-        str(code_dir),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
         await process.wait()
