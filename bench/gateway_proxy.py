@@ -3,9 +3,11 @@
 Starts a minimal upstream (a raw asyncio Protocol that answers ``hello``, in its own process on a
 pod-style address), a ``Gateway`` in this process with a fake ``Backends`` that leases that
 upstream, and loads both with wrk (``apt-get install -y wrk``) or, without wrk, with a small
-asyncio load generator in another process. Prints requests/s and latency for each.
+asyncio load generator in another process. Prints requests/s and latency for each, and for the
+gateway the CPU time it spent per call (user plus system, of this process, which runs it).
 
     .venv/bin/python bench/gateway_proxy.py [--duration-s 10] [--connections 50] [--threads 2]
+        [--rounds 1] [--gateway-only]
 
 It measures; it asserts nothing. The load generator, the gateway and the upstream share the
 machine's cores, so compare the two rows, not the absolute numbers with other machines.
@@ -42,6 +44,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int
 
 
 # ---- the upstream: answers every request on a keep-alive connection with "hello" ----
@@ -109,6 +112,9 @@ class BenchBackend:
     def display_name(self) -> str:
         return "default/hello"
 
+    def try_acquire(self) -> Lease | None:
+        return self._lease
+
     async def acquire(self) -> Lease:
         return self._lease
 
@@ -140,6 +146,7 @@ def parse_wrk(text: str) -> Result:
         return float(match.group(1)) * scale
 
     rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
@@ -147,13 +154,14 @@ def parse_wrk(text: str) -> Result:
     error_count = int(errors.group(1)) if errors else 0
     if socket_errors:
         error_count += sum(int(n) for n in socket_errors.groups())
-    if rate is None:
+    if rate is None or total is None:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{text}")
     return Result(
         requests_per_s=float(rate.group(1)),
         p50_ms=latency_ms("50"),
         p99_ms=latency_ms("99"),
         errors=error_count,
+        requests=int(total.group(1)),
     )
 
 
@@ -169,9 +177,13 @@ async def run_python_load(url: str, *, connections: int, threads: int, duration_
     ]
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
     output, _ = await process.communicate()
-    rate, p50, p99, errors = output.decode().split()
+    rate, p50, p99, errors, requests = output.decode().split()
     return Result(
-        requests_per_s=float(rate), p50_ms=float(p50), p99_ms=float(p99), errors=int(errors)
+        requests_per_s=float(rate),
+        p50_ms=float(p50),
+        p99_ms=float(p99),
+        errors=int(errors),
+        requests=int(requests),
     )
 
 
@@ -199,7 +211,8 @@ async def generate_load(url: str, connections: int, duration_s: float) -> None:
 
     await asyncio.gather(*(one_connection() for _ in range(connections)))
     cut = statistics.quantiles(latencies, n=100)
-    print(f"{len(latencies) / duration_s:.0f} {cut[49] * 1000:.3f} {cut[98] * 1000:.3f} {errors}")
+    rate = len(latencies) / duration_s
+    print(f"{rate:.0f} {cut[49] * 1000:.3f} {cut[98] * 1000:.3f} {errors} {len(latencies)}")
 
 
 # ---- the benchmark ----
@@ -226,6 +239,8 @@ async def benchmark(args: argparse.Namespace) -> None:
             "direct": f"http://{UPSTREAM_HOST}:{port}/",
             "gateway": f"http://{host}:{gateway_port}/function/hello",
         }
+        if args.gateway_only:
+            del urls["direct"]
         await compare(urls, args)
     finally:
         await gateway.close(drain_s=1.0)
@@ -239,25 +254,33 @@ async def compare(urls: dict[str, str], args: argparse.Namespace) -> None:
         f"load: {'wrk' if load is run_wrk else 'asyncio load generator'}, "
         f"{args.duration_s}s per row; {os.cpu_count()} cores shared by load, gateway, upstream"
     )
-    print(f"{'path':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(
+        f"{'path':8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+        f"{'gateway CPU us/call':>19}"
+    )
     phases = [("throughput", args.connections, args.threads), ("latency", 1, 1)]
     for phase, connections, threads in phases:
         p50s: dict[str, list[float]] = {label: [] for label in urls}
         for _ in range(args.rounds):
             for label, url in urls.items():
+                cpu_before_s = time.process_time()  # the gateway runs in this process
                 result = await load(
                     url, connections=connections, threads=threads, duration_s=args.duration_s
                 )
+                cpu_s = time.process_time() - cpu_before_s
                 p50s[label].append(result.p50_ms)
-                print_row(label, connections, result)
-        added_ms = statistics.median(p50s["gateway"]) - statistics.median(p50s["direct"])
-        print(f"  {phase}: the gateway adds {added_ms:.3f} ms at p50")
+                per_call_us = cpu_s / max(result.requests, 1) * 1e6 if label == "gateway" else None
+                print_row(label, connections, result, per_call_us)
+        if len(urls) == 2:
+            added_ms = statistics.median(p50s["gateway"]) - statistics.median(p50s["direct"])
+            print(f"  {phase}: the gateway adds {added_ms:.3f} ms at p50")
 
 
-def print_row(label: str, connections: int, result: Result) -> None:
+def print_row(label: str, connections: int, result: Result, cpu_us: float | None) -> None:
+    cpu = "-" if cpu_us is None else f"{cpu_us:.1f}"
     print(
         f"{label:8} {connections:5d} {result.requests_per_s:9.0f} {result.p50_ms:8.3f} "
-        f"{result.p99_ms:8.3f} {result.errors:6d}",
+        f"{result.p99_ms:8.3f} {result.errors:6d} {cpu:>19}",
         flush=True,
     )
 
@@ -272,6 +295,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--python-load", action="store_true", help="use the asyncio generator")
+    parser.add_argument("--gateway-only", action="store_true", help="skip the direct rows")
     args = parser.parse_args()
     if args.role == "upstream":
         uvloop.run(serve_upstream(args.port))

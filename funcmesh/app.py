@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import hashlib
 import logging
 import os
 import pwd
+import shutil
 import signal
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -28,8 +30,11 @@ from funcmesh import __version__
 from funcmesh.api.pki import ensure_kubeconfig, ensure_pki
 from funcmesh.api.providers import ApiProviders
 from funcmesh.api.server import ApiServer
-from funcmesh.controllers.admission import Admission
+from funcmesh.controllers.admission import Admission, StoreLookup
+from funcmesh.controllers.cron import CronTriggerController
 from funcmesh.controllers.functions import FunctionController
+from funcmesh.controllers.invoker import Invoker
+from funcmesh.controllers.nats import NatsTriggerController
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.gateway.server import Gateway
 from funcmesh.runtime.addresses import AddressPool
@@ -38,8 +43,11 @@ from funcmesh.runtime.catalog import RuntimeCatalog
 from funcmesh.runtime.instances import Instance
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
+from funcmesh.runtime.node import NodeStarter
+from funcmesh.runtime.node_processes import install_shim
 from funcmesh.runtime.pool import PoolContext
 from funcmesh.runtime.pools import PodEvents, Pools, Zygotes
+from funcmesh.runtime.starters import WorkerStarter
 from funcmesh.runtime.stats import Metrics
 from funcmesh.settings import DaemonSettings
 from funcmesh.store.sqlite import Store
@@ -111,12 +119,8 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         _private_database(settings.db_path)
         store = await Store.open(settings.db_path)
         stack.push_async_callback(store.close)
-        discovered = await asyncio.to_thread(
+        catalog = await asyncio.to_thread(
             RuntimeCatalog.discover, path_env=env.get("PATH", os.defpath)
-        )
-        # Only Python has a runtime (zygote and shim) so far; Node.js is found but not offered.
-        catalog = RuntimeCatalog.from_runtimes(
-            runtime for runtime in discovered.runtimes if runtime.language == "python"
         )
         api_url = f"https://{_url_host(settings.api_addr.host)}:{settings.api_addr.port}"
         identity = await asyncio.to_thread(
@@ -134,11 +138,22 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         stack.callback(logbook.close)
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)
+        addresses, limiter = AddressPool(settings.runtime.pod_cidr), MemoryLimiter()
+        node = await _node_starter(settings, env, work_dir, addresses=addresses, limiter=limiter)
+        stack.push_async_callback(node.close)
         builder = DependencyBuilder(root=work_dir / "deps")
         stack.push_async_callback(builder.aclose)
         pod_events = PodEvents()
         pools = Pools(
-            context=_pool_context(settings, zygotes, logbook, pod_events),
+            context=_pool_context(
+                settings,
+                zygotes,
+                logbook,
+                pod_events,
+                addresses=addresses,
+                limiter=limiter,
+                starters={"nodejs": node},
+            ),
             metrics=Metrics(registry),
             pod_events=pod_events,
         )
@@ -165,10 +180,20 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         await _listening(gateway.start(), f"gateway on {settings.gateway_addr}", "--gateway-addr")
         stack.push_async_callback(gateway.close, settings.drain_s)
         gateway_url = f"http://{_url_host(settings.gateway_addr.host)}:{gateway.address[1]}"
+        invoker = Invoker(gateway_url)  # how every trigger calls functions
+        stack.push_async_callback(invoker.close)
+        nats_triggers = NatsTriggerController(
+            store=store, invoker=invoker, nats_url=settings.nats_url, registry=registry
+        )
+        stack.push_async_callback(nats_triggers.close)
+        await nats_triggers.start()
+        cron_triggers = CronTriggerController(store=store, caller=invoker)
+        stack.push_async_callback(cron_triggers.close, settings.drain_s)
+        await cron_triggers.start()
         api = ApiServer(
             store=store,
             providers=ApiProviders(
-                admission=Admission(catalog),
+                admission=Admission(catalog, objects=StoreLookup(store)),
                 pods=pools,
                 logs=logbook,
                 stats=pools,
@@ -185,6 +210,7 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         await _listening(api.start(), f"API on {settings.api_addr}", "--api-addr")
         stack.push_async_callback(api.close)
         ready = True
+        gc.freeze()  # what start-up built lives as long as the daemon: keep it out of GC scans
         yield Endpoints(
             api_url=api_url, gateway_url=gateway_url, kubeconfig=settings.kubeconfig_path
         )
@@ -192,7 +218,14 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
 
 
 def _pool_context(
-    settings: DaemonSettings, zygotes: Zygotes, logbook: LogBook, pod_events: PodEvents
+    settings: DaemonSettings,
+    zygotes: Zygotes,
+    logbook: LogBook,
+    pod_events: PodEvents,
+    *,
+    addresses: AddressPool,
+    limiter: MemoryLimiter,
+    starters: Mapping[str, WorkerStarter],
 ) -> PoolContext:
     uid, gid = _worker_identity()
 
@@ -200,9 +233,9 @@ def _pool_context(
         pod_events.publish(kind, instance.pod_object())
 
     return PoolContext(
-        addresses=AddressPool(settings.runtime.pod_cidr),
+        addresses=addresses,
         zygotes=zygotes,
-        limiter=MemoryLimiter(),
+        limiter=limiter,
         logbook=logbook,
         worker_port=settings.runtime.worker_port,
         max_queue=settings.runtime.max_queue_per_function,
@@ -210,6 +243,28 @@ def _pool_context(
         worker_uid=uid,
         worker_gid=gid,
         on_pod_change=publish,
+        starters=starters,
+    )
+
+
+async def _node_starter(
+    settings: DaemonSettings,
+    env: Mapping[str, str],
+    work_dir: Path,
+    *,
+    addresses: AddressPool,
+    limiter: MemoryLimiter,
+) -> NodeStarter:
+    """Node.js instances: spares started from a copy of the shim that workers can read."""
+    uid, gid = _worker_identity()
+    return NodeStarter(
+        addresses=addresses,
+        port=settings.runtime.worker_port,
+        shim=await asyncio.to_thread(install_shim, work_dir / "runtime"),
+        uid=uid,
+        gid=gid,
+        setpriv=shutil.which("setpriv", path=env.get("PATH", os.defpath)),
+        heap_limits=not limiter.uses_cgroups,
     )
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from funcmesh.errors import Invalid
 
 DEFAULT_API_ADDR = "127.0.0.1:6443"
 DEFAULT_GATEWAY_ADDR = "127.0.0.1:8080"
+NATS_URL_SCHEMES = ("nats", "tls")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +51,7 @@ class DaemonSettings:
     max_body_bytes: int = 10 << 20
     drain_s: float = 10.0
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    nats_url: str | None = None  # the NATS server NATSTriggers subscribe at; None: none
 
     @property
     def db_path(self) -> Path:
@@ -84,6 +87,7 @@ def load_daemon_settings(
     *,
     api_addr: str | None = None,
     gateway_addr: str | None = None,
+    nats_url: str | None = None,
 ) -> DaemonSettings:
     """Flags win over ``FUNCMESH_*`` variables, which win over the defaults."""
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
@@ -95,10 +99,27 @@ def load_daemon_settings(
     runtime = (
         RuntimeSettings(max_queue_per_function=int(max_queue)) if max_queue else RuntimeSettings()
     )
+    nats = nats_url or env.get("FUNCMESH_NATS_URL")
     return DaemonSettings(
         home=default_home(env),
         work_dir=Path(work_dir).expanduser() if work_dir else None,
         api_addr=parse_address(api, what="--api-addr"),
         gateway_addr=parse_address(gateway, what="--gateway-addr"),
         runtime=runtime,
+        nats_url=parse_nats_url(nats) if nats else None,
     )
+
+
+def parse_nats_url(text: str) -> str:
+    """Check ``nats://[USER:PASSWORD@]HOST[:PORT]`` (or ``tls://``); the message never repeats
+    credentials."""
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or too big
+    except ValueError as exc:
+        raise Invalid(f"--nats-url must be nats://HOST:PORT: {exc}") from None
+    if parts.scheme not in NATS_URL_SCHEMES or not parts.hostname or parts.path not in ("", "/"):
+        shown = f"{parts.scheme}://***@{url.rpartition('@')[2]}" if "@" in url else url
+        raise Invalid(f"--nats-url must be nats://HOST:PORT (or tls://HOST:PORT), got {shown!r}")
+    return url

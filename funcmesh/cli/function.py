@@ -26,12 +26,12 @@ from funcmesh.cli.function_flags import (
 )
 from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
-from funcmesh.cli.output import dump_value, report_error
+from funcmesh.cli.output import dump_objects, dump_value, report_error
 from funcmesh.cli.session import Session, session_of
 from funcmesh.errors import AlreadyExists, Conflict, FuncmeshError, Invalid
 from funcmesh.model.durations import parse_duration_s
 from funcmesh.model.function import parse_function
-from funcmesh.model.kinds import FUNCTION
+from funcmesh.model.kinds import CRONJOB_TRIGGER, FUNCTION
 from funcmesh.model.objects import RawObject, metadata_of, name_of
 
 if TYPE_CHECKING:
@@ -97,7 +97,11 @@ def _shared_options(command: F) -> F:
 @click.command("deploy")
 @click.argument("name")
 @_shared_options
-@click.option("--schedule", metavar="CRON", help="Not supported yet (needs cron triggers).")
+@click.option(
+    "--schedule",
+    metavar="CRON",
+    help="Also create a CronJobTrigger named after the function, calling it on this schedule.",
+)
 @global_options
 @click.pass_context
 def deploy(ctx: click.Context, /, name: str, **options: Any) -> None:
@@ -111,8 +115,10 @@ def deploy(ctx: click.Context, /, name: str, **options: Any) -> None:
     flags = _flags_from(name, options)
     obj = build_function(name=name, namespace=session.namespace, flags=flags)
     parse_function(obj)  # the checks the API will run, before anything is sent
+    trigger = _scheduled_trigger(name, session.namespace, options["schedule"])
     if options["dryrun"]:
-        click.echo(dump_value(obj, output=options["output"]), nl=False)
+        objects = [obj] if trigger is None else [obj, trigger]
+        click.echo(dump_objects(objects, output=options["output"], single=True), nl=False)
         return
     client = session.client()
     click.echo(f"Deploying function {name}...")
@@ -121,6 +127,8 @@ def deploy(ctx: click.Context, /, name: str, **options: Any) -> None:
     except AlreadyExists as exc:
         raise AlreadyExists(f"{exc}: change it with funcmesh function update {name}") from exc
     click.echo(f"Function {name} submitted for deployment")
+    if trigger is not None:
+        _create_scheduled_trigger(client, trigger)
     _wait_unless(options["no_wait"], session, created, timeout_s=wait_timeout_s)
 
 
@@ -169,9 +177,35 @@ def delete(ctx: click.Context, names: Sequence[str]) -> None:
         ctx.exit(1)
 
 
+def _scheduled_trigger(name: str, namespace: str, schedule: str | None) -> RawObject | None:
+    """The CronJobTrigger ``--schedule`` asks for: named and labelled as Kubeless did."""
+    if not schedule:
+        return None
+    from funcmesh.cli.trigger_cron import build_cronjob_trigger
+    from funcmesh.model.schedules import parse_schedule
+
+    try:
+        parse_schedule(schedule)
+    except Invalid as exc:
+        raise Invalid(f"Invalid value for --schedule: {exc}") from exc
+    labels = {"created-by": "kubeless", "function": name}
+    return build_cronjob_trigger(
+        name, namespace, function_name=name, schedule=schedule, payload=None, labels=labels
+    )
+
+
+def _create_scheduled_trigger(client: ApiClient, trigger: RawObject) -> None:
+    name, namespace = name_of(trigger), str(metadata_of(trigger)["namespace"])
+    try:
+        client.create(CRONJOB_TRIGGER, trigger)
+    except FuncmeshError as exc:  # the function stays: say what is missing
+        raise FuncmeshError(
+            f"function {name} was deployed, but its cron trigger was not: {exc}"
+        ) from exc
+    click.echo(f"Cronjob trigger {name} created in namespace {namespace} successfully!")
+
+
 def _refuse_unsupported(options: dict[str, Any]) -> None:
-    if options.get("schedule"):
-        raise Invalid("--schedule needs cron triggers, which this version does not have yet")
     if options.get("secrets"):
         raise Invalid("--secrets needs Secret volumes, which this version does not have yet")
 

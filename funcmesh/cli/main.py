@@ -24,6 +24,7 @@ ROOT_COMMANDS = {
     "delete": "funcmesh.cli.apply:delete",
     "get": "funcmesh.cli.get:get",
     "get-server-config": "funcmesh.cli.serverconfig:get_server_config",
+    "trigger": "funcmesh.cli.trigger:trigger",
     "version": "funcmesh.cli.serverconfig:version",
     "up": "funcmesh.cli.up:up",
 }

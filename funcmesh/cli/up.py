@@ -12,8 +12,13 @@ import click
 @click.command("up")
 @click.option("--api-addr", metavar="HOST:PORT", help="API server address [127.0.0.1:6443].")
 @click.option("--gateway-addr", metavar="HOST:PORT", help="Gateway address [127.0.0.1:8080].")
+@click.option(
+    "--nats-url",
+    metavar="URL",
+    help="NATS server for NATS triggers, e.g. nats://127.0.0.1:4222 [$FUNCMESH_NATS_URL].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
-def up(api_addr: str | None, gateway_addr: str | None, verbose: bool) -> None:
+def up(api_addr: str | None, gateway_addr: str | None, nats_url: str | None, verbose: bool) -> None:
     """Run the funcmesh daemon: API server, gateway, controllers and runtimes."""
     from funcmesh.app import run
     from funcmesh.errors import FuncmeshError
@@ -24,8 +29,12 @@ def up(api_addr: str | None, gateway_addr: str | None, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Triggers call functions through httpx: one INFO line per call would flood the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        settings = load_daemon_settings(os.environ, api_addr=api_addr, gateway_addr=gateway_addr)
+        settings = load_daemon_settings(
+            os.environ, api_addr=api_addr, gateway_addr=gateway_addr, nats_url=nats_url
+        )
     except FuncmeshError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(run(settings, os.environ))

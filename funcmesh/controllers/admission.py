@@ -4,36 +4,105 @@ A Function must parse (model.function), name a runtime this machine can run (or 
 id that resolves to one), and carry code that decodes, matches its checksum and, for an
 archive, opens and holds the handler module (runtime.content.check_content; url content is
 fetched later, by the controller). It gets the ``function: NAME`` label Kubeless's controller
-forces. Nothing is stored when admission fails, so bad input changes nothing.
+forces. A NATSTrigger must name a valid subject and a non-empty function selector
+(model.triggers). A CronJobTrigger must have a valid schedule and name a Function that exists
+in its namespace. Nothing is stored when admission fails, so bad input changes nothing.
+
+Admission runs in a worker thread (the API keeps it off the event loop), so it reads stored
+objects through an ObjectLookup that blocks that thread, never the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from funcmesh.errors import Cause, Invalid
+from funcmesh.errors import Cause, Invalid, Unavailable
 from funcmesh.model.function import FunctionSpec, parse_function
-from funcmesh.model.kinds import FUNCTION, ResourceType
+from funcmesh.model.kinds import CRONJOB_TRIGGER, FUNCTION, NATS_TRIGGER, ResourceType
 from funcmesh.model.objects import RawObject, metadata_causes, name_of, raise_if_causes
+from funcmesh.model.triggers import parse_cronjob_trigger, parse_nats_trigger
 from funcmesh.runtime.catalog import Runtime, RuntimeCatalog
 from funcmesh.runtime.content import check_content
+from funcmesh.store.sqlite import Store
 
 # The spec fields that decide whether the code prepares: unchanged, it was checked already.
 _CONTENT_FIELDS = ("function", "function-content-type", "checksum", "handler", "runtime")
 
 
+class ObjectLookup(Protocol):
+    """Reads of stored objects that admission needs; called from admission's worker thread."""
+
+    def exists(self, rt: ResourceType, namespace: str, name: str) -> bool: ...
+
+
+class StoreLookup:
+    """An ObjectLookup over the async store: each read runs on the event loop while the
+    admission thread waits for it. Build it on the loop; never call it from the loop's thread."""
+
+    def __init__(self, store: Store, *, timeout_s: float = 10.0) -> None:
+        self._store = store
+        self._loop = asyncio.get_running_loop()
+        self._timeout_s = timeout_s
+
+    def exists(self, rt: ResourceType, namespace: str, name: str) -> bool:
+        if _running_loop() is self._loop:
+            raise RuntimeError("StoreLookup blocks: call it from a worker thread, not the loop")
+        read = self._store.exists(rt, namespace, name)
+        future = asyncio.run_coroutine_threadsafe(read, self._loop)
+        try:
+            return future.result(self._timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable(f"the store did not answer within {self._timeout_s:g} s") from None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Admission:
     """Validates and defaults objects for the API server."""
 
-    def __init__(self, catalog: RuntimeCatalog) -> None:
+    def __init__(self, catalog: RuntimeCatalog, *, objects: ObjectLookup | None = None) -> None:
         self._catalog = catalog
+        self._objects = objects
 
     def admit(self, rt: ResourceType, obj: RawObject, old: RawObject | None) -> RawObject:
         if rt is FUNCTION:
             return self._admit_function(obj, old)
+        if rt is NATS_TRIGGER:
+            parse_nats_trigger(obj)  # the envelope, the subject and the function selector
+            return obj
+        if rt is CRONJOB_TRIGGER:
+            return self._admit_cronjob_trigger(obj, old)
         raise_if_causes(metadata_causes(obj, rt), kind=rt.kind, name=name_of(obj))
         return obj
+
+    def _admit_cronjob_trigger(self, obj: RawObject, old: RawObject | None) -> RawObject:
+        trigger = parse_cronjob_trigger(obj)
+        if old is None or _function_name_of(old) != trigger.function_name:
+            self._require_function(
+                CRONJOB_TRIGGER, trigger.name, trigger.namespace, trigger.function_name
+            )
+        return obj
+
+    def _require_function(
+        self, rt: ResourceType, trigger: str, namespace: str, function_name: str
+    ) -> None:
+        """Refuse a trigger of a Function that does not exist (Kubeless's CLI refused it too)."""
+        if self._objects is None:
+            raise Unavailable("admission was built without access to stored objects")
+        if self._objects.exists(FUNCTION, namespace, function_name):
+            return
+        message = f'function "{function_name}" not found in namespace "{namespace}"'
+        cause = Cause(field="spec.function-name", message=message, reason="FieldValueNotFound")
+        raise Invalid(f'{rt.kind} "{trigger}" is invalid: spec.function-name: {message}', [cause])
 
     def _admit_function(self, obj: RawObject, old: RawObject | None) -> RawObject:
         spec = parse_function(obj)
@@ -48,6 +117,11 @@ class Admission:
         if isinstance(labels, dict):
             labels["function"] = spec.name
         return obj
+
+
+def _function_name_of(obj: Mapping[str, Any]) -> object:
+    spec = obj.get("spec")
+    return spec.get("function-name") if isinstance(spec, dict) else None
 
 
 def _content_of(obj: Mapping[str, Any]) -> tuple[object, ...]:

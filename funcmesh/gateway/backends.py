@@ -1,7 +1,8 @@
 """The seam between the gateway and the instance pools: what one function call needs.
 
 The runtime's instance pool satisfies these Protocols structurally, so the runtime never imports
-the gateway and this module imports nothing from the runtime. ``Backend.acquire`` raises
+the gateway and this module imports nothing from the runtime. ``Backend.try_acquire`` is the
+call's fast path; when it gives nothing, ``Backend.acquire`` waits, or raises
 ``funcmesh.errors.QueueFull`` (the gateway answers 429) or ``funcmesh.errors.Unavailable`` (503);
 any other ``FuncmeshError`` is answered 503 with its message. Nothing here does I/O.
 """
@@ -52,6 +53,12 @@ class Backend(Protocol):
     @property
     def display_name(self) -> str:
         """``namespace/name``, as users see it in error messages."""
+        ...
+
+    def try_acquire(self) -> Lease | None:
+        """Reserve an instance that has room now, or None: then the caller awaits ``acquire``,
+        which starts an instance, queues, or raises. Never waits and never raises; it is the
+        call's fast path, so it must be cheap (no task, no future)."""
         ...
 
     async def acquire(self) -> Lease:

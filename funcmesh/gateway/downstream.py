@@ -3,9 +3,10 @@
 ``ClientConnection`` is an asyncio Protocol around httptools' ``HttpRequestParser``. It buffers
 each request (head and body, within limits), hands complete requests to its ``ConnectionOwner``
 one at a time (so pipelined requests are answered in order), and relays responses back with the
-right framing. It also protects the gateway from a client: heads over the size limit get 431,
-bodies over it 413, garbage 400, a head or body that trickles in too slowly 408, each followed by
-a lingering close. It knows nothing about functions or instances.
+right framing, in one write per read from the instance. It also protects the gateway from a
+client: heads over the size limit get 431, bodies over it 413, garbage 400, a head or body that
+trickles in too slowly 408, each followed by a lingering close. It knows nothing about functions
+or instances.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -63,10 +63,9 @@ class ConnectionOwner(Protocol):
     @property
     def draining(self) -> bool: ...
 
-    def answer(
-        self, request: Request, connection: ClientConnection
-    ) -> Coroutine[Any, Any, None] | None:
-        """Answer at once through ``connection``, or return the coroutine that will."""
+    def answer(self, request: Request, connection: ClientConnection) -> bool:
+        """Answer through ``connection``: True when answered at once; False when a call was
+        started, which ends with ``connection.end_call()`` (maybe before this returns)."""
         ...
 
     def connection_opened(self, connection: ClientConnection) -> None: ...
@@ -106,13 +105,13 @@ class ClientConnection(asyncio.Protocol):
         self._expects_continue = False
         # answering side
         self._busy = False
+        self._answering = False  # inside _answer_queued: it goes on with the next request
         self._current: Request | None = None
         self._close_after = False
         self._started = False
         self._chunked = False
         self._out: list[bytes] = []
         self._source: ResponseSource | None = None
-        self.call_task: asyncio.Task[None] | None = None
 
     # seen by the owner and the relay
 
@@ -332,15 +331,27 @@ class ClientConnection(asyncio.Protocol):
         connection = self._connection_header()
         self._write(text_response(status, text, connection=connection, head_only=head_only))
 
+    def end_call(self) -> None:
+        """The call started by the owner is over; answer the next request, if any."""
+        if not self._busy:
+            return
+        self._end_request()
+        if not self._answering:
+            self._answer_queued()
+
     # answering requests in order
 
     def _answer_queued(self) -> None:
-        while self._queue and not self._busy and self._writable():
-            item = self._queue.popleft()
-            if isinstance(item, Rejection):
-                self._answer_rejection(item)
-                return
-            self._answer(item)
+        self._answering = True
+        try:
+            while self._queue and not self._busy and self._writable():
+                item = self._queue.popleft()
+                if isinstance(item, Rejection):
+                    self._answer_rejection(item)
+                    return
+                self._answer(item)
+        finally:
+            self._answering = False
         if self._paused and not self._queue and (transport := self._writable()):
             self._paused = False
             transport.resume_reading()
@@ -350,26 +361,13 @@ class ClientConnection(asyncio.Protocol):
         self._current = request
         self._close_after = self._close_after or not request.keep_alive or self._owner.draining
         try:
-            call = self._owner.answer(request, self)
+            answered = self._owner.answer(request, self)
         except Exception:
             logger.exception("answering %r failed", request.target[:200])
             self._answer_internal_error()
-            call = None
-        if call is None:
+            answered = True
+        if answered:
             self._end_request()
-        else:
-            self.call_task = self._loop.create_task(self._run_call(call, request))
-
-    async def _run_call(self, call: Coroutine[Any, Any, None], request: Request) -> None:
-        try:
-            await call
-        except Exception:
-            logger.exception("call for %r failed", request.target[:200])
-            self._answer_internal_error()
-        finally:
-            self.call_task = None
-            self._end_request()
-            self._answer_queued()
 
     def _answer_internal_error(self) -> None:
         if self._started:

@@ -25,6 +25,7 @@ HOP_BY_HOP = frozenset(
 # Set by the gateway itself, whatever the client sent.
 _REPLACED = frozenset({b"content-length", b"expect", b"x-forwarded-host", b"x-forwarded-proto"})
 _EVENT_HEADERS = (b"event-id", b"event-time", b"event-type", b"event-namespace")
+_ALL_EVENT_HEADERS = b"".join(name + b": %s\r\n" for name in _EVENT_HEADERS) + b"\r\n"
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
@@ -69,8 +70,24 @@ def without_connection_options(headers: Headers) -> list[tuple[bytes, bytes]]:
 
 def _names_options(connection_value: bytes) -> bool:
     """True when a Connection header lists header names, not just close / keep-alive."""
+    if connection_value.lower() in _PLAIN_CONNECTION_VALUES:  # nearly always: no set built
+        return False
     tokens = {token.strip().lower() for token in connection_value.split(b",")}
     return not tokens <= {b"close", b"keep-alive"}
+
+
+# What rewrite_request_head does with a client header, by lower-case name: one dict look-up
+# per header, since this runs once per call. Names not listed are kept, except the prefixed ones.
+_DROP, _CONNECTION, _FORWARDED_FOR, _HOST, _CONTENT_TYPE = range(5)
+_REQUEST_HEADER_ACTIONS = {
+    **dict.fromkeys(HOP_BY_HOP | _REPLACED, _DROP),
+    b"connection": _CONNECTION,
+    b"x-forwarded-for": _FORWARDED_FOR,
+    b"host": _HOST,
+    b"content-type": _CONTENT_TYPE,
+}
+_CHECKED_PREFIXES = (b"proxy-", b"event-")
+_PLAIN_CONNECTION_VALUES = frozenset({b"close", b"keep-alive"})
 
 
 def rewrite_request_head(
@@ -94,38 +111,47 @@ def rewrite_request_head(
     sent_events: set[bytes] = set()
     for name, value in headers:
         lower_name = name.lower()
-        if is_hop_by_hop(lower_name) or lower_name in _REPLACED:
-            if lower_name == b"connection" and _names_options(value):
-                return rewrite_request_head(
-                    method,
-                    target,
-                    without_connection_options(headers),
-                    body_length=body_length,
-                    client_ip=client_ip,
-                    default_host=default_host,
-                    event_id=event_id,
-                    event_time=event_time,
-                )
-            continue
-        if lower_name == b"x-forwarded-for":
+        action = _REQUEST_HEADER_ACTIONS.get(lower_name)
+        if action is None:
+            if lower_name.startswith(_CHECKED_PREFIXES):
+                if lower_name.startswith(b"proxy-"):
+                    continue  # hop-by-hop
+                sent_events.add(lower_name)
+        elif action == _HOST:
+            host = value
+        elif action == _CONTENT_TYPE:
+            content_type = value
+        elif action == _FORWARDED_FOR:
             forwarded_for.append(value)
             continue
-        if lower_name == b"host":
-            host = value
-        elif lower_name == b"content-type":
-            content_type = value
-        elif lower_name.startswith(b"event-"):
-            sent_events.add(lower_name)
+        elif action == _CONNECTION and _names_options(value):
+            return rewrite_request_head(
+                method,
+                target,
+                without_connection_options(headers),
+                body_length=body_length,
+                client_ip=client_ip,
+                default_host=default_host,
+                event_id=event_id,
+                event_time=event_time,
+            )
+        else:
+            continue  # hop-by-hop, or set by the gateway itself
         parts += (name, b": ", value, b"\r\n")
     if host is None:
         host = default_host
         parts += (b"Host: ", host, b"\r\n")
     if body_length or method in _BODY_METHODS:
-        parts += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+        parts.append(b"Content-Length: %d\r\n" % body_length)
     forwarded_for.append(client_ip)
-    parts += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
-    parts += (b"X-Forwarded-Host: ", host, b"\r\nX-Forwarded-Proto: http\r\n")
+    parts.append(
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Proto: http\r\n"
+        % (b", ".join(forwarded_for), host)
+    )
     event_values = (event_id, event_time, content_type or DEFAULT_EVENT_TYPE, EVENT_NAMESPACE)
+    if not sent_events:
+        parts.append(_ALL_EVENT_HEADERS % event_values)
+        return b"".join(parts)
     for event_name, event_value in zip(_EVENT_HEADERS, event_values, strict=True):
         if event_name not in sent_events:
             parts += (event_name, b": ", event_value, b"\r\n")
@@ -146,10 +172,10 @@ def relay_response_head(
     ``chunked`` re-frames a body whose length is unknown; ``connection`` is the Connection header
     to send (``close``, ``keep-alive`` for an HTTP/1.0 client) or None.
     """
-    parts = [b"HTTP/1.1 %d " % status, reason or _reason(status), b"\r\n"]
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
     for name, value in headers:
         lower_name = name.lower()
-        if is_hop_by_hop(lower_name):
+        if lower_name in HOP_BY_HOP or lower_name.startswith(b"proxy-"):  # is_hop_by_hop
             if lower_name == b"connection" and _names_options(value):
                 filtered = without_connection_options(headers)
                 return relay_response_head(

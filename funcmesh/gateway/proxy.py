@@ -1,24 +1,32 @@
 """One function call: lease an instance, relay the exchange, answer every failure.
 
 This is the gateway's failure table (429, 502, 503, 504, each with a JSON body that says what
-happened) and the only code that holds a ``Lease``: it releases each lease exactly once. It does
-not parse HTTP (``upstream`` and ``downstream`` do) and does not route (``server`` does).
+happened) and the only code that holds a ``Lease``: it releases each lease exactly once.
+
+A call costs no task, future or timer when an instance is free and an idle connection to it is
+pooled: ``Call`` is driven by protocol callbacks (the client's request, the instance's response).
+Only the rare steps that must wait run as a task: waiting in the function's queue, opening a
+connection, asking why an instance died. Deadlines are checked by one tick every
+``DEADLINE_TICK_S`` while calls are in flight, so a 504 comes at most that late.
+
+It does not parse HTTP (``upstream`` and ``downstream`` do) and does not route (``server`` does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from funcmesh.errors import FuncmeshError, QueueFull
 from funcmesh.gateway.backends import Backend, Lease
 from funcmesh.gateway.messages import Request, rewrite_request_head
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import (
-    ClientGone,
     ResponseSink,
     UpstreamBroken,
     UpstreamConnection,
@@ -26,9 +34,15 @@ from funcmesh.gateway.upstream import (
     UpstreamTimeout,
 )
 
+logger = logging.getLogger(__name__)
+
 EXIT_REASON_WAIT_S = 0.5
+DEADLINE_TICK_S = 0.05  # how late past its timeout a hanging call may be answered 504
 _EVENT_IDS_PER_DRAW = 256
 CLIENT_CLOSED_STATUS = 499  # nginx's name for it: the client left before the answer
+SHUTDOWN_STATUS = 503  # a call cut because the gateway is closing
+_INTERNAL_ERROR = "internal error in the gateway; see the daemon log"
+_CRASHED = "call of %s failed"
 
 
 class Responder(ResponseSink, Protocol):
@@ -48,112 +62,73 @@ class Responder(ResponseSink, Protocol):
         """Cut the client connection: the only signal left once a response has started."""
         ...
 
+    def end_call(self) -> None:
+        """The call is over (answered, failed or cut): the next request may be answered."""
+        ...
+
 
 class Relay:
     """Calls functions through their backends, over pooled upstream connections."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
-        self._pool = pool
-        self._loop = asyncio.get_running_loop()
+    def __init__(self, pool: UpstreamPool, *, deadline_tick_s: float = DEADLINE_TICK_S) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self._deadline_tick_s = deadline_tick_s
+        self._calls: set[Call] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+        self._all_ended: asyncio.Future[None] | None = None
         self._clock_second = -1
         self._clock_text = b""
         self._event_ids: list[bytes] = []
 
-    async def call(
+    def call(
         self, backend: Backend, route: FunctionRoute, request: Request, responder: Responder
     ) -> None:
-        """Answer ``request`` with the function's response, or with an error that says why not."""
-        function = backend.display_name
-        try:
-            lease = await backend.acquire()
-        except QueueFull as exc:
-            message = str(exc) or f"function {function} is busy: too many calls are waiting"
-            responder.send_error(429, message, function=function)
-            return
-        except FuncmeshError as exc:
-            message = str(exc) or f"function {function} is unavailable"
-            responder.send_error(503, message, function=function)
-            return
-        await self._call_instance(lease, function, route, request, responder)
+        """Answer ``request`` with the function's response, or with an error that says why not;
+        ``responder.end_call()`` follows, at once or later."""
+        call = Call(self, backend, route, request, responder)
+        self._calls.add(call)
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)
+        call.start()
 
-    async def _call_instance(
-        self,
-        lease: Lease,
-        function: str,
-        route: FunctionRoute,
-        request: Request,
-        responder: Responder,
-    ) -> None:
-        started_s = self._loop.time()
-        status, ok = 502, False
-        try:
-            status = await self._exchange(lease, route, request, responder)
-            ok = status < 500
-        except UpstreamTimeout:
-            lease.kill(f"killed after the {lease.timeout_s:g}s timeout")
-            status = 504
-            message = (
-                f"Request timeout exceeded: function {function} did not answer "
-                f"within {lease.timeout_s:g}s"
-            )
-            _fail(responder, status, message, function=function)
-        except UpstreamBroken as exc:
-            status = 502
-            message = await _broken_message(lease, exc)
-            _fail(responder, status, message, function=function)
-        except ClientGone:
-            status, ok = CLIENT_CLOSED_STATUS, True
-        except asyncio.CancelledError:
-            status = 503  # the gateway is shutting down
-            raise
-        finally:
-            lease.release(ok=ok, status=status, duration_s=self._loop.time() - started_s)
-
-    async def _exchange(
-        self, lease: Lease, route: FunctionRoute, request: Request, responder: Responder
-    ) -> int:
-        if responder.client_gone:
-            raise ClientGone("the client left while the call waited for an instance")
-        head = self._upstream_head(lease, route, request)
-        connection = self._pool.take_idle(lease.instance_id)
-        if connection is not None:
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to ``timeout_s`` for the calls in flight to end; how many did not."""
+        if self._calls:
+            self._all_ended = self.loop.create_future()
             try:
-                return await self._exchange_on(connection, head, lease, request, responder)
-            except UpstreamBroken as exc:
-                if not exc.retryable:
-                    raise
-        connection = await self._pool.connect(
-            lease.instance_id, lease.address, timeout_s=lease.timeout_s
-        )
-        return await self._exchange_on(connection, head, lease, request, responder)
+                async with asyncio.timeout(timeout_s):
+                    await self._all_ended
+            except TimeoutError:
+                pass
+            finally:
+                self._all_ended = None
+        return len(self._calls)
 
-    async def _exchange_on(
-        self,
-        connection: UpstreamConnection,
-        head: bytes,
-        lease: Lease,
-        request: Request,
-        responder: Responder,
-    ) -> int:
-        exchange = connection.exchange(
-            head,
-            request.body,
-            responder,
-            head_only=request.head_only,
-            timeout_s=lease.timeout_s,
-        )
-        try:
-            status = await exchange
-        except BaseException:
-            connection.abort()  # an unfinished exchange leaves the connection unusable
-            raise
-        if connection.reusable:
-            self._pool.put_idle(connection, now_s=self._loop.time())
-        else:
-            connection.close()
-        return status
+    async def close(self) -> None:
+        """Cut every call still in flight (503), and wait for their waiting steps to stop."""
+        tasks = [task for call in self._calls if (task := call.task) is not None]
+        for call in list(self._calls):
+            call.cut()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _upstream_head(self, lease: Lease, route: FunctionRoute, request: Request) -> bytes:
+    # for Call
+
+    def spawn(self, call: Call, step: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a step that waits; the call keeps the task (a call has at most one at a time,
+        and it ends with the call), so ``close`` finds every one through the calls."""
+        return self.loop.create_task(_guarded(call, step))
+
+    def ended(self, call: Call) -> None:
+        calls = self._calls
+        calls.discard(call)
+        if not calls and self._all_ended is not None and not self._all_ended.done():
+            self._all_ended.set_result(None)
+
+    def upstream_head(self, lease: Lease, route: FunctionRoute, request: Request) -> bytes:
         host, port = lease.address
         return rewrite_request_head(
             request.method,
@@ -165,6 +140,17 @@ class Relay:
             event_id=self._event_id(),
             event_time=self._event_time(),
         )
+
+    # deadlines: one tick while calls are in flight, not a timer per call
+
+    def _tick(self) -> None:
+        if not self._calls:
+            self._ticker = None
+            return
+        self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)
+        now_s = self.loop.time()
+        for call in list(self._calls):
+            call.check_deadline(now_s)
 
     def _event_id(self) -> bytes:
         """15 random URL-safe characters like Kubeless' ids; drawn in batches, because one
@@ -183,16 +169,243 @@ class Relay:
         return self._clock_text
 
 
-def _fail(responder: Responder, status: int, message: str, *, function: str) -> None:
-    if responder.response_started:
-        responder.abort()
-    else:
-        responder.send_error(status, message, function=function)
+class Call:
+    """One request on its way through one lease; ends exactly once (``_end``).
+
+    The fast path runs in the callbacks that drive it: ``start`` (the request is complete),
+    ``exchange_done`` / ``exchange_failed`` (the instance answered or failed). Each entry point
+    turns an unexpected exception into a 500 (or a cut connection), never a stuck client.
+    """
+
+    __slots__ = (
+        "_backend",
+        "_connection",
+        "_ended",
+        "_function",
+        "_head",
+        "_lease",
+        "_relay",
+        "_request",
+        "_responder",
+        "_route",
+        "_started_s",
+        "_task",
+    )
+
+    def __init__(
+        self,
+        relay: Relay,
+        backend: Backend,
+        route: FunctionRoute,
+        request: Request,
+        responder: Responder,
+    ) -> None:
+        self._relay = relay
+        self._backend = backend
+        self._route = route
+        self._request = request
+        self._responder = responder
+        self._function = backend.display_name
+        self._lease: Lease | None = None
+        self._connection: UpstreamConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._head = b""
+        self._started_s = 0.0
+        self._ended = False
+
+    def start(self) -> None:
+        try:
+            lease = self._backend.try_acquire()
+            if lease is None:
+                self._task = self._relay.spawn(self, self._acquire_then_send())
+            else:
+                self._send(lease)
+        except Exception:
+            logger.exception(_CRASHED, self._function)
+            self.crash()
+
+    def check_deadline(self, now_s: float) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.check_deadline(now_s)
+
+    def cut(self) -> None:
+        """The gateway is closing and this call outlasted the drain."""
+        if self._task is not None:
+            self._task.cancel()
+        self._abort_connection()
+        self._end(SHUTDOWN_STATUS, ok=False)
+
+    @property
+    def function(self) -> str:
+        return self._function
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The step that is waiting (for an instance, a connection, an exit), if any."""
+        return self._task
+
+    def crash(self) -> None:
+        """After an unexpected exception (logged): answer 500 (or cut a started response)."""
+        self._abort_connection()
+        if not self._ended:
+            self._fail(500, _INTERNAL_ERROR)
+            self._end(500, ok=False)
+
+    # ExchangeListener
+
+    def exchange_done(self, connection: UpstreamConnection, status: int) -> None:
+        try:
+            self._connection = None
+            if connection.reusable:
+                self._relay.pool.put_idle(connection, now_s=self._relay.loop.time())
+            else:
+                connection.close()
+            self._end(status, ok=status < 500)
+        except Exception:
+            logger.exception(_CRASHED, self._function)
+            self.crash()
+
+    def exchange_failed(self, connection: UpstreamConnection, error: FuncmeshError) -> None:
+        try:
+            self._connection = None
+            if isinstance(error, UpstreamBroken) and error.retryable:
+                self._task = self._relay.spawn(self, self._connect_then_exchange())
+            elif isinstance(error, UpstreamBroken):
+                self._task = self._relay.spawn(self, self._report_broken(error))
+            elif isinstance(error, UpstreamTimeout):
+                self._time_out()
+            else:
+                self._end(CLIENT_CLOSED_STATUS, ok=True)
+        except Exception:
+            logger.exception(_CRASHED, self._function)
+            self.crash()
+
+    # the steps
+
+    def _send(self, lease: Lease) -> None:
+        self._lease = lease
+        self._started_s = self._relay.loop.time()
+        if self._responder.client_gone:  # it left while the call waited for an instance
+            self._end(CLIENT_CLOSED_STATUS, ok=True)
+            return
+        self._head = self._relay.upstream_head(lease, self._route, self._request)
+        connection = self._relay.pool.take_idle(lease.instance_id)
+        if connection is None or not self._exchange(connection):
+            self._task = self._relay.spawn(self, self._connect_then_exchange())
+
+    def _exchange(self, connection: UpstreamConnection) -> bool:
+        assert self._lease is not None
+        self._connection = connection
+        request = self._request
+        sent = connection.exchange(
+            self._head,
+            request.body,
+            self._responder,
+            self,
+            head_only=request.head_only,
+            deadline_s=self._relay.loop.time() + self._lease.timeout_s,
+        )
+        if not sent:
+            self._connection = None
+            connection.abort()
+        return sent
+
+    async def _acquire_then_send(self) -> None:
+        function = self._function
+        try:
+            lease = await self._backend.acquire()
+        except QueueFull as exc:
+            message = str(exc) or f"function {function} is busy: too many calls are waiting"
+            self._fail(429, message)
+            self._end(429, ok=False)
+            return
+        except FuncmeshError as exc:
+            self._fail(503, str(exc) or f"function {function} is unavailable")
+            self._end(503, ok=False)
+            return
+        self._task = None
+        self._send(lease)
+
+    async def _connect_then_exchange(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        try:
+            connection = await self._relay.pool.connect(
+                lease.instance_id, lease.address, timeout_s=lease.timeout_s
+            )
+        except UpstreamTimeout:
+            self._time_out()
+            return
+        except UpstreamBroken as exc:
+            await self._report_broken(exc)
+            return
+        self._task = None
+        if not self._exchange(connection):
+            reason = "the connection closed before the request was sent"
+            await self._report_broken(
+                UpstreamBroken(reason, response_started=False, retryable=False)
+            )
+
+    async def _report_broken(self, error: UpstreamBroken) -> None:
+        lease = self._lease
+        assert lease is not None
+        exit_reason = await lease.exit_reason(EXIT_REASON_WAIT_S)
+        if exit_reason is not None:
+            message = f"instance {lease.instance_id} exited during the call: {exit_reason}"
+        else:
+            host, port = lease.address
+            message = (
+                f"connection to instance {lease.instance_id} at {host}:{port} failed: "
+                f"{error.reason}"
+            )
+        self._fail(502, message)
+        self._end(502, ok=False)
+
+    def _time_out(self) -> None:
+        lease = self._lease
+        assert lease is not None
+        lease.kill(f"killed after the {lease.timeout_s:g}s timeout")
+        self._fail(
+            504,
+            f"Request timeout exceeded: function {self._function} did not answer "
+            f"within {lease.timeout_s:g}s",
+        )
+        self._end(504, ok=False)
+
+    def _fail(self, status: int, message: str) -> None:
+        if self._ended:
+            return
+        responder = self._responder
+        if responder.response_started:
+            responder.abort()
+        else:
+            responder.send_error(status, message, function=self._function)
+
+    def _abort_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()  # an unfinished exchange leaves the connection unusable
+
+    def _end(self, status: int, *, ok: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._task = None
+        lease = self._lease
+        if lease is not None:
+            duration_s = self._relay.loop.time() - self._started_s
+            lease.release(ok=ok, status=status, duration_s=duration_s)
+        self._relay.ended(self)
+        self._responder.end_call()
 
 
-async def _broken_message(lease: Lease, exc: UpstreamBroken) -> str:
-    exit_reason = await lease.exit_reason(EXIT_REASON_WAIT_S)
-    if exit_reason is not None:
-        return f"instance {lease.instance_id} exited during the call: {exit_reason}"
-    host, port = lease.address
-    return f"connection to instance {lease.instance_id} at {host}:{port} failed: {exc.reason}"
+async def _guarded(call: Call, step: Coroutine[Any, Any, None]) -> None:
+    """Run one waiting step of a call; an unexpected exception costs only that call."""
+    try:
+        await step
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception(_CRASHED, call.function)
+        call.crash()

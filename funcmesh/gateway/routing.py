@@ -2,15 +2,21 @@
 
 ``/function/NAME`` calls NAME in namespace ``default``, ``/function/NAME.NS`` calls it in NS; the
 rest of the path and the query go to the function (``/function/hello/a?x=1`` -> ``/a?x=1``).
-Pure functions on the raw request target: no I/O, no knowledge of backends or instances.
+Pure functions on the raw request target (recent results cached): no I/O, no knowledge of
+backends or instances.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 DEFAULT_NAMESPACE = "default"
+# Calls repeat their targets, so parsed routes are kept: the most recent ones, short ones only
+# (at most _CACHED_TARGETS * _CACHED_TARGET_BYTES of keys).
+_CACHED_TARGETS = 1024
+_CACHED_TARGET_BYTES = 256
 
 _FUNCTION_TARGET = re.compile(rb"/function/([^/?.]+)(?:\.([^/?]+))?([/?].*)?", re.DOTALL)
 
@@ -44,6 +50,17 @@ def origin_form(target: bytes) -> bytes:
 
 def route_function(target: bytes) -> FunctionRoute | None:
     """The function that an origin-form target calls, or None when it is not a function call."""
+    if len(target) <= _CACHED_TARGET_BYTES:
+        return _route_cached(target)
+    return _route(target)
+
+
+@functools.lru_cache(maxsize=_CACHED_TARGETS)
+def _route_cached(target: bytes) -> FunctionRoute | None:
+    return _route(target)
+
+
+def _route(target: bytes) -> FunctionRoute | None:
     match = _FUNCTION_TARGET.fullmatch(target)
     if match is None:
         return None

@@ -2,16 +2,15 @@
 
 ``Gateway`` listens, routes each request (a function call, ``/healthz``, or 404), enforces the
 per-connection deadlines with one sweep per second (no timer per request), and drains on close.
-Function calls go through ``proxy.Relay``; the instances come from a ``Backends`` seam, so this
-module never imports the runtime. No logging per request: this is the hot path.
+Function calls go through ``proxy.Relay`` (which checks their deadlines itself); the instances
+come from a ``Backends`` seam, so this module never imports the runtime. No logging per request:
+this is the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
 
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backends
@@ -19,7 +18,7 @@ from funcmesh.gateway.downstream import ClientConnection, ConnectionLimits
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Relay
 from funcmesh.gateway.routing import is_health_check, origin_form, route_function
-from funcmesh.gateway.upstream import UpstreamPool
+from funcmesh.gateway.upstream import MAX_IDLE_PER_INSTANCE, UpstreamPool
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class Gateway:
         header_timeout_s: float = 30.0,
         idle_timeout_s: float = 75.0,
         upstream_idle_timeout_s: float = 30.0,
-        max_idle_per_instance: int = 32,
+        max_idle_per_instance: int = MAX_IDLE_PER_INSTANCE,
         backlog: int = 1024,
         sweep_interval_s: float = 1.0,
     ) -> None:
@@ -101,18 +100,13 @@ class Gateway:
         self._draining = True
         if self._server is not None:
             self._server.close()
-        calls = [c.call_task for c in self._connections if c.call_task is not None]
         for connection in list(self._connections):
             connection.drain()
-        if calls:
-            _, unfinished = await asyncio.wait(calls, timeout=drain_s)
-            for call in unfinished:
-                call.cancel()
+        if self._relay is not None:
+            unfinished = await self._relay.drain(drain_s)
             if unfinished:
-                logger.warning(
-                    "gateway cut %d calls still running after %gs", len(unfinished), drain_s
-                )
-                await asyncio.wait(unfinished)
+                logger.warning("gateway cut %d calls still running after %gs", unfinished, drain_s)
+            await self._relay.close()
         for connection in list(self._connections):
             connection.abort()
         self._pool.close()
@@ -124,10 +118,9 @@ class Gateway:
 
     # ConnectionOwner
 
-    def answer(
-        self, request: Request, connection: ClientConnection
-    ) -> Coroutine[Any, Any, None] | None:
-        """A function call's coroutine, or None when the answer was written at once."""
+    def answer(self, request: Request, connection: ClientConnection) -> bool:
+        """True when the answer was written at once; False for a function call, which ends
+        with ``connection.end_call()``."""
         target = origin_form(request.target)
         route = route_function(target)
         if route is None:
@@ -135,14 +128,15 @@ class Gateway:
                 connection.send_text(200, "OK")
             else:
                 connection.send_error(404, _no_route_message(target))
-            return None
+            return True
         backend = self._backends.lookup(route.namespace, route.name)
         if backend is None:
             function = route.display_name
             connection.send_error(404, f"function {function} not found", function=function)
-            return None
+            return True
         assert self._relay is not None
-        return self._relay.call(backend, route, request, connection)
+        self._relay.call(backend, route, request, connection)
+        return False
 
     def connection_opened(self, connection: ClientConnection) -> None:
         if self._draining:

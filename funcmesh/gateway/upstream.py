@@ -1,7 +1,9 @@
 """Connections from the gateway to function instances: one HTTP/1.1 exchange at a time, pooled.
 
 An ``UpstreamConnection`` writes one request and relays the response to a ``ResponseSink`` (the
-client's connection) as it arrives, parsed by httptools' ``HttpResponseParser``; the
+client's connection) as it arrives, parsed by httptools' ``HttpResponseParser``, and tells an
+``ExchangeListener`` how the exchange ended: from protocol callbacks, with no task, future or
+timer per exchange (the owner enforces the deadline by calling ``check_deadline``). The
 ``UpstreamPool`` keeps idle keep-alive connections per instance. This module knows nothing of
 functions, leases or user-facing messages: it reports what went wrong as ``UpstreamTimeout``,
 ``UpstreamBroken`` or ``ClientGone``, and ``proxy`` turns those into answers.
@@ -10,6 +12,7 @@ functions, leases or user-facing messages: it reports what went wrong as ``Upstr
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -19,6 +22,9 @@ from funcmesh.errors import FuncmeshError
 from funcmesh.gateway.messages import BodyFraming, Headers
 
 _SMALL_WRITE_BYTES = 64 * 1024
+# Idle connections kept per instance. An instance never has more connections than calls it
+# served at once, so this only bounds a burst; the surplus ages out (least recently used).
+MAX_IDLE_PER_INSTANCE = 1024
 
 
 class UpstreamTimeout(FuncmeshError):
@@ -76,6 +82,20 @@ class ResponseSink(Protocol):
         ...
 
 
+class ExchangeListener(Protocol):
+    """Who learns how an exchange ended; told exactly once per exchange, never re-entrantly
+    from ``exchange`` itself."""
+
+    def exchange_done(self, connection: UpstreamConnection, status: int) -> None:
+        """The response was relayed completely; ``connection.reusable`` says if it may be
+        pooled again."""
+        ...
+
+    def exchange_failed(self, connection: UpstreamConnection, error: FuncmeshError) -> None:
+        """``UpstreamTimeout``, ``UpstreamBroken`` or ``ClientGone``; the connection is aborted."""
+        ...
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an instance; ``exchange`` sends one request at a time."""
 
@@ -85,13 +105,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = False
         self.idle_since_s = 0.0
         self._on_lost = on_lost
-        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._parser_spent = False
         self._sink: ResponseSink | None = None
-        self._done: asyncio.Future[int] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._listener: ExchangeListener | None = None
+        self._deadline_s = math.inf
         self._head_only = False
         self._received = False
         self._started = False
@@ -122,29 +141,40 @@ class UpstreamConnection(asyncio.Protocol):
         head: bytes,
         body: bytes,
         sink: ResponseSink,
+        listener: ExchangeListener,
         *,
         head_only: bool,
-        timeout_s: float,
-    ) -> asyncio.Future[int]:
-        """Send a request; the future gives the response status once the response is relayed.
+        deadline_s: float,
+    ) -> bool:
+        """Send a request and relay its response to ``sink``; ``listener`` learns how it ended.
 
-        ``timeout_s`` bounds the time from sending to the end of the response head.
+        ``deadline_s`` (loop time) bounds the wait for the response head: ``check_deadline``
+        fails the exchange with ``UpstreamTimeout`` once it has passed. False when the
+        connection closed before the request could be sent (nothing was sent, nobody is told).
         """
-        done: asyncio.Future[int] = self._loop.create_future()
         transport = self._transport
         if transport is None or transport.is_closing():
-            reason = "the connection closed before the request was sent"
-            done.set_exception(
-                UpstreamBroken(reason, response_started=False, retryable=self.reused)
-            )
-            return done
-        self._reset_exchange(sink, done, head_only=head_only)
-        self._timer = self._loop.call_later(timeout_s, self._time_out)
+            return False
+        if self._parser_spent:
+            self._parser = httptools.HttpResponseParser(self)
+            self._parser_spent = False
+        self._sink = sink
+        self._listener = listener
+        self._deadline_s = deadline_s
+        self._head_only = head_only
+        self._received = self._started = self.keep_alive = False
+        self._reason = b""
+        self._headers = []
         if len(body) < _SMALL_WRITE_BYTES:
-            transport.write(head + body)
+            transport.write(head + body if body else head)
         else:
             transport.writelines((head, body))
-        return done
+        return True
+
+    def check_deadline(self, now_s: float) -> None:
+        """Fail the exchange with ``UpstreamTimeout`` if its response head is overdue."""
+        if now_s >= self._deadline_s:
+            self._fail(UpstreamTimeout("the instance did not answer in time"))
 
     def pause_reading(self) -> None:
         transport = self._transport
@@ -164,6 +194,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
+        """Cut the connection; an exchange in progress ends without telling its listener."""
+        self._sink = self._listener = None
+        self._deadline_s = math.inf
+        self.keep_alive = False
         if self._transport is not None:
             self._transport.abort()
 
@@ -216,9 +250,7 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:
             self._fail_broken("the instance sent a response nobody asked for")
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline_s = math.inf
         self._status = status
         self._framing = response_framing(status, self._headers, head_only=self._head_only)
         if not sink.start_response(status, self._reason, self._headers, self._framing, self):
@@ -243,21 +275,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # exchange bookkeeping
 
-    def _reset_exchange(
-        self, sink: ResponseSink, done: asyncio.Future[int], *, head_only: bool
-    ) -> None:
-        if self._parser_spent:
-            self._parser = httptools.HttpResponseParser(self)
-            self._parser_spent = False
-        self._sink = sink
-        self._done = done
-        self._head_only = head_only
-        self._received = False
-        self._started = False
-        self._reason = b""
-        self._headers = []
-        self.keep_alive = False
-
     def _skip_informational(self, status: int) -> None:
         if status == 101:
             self._fail_broken("the instance switched protocols (101) without being asked to")
@@ -267,39 +284,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
 
     def _finish(self, *, keep_alive: bool) -> None:
-        sink, done = self._sink, self._done
-        self._sink = self._done = None
+        sink, listener = self._sink, self._listener
+        self._sink = self._listener = None
         self.keep_alive = keep_alive
         if sink is not None:
             sink.end_response()
-        if done is not None and not done.done():
-            done.set_result(self._status)
+        if listener is not None:
+            listener.exchange_done(self, self._status)
 
     def _fail_broken(self, reason: str) -> None:
         retryable = self.reused and not self._received
         self._fail(UpstreamBroken(reason, response_started=self._started, retryable=retryable))
 
-    def _time_out(self) -> None:
-        self._timer = None
-        self._fail(UpstreamTimeout("the instance did not answer in time"))
-
     def _fail(self, error: FuncmeshError) -> None:
         """End the exchange, if one is going on, with ``error``; the connection is unusable."""
-        done = self._done
-        self._sink = self._done = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self.keep_alive = False
+        listener = self._listener
         self.abort()
-        if done is not None and not done.done():
-            done.set_exception(error)
+        if listener is not None:
+            listener.exchange_failed(self, error)
 
 
 class UpstreamPool:
     """Idle keep-alive connections per instance, most recently used first."""
 
-    def __init__(self, *, max_idle_per_instance: int = 32) -> None:
+    def __init__(self, *, max_idle_per_instance: int = MAX_IDLE_PER_INSTANCE) -> None:
         self._max_idle_per_instance = max_idle_per_instance
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._open: set[UpstreamConnection] = set()

@@ -1,14 +1,17 @@
 """Dependency environments, built once per (runtime, dependency file) and shared.
 
 ``pip install --target`` puts a Function's ``requirements.txt`` into ``<root>/<key>/site-packages``,
-which a worker puts on its ``sys.path``. The key hashes the runtime and the normalised deps, so
-a second Function or a scale-out with the same deps never installs again, and concurrent
-requests for one key share one build. A build happens in a staging directory; its completion
-marker is written last and the directory is then renamed into place, so a build appears whole
-or not at all, and a crash leaves only staging debris, removed by the next build of that key.
-pip runs as an asyncio subprocess in its own process group, so cancelling a build (daemon
-shutdown) kills pip and whatever it started. One daemon owns ``root``.
-This module must not start workers or touch function code; Node (npm) builds come later.
+which a worker puts on its ``sys.path``; ``npm install --omit=dev --prefix`` puts a
+``package.json``'s dependencies into ``<root>/<key>/node_modules``, which a Node.js worker gets on
+its ``NODE_PATH``. The key hashes the runtime and the normalised deps (requirement lines, or the
+package.json as canonical JSON), so a second Function or a scale-out with the same deps never
+installs again, and concurrent requests for one key share one build. A build happens in a
+staging directory; its completion marker is written last and the directory is then renamed
+into place, so a build appears whole or not at all, and a crash leaves only staging debris,
+removed by the next build of that key.
+The installer runs as an asyncio subprocess in its own process group, so cancelling a build
+(daemon shutdown) kills it and whatever it started. One daemon owns ``root``.
+This module must not start workers or touch function code.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ DEFAULT_BUILD_TIMEOUT_S = 900.0
 TAIL_LINES = 20
 MARKER = ".complete"
 SITE_PACKAGES = "site-packages"
-_DEPS_FILE = "requirements.txt"
+NODE_MODULES = "node_modules"
+NPM_DEPENDENCY_FIELDS = ("dependencies", "optionalDependencies", "peerDependencies")
 _MAX_LINE_CHARS = 1000
 _CHUNK_BYTES = 1 << 16
 _KEY_FORMAT = b"funcmesh-deps-v1"
@@ -57,7 +61,8 @@ class DepsEnv:
 
 
 class BuildFailed(FuncmeshError):
-    """A dependency build failed; the message says what failed, with the tail of pip's output."""
+    """A dependency build failed; the message says what failed, with the tail of the
+    installer's output."""
 
     def __init__(self, message: str, *, output_tail: str = "") -> None:
         if output_tail:
@@ -70,6 +75,54 @@ def normalise_deps(deps: str) -> str:
     """The deps text with line endings, blank lines, comments and edge spaces removed."""
     lines = (line.strip() for line in deps.splitlines())
     return "\n".join(line for line in lines if line and not line.startswith("#"))
+
+
+def normalise_package_json(deps: str) -> str:
+    """A package.json as canonical JSON, so key order and spacing do not matter; the text as
+    given when it is not JSON (its build then says why)."""
+    try:
+        return json.dumps(json.loads(deps), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        return deps.strip()
+
+
+def check_package_json(deps: str) -> None:
+    """Raise BuildFailed saying what is wrong with a package.json that npm could not use."""
+    try:
+        package = json.loads(deps)
+    except ValueError as exc:
+        raise BuildFailed(f"package.json is not valid JSON: {exc}") from None
+    if not isinstance(package, dict):
+        raise BuildFailed(
+            'package.json must be a JSON object, like {"dependencies": {"lodash": "^4.17.21"}}'
+        )
+    for name in NPM_DEPENDENCY_FIELDS:
+        value = package.get(name)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            raise BuildFailed(
+                f'package.json: "{name}" must map package names to version strings, '
+                'like {"lodash": "^4.17.21"}'
+            )
+
+
+def _normalise(runtime: Runtime, deps: str) -> str:
+    if runtime.language == "nodejs":
+        return normalise_package_json(deps)
+    return normalise_deps(deps)
+
+
+def _installs_nothing(runtime: Runtime, deps: str) -> bool:
+    if runtime.language != "nodejs":
+        return not normalise_deps(deps)
+    if not deps.strip():
+        return True
+    try:
+        package = json.loads(deps)
+    except ValueError:
+        return False  # the build reports it
+    return isinstance(package, dict) and not any(package.get(f) for f in NPM_DEPENDENCY_FIELDS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,12 +141,14 @@ class DependencyBuilder:
         *,
         root: Path,
         pip_args: Sequence[str] = (),
+        npm_args: Sequence[str] = (),
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._root = root
         self._pip_args = tuple(pip_args)
+        self._npm_args = tuple(npm_args)
         self._max_output_bytes = max_output_bytes
         self._build_timeout_s = build_timeout_s
         self._environ = environ
@@ -103,7 +158,7 @@ class DependencyBuilder:
         """sha256 hex of the runtime (id, binary, version) and the normalised deps."""
         digest = hashlib.sha256(_KEY_FORMAT)
         version = ".".join(map(str, runtime.version))
-        for value in (runtime.id, str(runtime.executable), version, normalise_deps(deps)):
+        for value in (runtime.id, str(runtime.executable), version, _normalise(runtime, deps)):
             data = value.encode()
             digest.update(len(data).to_bytes(8, "big"))
             digest.update(data)
@@ -116,9 +171,9 @@ class DependencyBuilder:
     def cached(self, runtime: Runtime, deps: str) -> DepsEnv | None:
         """The finished environment for these deps, if there is one (costs one stat)."""
         key = self.key_for(runtime, deps)
-        if not normalise_deps(deps):
+        if _installs_nothing(runtime, deps):
             return DepsEnv(key=key, path=self._root / key, sys_paths=())
-        return self._env(key) if (self._root / key / MARKER).is_file() else None
+        return self._env(key, runtime) if (self._root / key / MARKER).is_file() else None
 
     async def ensure(
         self, runtime: Runtime, deps: str, *, progress: Progress | None = None
@@ -128,7 +183,7 @@ class DependencyBuilder:
         if env is not None:
             return env
         key = self.key_for(runtime, deps)
-        build = self._builds.get(key) or self._start(key, runtime, normalise_deps(deps))
+        build = self._builds.get(key) or self._start(key, runtime, _normalise(runtime, deps))
         if progress is not None:
             build.listeners.append(progress)
         try:
@@ -156,25 +211,22 @@ class DependencyBuilder:
         task.add_done_callback(lambda _: self._builds.pop(key, None))
         return build
 
-    def _env(self, key: str) -> DepsEnv:
+    def _env(self, key: str, runtime: Runtime) -> DepsEnv:
         path = self._root / key
-        return DepsEnv(key=key, path=path, sys_paths=(str(path / SITE_PACKAGES),))
+        return DepsEnv(key=key, path=path, sys_paths=(str(path / _installed_dir(runtime)),))
 
     async def _build(
         self, key: str, runtime: Runtime, deps: str, listeners: list[Progress]
     ) -> DepsEnv:
-        if runtime.language != "python":
-            message = (
-                f"dependency builds for {runtime.id} ({runtime.deps_file}) are not supported yet"
-            )
-            raise BuildFailed(message)
+        if runtime.language == "nodejs":
+            check_package_json(deps)
         started_s = time.monotonic()
         logger.info("building dependencies %s for %s", key[:12], runtime.id)
-        staging = await asyncio.to_thread(self._stage, key, deps)
+        staging = await asyncio.to_thread(self._stage, key, deps, runtime.deps_file)
         log = self.log_path(key).open("wb")  # one quick open(2), like the stat in cached()
         output = _Output(log=log, listeners=listeners, max_bytes=self._max_output_bytes)
         try:
-            await self._run_pip(runtime, staging, output)
+            await self._install(runtime, staging, output)
             await asyncio.to_thread(_commit, staging, self._root / key, runtime=runtime, deps=deps)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, staging, True)
@@ -182,9 +234,9 @@ class DependencyBuilder:
         finally:
             log.close()  # flushed after every write: closing does not wait on the disk
         logger.info("built dependencies %s in %.1f s", key[:12], time.monotonic() - started_s)
-        return self._env(key)
+        return self._env(key, runtime)
 
-    def _stage(self, key: str, deps: str) -> Path:
+    def _stage(self, key: str, deps: str, deps_file: str) -> Path:
         """A fresh staging dir holding the deps file.
 
         Debris of crashed builds of this key goes first: no other build of it is in flight.
@@ -196,43 +248,62 @@ class DependencyBuilder:
                 shutil.rmtree(debris, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=self._root))
         (staging / "tmp").mkdir()
-        (staging / _DEPS_FILE).write_text(deps + "\n", encoding="utf-8")
+        (staging / deps_file).write_text(deps + "\n", encoding="utf-8")
         return staging
 
-    async def _run_pip(self, runtime: Runtime, staging: Path, output: _Output) -> None:
-        argv = _pip_argv(runtime, staging, self._pip_args)
+    async def _install(self, runtime: Runtime, staging: Path, output: _Output) -> None:
         env = {**(os.environ if self._environ is None else self._environ)}
-        env |= {"TMPDIR": str(staging / "tmp"), "PIP_NO_INPUT": "1"}  # pip's debris stays ours
+        env["TMPDIR"] = str(staging / "tmp")  # the installer's debris stays ours
+        if runtime.language == "nodejs":
+            argv = _npm_argv(runtime, staging, self._npm_args, env)
+            what = f"npm install for {runtime.id}"
+        else:
+            argv = _pip_argv(runtime, staging, self._pip_args)
+            env["PIP_NO_INPUT"] = "1"
+            what = f"pip install for {runtime.id}"
+        returncode = await self._run_installer(
+            argv, env, cwd=staging, runtime=runtime, what=what, output=output
+        )
+        if returncode == 0:
+            return
+        if runtime.language == "nodejs":
+            raise BuildFailed(f"{what} failed (exit code {returncode})", output_tail=output.tail())
+        raise _pip_failure(runtime, returncode, output.tail())
+
+    async def _run_installer(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path,
+        runtime: Runtime,
+        what: str,
+        output: _Output,
+    ) -> int:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                cwd=staging,
+                cwd=cwd,
                 env=env,
                 start_new_session=True,  # its own process group, killed as one
             )
         except OSError as exc:
-            message = (
-                f"could not start {runtime.executable} for {runtime.id}: {exc.strerror or exc}"
-            )
+            message = f"could not start {argv[0]} for {runtime.id}: {exc.strerror or exc}"
             raise BuildFailed(message) from exc
         try:
             async with asyncio.timeout(self._build_timeout_s):
                 await output.pump(process)
-                returncode = await process.wait()
+                return await process.wait()
         except TimeoutError as exc:
             await _kill_group(process)
-            message = (
-                f"pip install for {runtime.id} did not finish within {self._build_timeout_s:g} s"
-            )
+            message = f"{what} did not finish within {self._build_timeout_s:g} s"
             raise BuildFailed(message, output_tail=output.tail()) from exc
         except BaseException:
             await _kill_group(process)
             raise
-        if returncode != 0:
-            raise _pip_failure(runtime, returncode, output.tail())
 
 
 class _Output:
@@ -288,7 +359,34 @@ def _pip_argv(runtime: Runtime, staging: Path, pip_args: Sequence[str]) -> list[
         str(runtime.executable), "-I", "-m", "pip", "install",
         "--target", str(staging / SITE_PACKAGES), "--no-input",
         "--disable-pip-version-check", "--progress-bar", "off",
-        *pip_args, "-r", str(staging / _DEPS_FILE),
+        *pip_args, "-r", str(staging / runtime.deps_file),
+    ]  # fmt: skip
+
+
+def _npm_argv(
+    runtime: Runtime, staging: Path, npm_args: Sequence[str], env: dict[str, str]
+) -> list[str]:
+    """npm for the runtime's node (the one beside it, else the first on PATH); ``env`` gets
+    that node first on PATH, for npm's ``#!/usr/bin/env node``, and npm's nagging switched off."""
+    node_dir = str(runtime.executable.parent)
+    path = os.pathsep.join(filter(None, [node_dir, env.get("PATH", os.defpath)]))
+    beside = runtime.executable.parent / "npm"
+    npm = str(beside) if os.access(beside, os.X_OK) else shutil.which("npm", path=path)
+    if npm is None:
+        raise BuildFailed(
+            f"npm was not found beside {runtime.executable} or on PATH: install npm to use "
+            "package.json dependencies"
+        )
+    env |= {
+        "PATH": path,
+        "npm_config_update_notifier": "false",
+        "npm_config_fund": "false",
+        "npm_config_audit": "false",
+    }
+    # --install-links: local (file:) packages are copied in, so the build stands on its own.
+    return [
+        npm, "install", "--omit=dev", "--no-audit", "--no-fund", "--install-links",
+        "--prefix", str(staging), *npm_args,
     ]  # fmt: skip
 
 
@@ -304,7 +402,7 @@ def _pip_failure(runtime: Runtime, returncode: int, tail: str) -> BuildFailed:
 def _commit(staging: Path, final: Path, *, runtime: Runtime, deps: str) -> None:
     """Move the finished build into place; the marker inside makes it count."""
     shutil.rmtree(staging / "tmp", ignore_errors=True)
-    (staging / SITE_PACKAGES).mkdir(exist_ok=True)  # deps that install nothing
+    (staging / _installed_dir(runtime)).mkdir(exist_ok=True)  # deps that install nothing
     record = {"runtime": runtime.id, "executable": str(runtime.executable), "deps": deps}
     (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     staging.chmod(0o755)  # mkdtemp made it private; workers running as nobody must read it
@@ -316,3 +414,7 @@ async def _kill_group(process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     await process.wait()
+
+
+def _installed_dir(runtime: Runtime) -> str:
+    return NODE_MODULES if runtime.language == "nodejs" else SITE_PACKAGES

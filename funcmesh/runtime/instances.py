@@ -1,8 +1,9 @@
 """One running instance of a function, the lease a caller holds on it, and its Pod view.
 
-An instance is a worker process forked from a zygote, serving HTTP on its own pod IP. The pool
-owns instances; callers (the gateway) hold a Lease for exactly one call and give it back with
-``release``. When an instance ends, ``exit_reason`` says why in words a user understands.
+An instance is a worker process (forked from a zygote, or a specialised Node.js spare) serving
+HTTP on its own pod IP. The pool owns instances; callers (the gateway) hold a Lease for exactly
+one call and give it back with ``release``. When an instance ends, ``exit_reason`` says why in
+words a user understands.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ class Instance:
     ip: str
     port: int
     revision: Revision
-    listener: socket.socket
     uid: str
     process: WorkerProcess | None = None
     in_flight: int = 0

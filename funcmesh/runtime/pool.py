@@ -2,9 +2,10 @@
 
 ``acquire`` gives a caller an instance with room (in-flight calls below the target concurrency),
 starts a new one when none has room and ``max-scale`` allows, and otherwise queues the caller
-(bounded; full -> QueueFull). A new instance's socket is bound before the worker is forked, so a
+(bounded; full -> QueueFull). A new instance's socket is bound before its worker starts, so a
 caller can connect at once and the kernel holds the request until the worker accepts: the cold
-start costs one fork plus the handler's import. The pool never talks HTTP itself.
+start costs one fork (Python) or one message to a pre-started process (Node.js) plus loading the
+handler (``funcmesh.runtime.starters``). The pool never talks HTTP itself.
 """
 
 from __future__ import annotations
@@ -14,36 +15,33 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.instances import Instance, Lease, Revision, describe_exit
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LineSplitter, LogBook
+from funcmesh.runtime.starters import PendingWorker, WorkerStarter, ZygoteSource, ZygoteStarter
 from funcmesh.runtime.stats import FunctionStats
-from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError, Zygote
+from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 
 
-class ZygoteSource(Protocol):
-    """Where pools get a running zygote for an interpreter (restarted when one died)."""
-
-    async def zygote_for(self, interpreter: str) -> Zygote: ...
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolContext:
-    """What every pool shares: addresses, zygotes, limits, logs and settings."""
+    """What every pool shares: addresses, zygotes, limits, logs and settings.
+
+    ``starters`` start instances by runtime language; Python's is the zygote's, built in.
+    """
 
     addresses: AddressPool
     zygotes: ZygoteSource
@@ -55,6 +53,7 @@ class PoolContext:
     worker_uid: int | None
     worker_gid: int | None
     on_pod_change: Callable[[str, Instance], None]
+    starters: Mapping[str, WorkerStarter] = field(default_factory=dict)
 
 
 class FunctionPool:
@@ -68,8 +67,12 @@ class FunctionPool:
         self.revision: Revision | None = None
         self.failure: str | None = None
         self._context = context
+        python = ZygoteStarter(
+            addresses=context.addresses, zygotes=context.zygotes, port=context.worker_port
+        )
+        self._starters: dict[str, WorkerStarter] = {"python": python, **context.starters}
         self._instances: dict[str, Instance] = {}
-        self._waiters: deque[asyncio.Future[Instance]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._decided = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -129,6 +132,17 @@ class FunctionPool:
 
     # the gateway's side
 
+    def try_acquire(self) -> Lease | None:
+        """``acquire`` when an instance has room now; None when the caller must ``await
+        acquire()`` (no revision yet, an instance to start, a queue to wait in)."""
+        if self.revision is None or self._waiters:
+            return None  # callers already waiting: no instance has room, and they go first
+        instance = self._pick()
+        if instance is None:
+            return None
+        instance.in_flight += 1
+        return Lease(self, instance)
+
     async def acquire(self) -> Lease:
         if self.revision is None:
             await self._wait_for_revision()
@@ -178,15 +192,32 @@ class FunctionPool:
                 f"{_count(len(self._waiters), 'call')} already waiting; try again later or "
                 "raise autoscaling.funcmesh.io/max-scale"
             )
-        waiter: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(loop=asyncio.get_running_loop())
+        waiter.deadline = time.monotonic() + self._context.queue_wait_s
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter, self._context.queue_wait_s)
-        except TimeoutError:
-            raise QueueFull(
-                f"function {self.display_name}: no instance became free within "
-                f"{self._context.queue_wait_s:.0f}s"
-            ) from None
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._give_back(waiter.result())  # handed an instance as the caller left
+            raise
+
+    def expire_waiters(self, now: float) -> None:
+        """Fail the calls that waited ``queue_wait_s`` for an instance (run by the sweep:
+        no timer per queued call on the hot path)."""
+        while self._waiters and (self._waiters[0].done() or self._waiters[0].deadline <= now):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    QueueFull(
+                        f"function {self.display_name}: no instance became free within "
+                        f"{self._context.queue_wait_s:.0f}s"
+                    )
+                )
+
+    def _give_back(self, instance: Instance) -> None:
+        instance.in_flight -= 1
+        self._serve_waiters()
 
     def release(self, instance: Instance, *, ok: bool, duration_s: float) -> None:
         instance.in_flight -= 1
@@ -234,23 +265,22 @@ class FunctionPool:
     # instances
 
     async def _start(self, revision: Revision, *, reserved: bool = False) -> Instance:
-        """Fork a new instance; ``reserved`` counts the caller's call on it from the start."""
+        """Start a new instance; ``reserved`` counts the caller's call on it from the start."""
         context = self._context
-        ip, listener = self._bind_pod_address()
+        pending = self._starter(revision).reserve(revision)
         pod = f"{revision.name}-{revision.template_hash[:8]}-{secrets.token_hex(3)[:5]}"
         instance = Instance(
             pod=pod,
-            ip=ip,
+            ip=pending.ip,
             port=context.worker_port,
             revision=revision,
-            listener=listener,
             uid=str(uuid.uuid4()),
             in_flight=1 if reserved else 0,
         )
         self._instances[pod] = instance
         self.stats.record_cold_start()
         try:
-            await self._fork(instance)
+            await self._launch(instance, pending)
         except BaseException:
             self._forget(instance)
             raise
@@ -258,42 +288,21 @@ class FunctionPool:
         context.on_pod_change("ADDED", instance)
         return instance
 
-    def _bind_pod_address(self) -> tuple[str, socket.socket]:
-        """A fresh pod IP with the worker port bound; skips addresses something else holds
-        (another daemon on the same machine, a lingering process)."""
-        addresses, port = self._context.addresses, self._context.worker_port
-        error: OSError | None = None
-        for _ in range(16):
-            ip = addresses.take()
-            try:
-                return ip, _listen(ip, port)
-            except OSError as exc:
-                addresses.give_back(ip)
-                error = exc
-        raise Unavailable(f"cannot listen on a pod address, port {port}: {error}")
+    def _starter(self, revision: Revision) -> WorkerStarter:
+        starter = self._starters.get(revision.runtime.language)
+        if starter is None:
+            raise Unavailable(f"funcmesh cannot start {revision.runtime.id} instances here")
+        return starter
 
-    async def _fork(self, instance: Instance) -> None:
+    async def _launch(self, instance: Instance, pending: PendingWorker) -> None:
         context, revision = self._context, instance.revision
         fence = context.limiter.fence(instance.pod, revision.memory_limit_bytes)
-        read_fd, write_fd = os.pipe()
-        try:
-            zygote = await context.zygotes.zygote_for(str(revision.runtime.executable))
-            instance.process = await zygote.spawn(
-                self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit),
-                listen_socket=instance.listener,
-                log_fd=write_fd,
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-            # The worker holds the socket now; without our copy, connections to a dead
-            # worker are refused at once instead of waiting in the backlog.
-            instance.listener.close()
+        request = self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit)
+        started = await pending.start(request)
+        instance.process = started.process
         sink = context.logbook.instance_sink(revision.namespace, revision.name, instance.pod)
         loop = asyncio.get_running_loop()
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        pipe = os.fdopen(started.log_read_fd, "rb", buffering=0)
         await loop.connect_read_pipe(lambda: LineSplitter(sink), pipe)
         self._guard(self._supervise(instance))
 
@@ -353,7 +362,6 @@ class FunctionPool:
         if self._instances.pop(instance.pod, None) is None:
             return
         instance.exited.set()
-        instance.listener.close()
         self._context.addresses.give_back(instance.ip)
         self._context.limiter.release(instance.pod)
         self._context.logbook.forget_pod(self.namespace, instance.pod)
@@ -434,20 +442,14 @@ class FunctionPool:
             logger.error("task of %s failed", self.display_name, exc_info=task.exception())
 
 
+class _Waiter(asyncio.Future[Instance]):
+    """A queued call: the future the caller awaits, and when it gives up."""
+
+    deadline: float
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _listen(ip: str, port: int) -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((ip, port))
-        listener.listen(1024)
-    except OSError:
-        listener.close()
-        raise
-    return listener
 
 
 def worker_environment(instance: Instance) -> dict[str, str]:

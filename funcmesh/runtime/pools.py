@@ -19,7 +19,7 @@ from funcmesh.errors import NotFound
 from funcmesh.runtime.fanout import Fanout
 from funcmesh.runtime.instances import Instance, Revision
 from funcmesh.runtime.pool import FunctionPool, PoolContext
-from funcmesh.runtime.stats import FunctionStats, Metrics
+from funcmesh.runtime.stats import Metrics
 from funcmesh.runtime.zygote import Zygote
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Pools:
             now = time.monotonic()
             for pool in list(self._pools.values()):
                 try:
+                    pool.expire_waiters(now)
                     pool.reap_idle(now)
                 except Exception:
                     logger.exception("sweeping %s failed", pool.display_name)
@@ -100,7 +101,7 @@ class Pools:
         key = (namespace, name)
         pool = self._pools.get(key)
         if pool is None:
-            stats = FunctionStats(self._metrics, namespace, name)
+            stats = self._metrics.stats_for(namespace, name)
             pool = self._pools[key] = FunctionPool(
                 namespace, name, context=self._context, stats=stats
             )

@@ -243,14 +243,6 @@ async def test_an_interpreter_that_cannot_build_is_named(
     assert str(executable) in str(caught.value)
 
 
-async def test_node_builds_are_not_supported_yet(tmp_path: Path) -> None:
-    node = Runtime.nodejs(major=20, executable=Path("/usr/bin/node"))
-    builder = DependencyBuilder(root=tmp_path / "deps")
-
-    with pytest.raises(BuildFailed, match="dependency builds for nodejs20"):
-        await builder.ensure(node, '{"dependencies": {"left-pad": "1.3.0"}}')
-
-
 async def test_build_log_is_capped(tmp_path: Path) -> None:
     chatty = script(
         tmp_path / "python", "i=0\nwhile [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done"

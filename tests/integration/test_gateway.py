@@ -243,8 +243,14 @@ class FakeBackend:
         error: FuncmeshError | None = None,
         timeout_s: float = WAIT_S,
         exit: str | None = None,
+        must_wait: bool = False,
+        admitted: asyncio.Event | None = None,
+        bug: Exception | None = None,
     ) -> None:
         self._display_name = display_name
+        self._must_wait = must_wait  # try_acquire gives nothing: calls wait in acquire
+        self._admitted = admitted  # acquire waits for it
+        self._bug = bug  # try_acquire raises it, as a bug in the runtime would
         self._address = address
         self._error = error
         self._timeout_s = timeout_s
@@ -255,9 +261,22 @@ class FakeBackend:
     def display_name(self) -> str:
         return self._display_name
 
+    def try_acquire(self) -> Lease | None:
+        if self._bug is not None:
+            raise self._bug
+        if self._error is not None or self._must_wait or self._admitted is not None:
+            return None
+        return self._lease()
+
     async def acquire(self) -> Lease:
         if self._error is not None:
             raise self._error
+        if self._admitted is not None:
+            await self._admitted.wait()
+        await asyncio.sleep(0)  # a real wait, as in a queue
+        return self._lease()
+
+    def _lease(self) -> FakeLease:
         instance_id = self._display_name.rpartition("/")[2] + "-0"
         lease = FakeLease(self._address, instance_id, self._timeout_s, self._exit)
         self.leases.append(lease)
@@ -406,6 +425,24 @@ async def test_get_relays_path_query_and_response(
     assert response.headers["content-type"] == "application/json"
     document = response.json()
     assert (document["method"], document["target"]) == ("GET", "/a/b?x=1")
+    assert hello.releases == [(True, 200)]
+
+
+async def test_call_that_waits_for_an_instance_is_relayed_when_one_is_free(
+    start_instance: StartInstance, start_gateway: StartGateway
+) -> None:
+    instance = await start_instance(echo)
+    admitted = asyncio.Event()
+    hello = FakeBackend("default/hello", address=instance.address, admitted=admitted)
+    gateway = await start_gateway(hello)
+
+    waiting = asyncio.create_task(call(gateway, "POST", "/function/hello/q", content=b"hi"))
+    await wait_for(lambda: gateway.open_connections == 1)
+    assert not waiting.done()
+    admitted.set()
+    response = await waiting
+
+    assert (response.status_code, response.json()["body"]) == (200, "hi")
     assert hello.releases == [(True, 200)]
 
 
@@ -585,6 +622,27 @@ async def test_head_has_no_body_and_the_connections_stay_usable(
     assert instance.connections == 1
 
 
+async def test_pipelined_head_then_get_reuse_the_instance_connection(
+    start_instance: StartInstance, start_gateway: StartGateway
+) -> None:
+    instance = await start_instance(echo)
+    gateway = await start_gateway(FakeBackend("default/hello", address=instance.address))
+    reader, writer = await open_raw(gateway)
+
+    writer.write(
+        b"HEAD /function/hello/h HTTP/1.1\r\nHost: gw\r\n\r\n"
+        b"GET /function/hello/g HTTP/1.1\r\nHost: gw\r\n\r\n"
+    )
+    async with asyncio.timeout(WAIT_S):
+        head = await reader.readuntil(b"\r\n\r\n")
+    [after] = await ResponseReader(reader).read(1)
+    await close_raw(writer)
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(after.body)["target"] == "/g"
+    assert instance.connections == 1
+
+
 async def test_interim_responses_of_the_instance_are_not_relayed(
     start_instance: StartInstance, start_gateway: StartGateway
 ) -> None:
@@ -660,11 +718,13 @@ async def test_stale_keep_alive_connection_is_retried_on_a_fresh_one(
     assert hello.releases == [(True, 200)] * 3
 
 
+@pytest.mark.parametrize("must_wait", [False, True], ids=["instance-free", "instance-waited-for"])
 async def test_pipelined_requests_are_answered_in_order(
-    start_instance: StartInstance, start_gateway: StartGateway
+    start_instance: StartInstance, start_gateway: StartGateway, must_wait: bool
 ) -> None:
     instance = await start_instance(slow_first_path)
-    gateway = await start_gateway(FakeBackend("default/hello", address=instance.address))
+    backend = FakeBackend("default/hello", address=instance.address, must_wait=must_wait)
+    gateway = await start_gateway(backend)
     reader, writer = await open_raw(gateway)
 
     writer.write(
@@ -678,6 +738,34 @@ async def test_pipelined_requests_are_answered_in_order(
     assert json.loads(slow.body)["target"] == "/slow"
     assert (health.status, health.body) == (200, b"OK")
     assert json.loads(fast.body)["body"] == "hi"
+
+
+async def test_idle_instance_connections_cover_the_calls_it_served_at_once(
+    start_instance: StartInstance, start_gateway: StartGateway
+) -> None:
+    instance = await start_instance(defer)
+    gateway = await start_gateway(FakeBackend("default/hello", address=instance.address))
+    at_once = 40  # more than a small fixed cap of idle connections would keep
+
+    async with httpx.AsyncClient(
+        base_url="http://{}:{}".format(*gateway.address),
+        timeout=WAIT_S,
+        limits=httpx.Limits(max_connections=at_once),
+    ) as http:
+
+        async def burst() -> list[int]:
+            before = len(instance.deferred)
+            calls = [asyncio.create_task(http.get("/function/hello")) for _ in range(at_once)]
+            await wait_for(lambda: len(instance.deferred) == before + at_once)
+            waiting = zip(instance.deferred[before:], instance.seen[before:], strict=True)
+            for connection, seen in waiting:
+                echo(connection, seen)
+            return [response.status_code for response in await asyncio.gather(*calls)]
+
+        assert await burst() == [200] * at_once
+        assert await burst() == [200] * at_once
+
+    assert instance.connections == at_once  # the second burst reused every connection
 
 
 async def test_expect_100_continue_is_answered_by_the_gateway(
@@ -806,7 +894,7 @@ async def test_hanging_instance_is_killed_and_answered_504(
     assert error_of(response)["error"] == (
         "Request timeout exceeded: function default/x did not answer within 0.2s"
     )
-    assert slow.leases[0].kills == ["timeout"]
+    assert slow.leases[0].kills == ["killed after the 0.2s timeout"]
     assert slow.releases == [(False, 504)]
 
 
@@ -873,6 +961,23 @@ async def test_client_leaving_mid_call_releases_the_lease(
     await wait_event(hello.leases[0].released)
 
     assert hello.releases == [(True, 499)]
+
+
+async def test_unexpected_error_in_a_call_is_500_and_the_gateway_goes_on(
+    start_instance: StartInstance, start_gateway: StartGateway
+) -> None:
+    instance = await start_instance(echo)
+    buggy = FakeBackend("default/buggy", bug=RuntimeError("bug in the runtime"))
+    hello = FakeBackend("default/hello", address=instance.address)
+    gateway = await start_gateway(buggy, hello)
+
+    async with client(gateway) as http:
+        failed = await http.get("/function/buggy")
+        after = await http.get("/function/hello")  # the same client connection
+
+    assert failed.status_code == 500
+    assert error_of(failed)["error"] == "internal error in the gateway; see the daemon log"
+    assert after.status_code == 200
 
 
 # ---- protecting the gateway from clients ----
@@ -974,6 +1079,21 @@ async def test_close_cuts_calls_that_outlast_the_drain(
     with pytest.raises(httpx.RemoteProtocolError):
         await in_flight
     assert hello.releases == [(False, 503)]
+
+
+async def test_close_cuts_calls_still_waiting_for_an_instance(
+    start_gateway: StartGateway,
+) -> None:
+    never = FakeBackend("default/hello", admitted=asyncio.Event())
+    gateway = await start_gateway(never)
+    waiting = asyncio.create_task(call(gateway, "GET", "/function/hello"))
+    await wait_for(lambda: gateway.open_connections == 1)
+
+    await gateway.close(drain_s=0.05)
+
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # cut: EOF or reset
+        await waiting
+    assert never.leases == []
 
 
 def accepts_connections(address: tuple[str, int]) -> bool:

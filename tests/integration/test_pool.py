@@ -234,3 +234,44 @@ async def test_calls_wait_for_the_first_revision_or_fail_clearly(
     failing.fail("BuildFailed: pip install failed")
     with pytest.raises(Unavailable, match="BuildFailed"):
         await pending
+
+
+async def test_try_acquire_leases_only_an_instance_with_room_now(
+    pools: Pools, code_dir: Path
+) -> None:
+    pool = pools.pool("default", "hello")
+    assert pool.try_acquire() is None  # no revision yet: acquire waits for one
+    pools.deploy(revision(code_dir, "hello", scaling=Scaling(max_scale=1)))
+    assert pool.try_acquire() is None  # no instance yet: acquire starts one
+    first = await pool.acquire()
+    assert pool.try_acquire() is None  # target concurrency 1, and the only instance is busy
+    queued = asyncio.ensure_future(pool.acquire())
+    await call(first)
+    second = await asyncio.wait_for(queued, 5)
+    await call(second)
+    lease = pool.try_acquire()
+    assert lease is not None
+    assert lease.address == first.address
+    assert (await call(lease)).text == "hello hello"
+    assert pool.summary()["calls"] == 3
+
+
+async def test_queued_calls_expire_and_a_caller_that_left_gives_its_turn_back(
+    pools: Pools, code_dir: Path
+) -> None:
+    pool = pools.deploy(revision(code_dir, "hello", scaling=Scaling(max_scale=1)))
+    held = await pool.acquire()
+    expiring = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    pool.expire_waiters(time.monotonic() + 60)
+    with pytest.raises(QueueFull, match="no instance became free"):
+        await expiring
+    leaving = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    await call(held)  # hands the instance to the waiting caller...
+    leaving.cancel()  # ...who has gone meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    lease = pool.try_acquire()
+    assert lease is not None  # the instance was given back, not leaked
+    await call(lease)

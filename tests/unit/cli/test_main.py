@@ -60,7 +60,7 @@ def test_deploy_requires_runtime_handler_and_code(home: Path, drop: str, message
         (["--handler", "hello"], 'error: --handler "hello" must be module_name.handler_name'),
         (["--from-file", "missing.py"], "error: --from-file missing.py: no such file"),
         (["--timeout", "soon"], 'error: --timeout "soon" is not a duration'),
-        (["--schedule", "* * * * *"], "error: --schedule needs cron triggers"),
+        (["--schedule", "* * * *"], 'error: Invalid value for --schedule: schedule "* * * *"'),
     ],
 )
 def test_bad_deploy_flags_give_one_error_line(home: Path, extra: list[str], message: str) -> None:

@@ -7,7 +7,7 @@ from funcmesh.runtime.stats import FunctionStats, Metrics
 
 def test_summary_and_prometheus_agree() -> None:
     registry = CollectorRegistry()
-    stats = FunctionStats(Metrics(registry), "default", "hello")
+    stats = Metrics(registry).stats_for("default", "hello")
     for index in range(100):
         stats.record_call(ok=index % 10 != 0, duration_s=(index + 1) / 1000)
     stats.record_cold_start()
@@ -23,5 +23,23 @@ def test_summary_and_prometheus_agree() -> None:
 
 
 def test_no_calls_means_no_percentiles() -> None:
-    stats = FunctionStats(Metrics(CollectorRegistry()), "default", "idle")
+    stats = FunctionStats("default", "idle")
     assert stats.summary(instances=0)["p50_ms"] is None
+
+
+def test_histogram_buckets_are_cumulative_and_forgotten_functions_vanish() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    stats = metrics.stats_for("default", "hello")
+    for duration_s in (0.0005, 0.003, 0.003, 40.0):
+        stats.record_call(ok=True, duration_s=duration_s)
+    stats.set_instances(2)
+    text = generate_latest(registry).decode()
+    prefix = 'funcmesh_function_duration_seconds_bucket{function="hello",le='
+    assert prefix + '"0.001",namespace="default"} 1.0' in text
+    assert prefix + '"0.005",namespace="default"} 3.0' in text
+    assert prefix + '"30.0",namespace="default"} 3.0' in text
+    assert prefix + '"+Inf",namespace="default"} 4.0' in text
+    assert 'funcmesh_function_instances{function="hello",namespace="default"} 2.0' in text
+    metrics.forget("default", "hello")
+    assert "hello" not in generate_latest(registry).decode()
