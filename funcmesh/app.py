@@ -31,10 +31,12 @@ from funcmesh.api.pki import ensure_kubeconfig, ensure_pki
 from funcmesh.api.providers import ApiProviders
 from funcmesh.api.server import ApiServer
 from funcmesh.controllers.admission import Admission, StoreLookup
+from funcmesh.controllers.async_calls import AsyncCallRunner
 from funcmesh.controllers.cron import CronTriggerController
 from funcmesh.controllers.functions import FunctionController
 from funcmesh.controllers.invoker import Invoker
 from funcmesh.controllers.nats import NatsTriggerController
+from funcmesh.discovery.routes import HttpRouteFeed, RouteTable
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.gateway.server import Gateway
 from funcmesh.runtime.addresses import AddressPool
@@ -50,6 +52,7 @@ from funcmesh.runtime.pools import PodEvents, Pools, Zygotes
 from funcmesh.runtime.starters import WorkerStarter
 from funcmesh.runtime.stats import Metrics
 from funcmesh.settings import DaemonSettings
+from funcmesh.store.calls import CallStore
 from funcmesh.store.sqlite import Store
 
 logger = logging.getLogger(__name__)
@@ -171,17 +174,26 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         await controller.start()
 
         ready = False
+        async_calls = AsyncCallRunner(CallStore(store))
+        await async_calls.prepare()
+        http_routes = HttpRouteFeed(store, RouteTable())  # HTTPTriggers, read by the gateway
+        stack.push_async_callback(http_routes.close)
+        await http_routes.start()
         gateway = Gateway(
             pools,
             host=settings.gateway_addr.host,
             port=settings.gateway_addr.port,
             max_body_bytes=settings.max_body_bytes,
+            async_calls=async_calls,
+            http_routes=http_routes.table,
         )
         await _listening(gateway.start(), f"gateway on {settings.gateway_addr}", "--gateway-addr")
         stack.push_async_callback(gateway.close, settings.drain_s)
         gateway_url = f"http://{_url_host(settings.gateway_addr.host)}:{gateway.address[1]}"
         invoker = Invoker(gateway_url)  # how every trigger calls functions
         stack.push_async_callback(invoker.close)
+        async_calls.start(invoker)
+        stack.push_async_callback(async_calls.close, settings.drain_s)
         nats_triggers = NatsTriggerController(
             store=store, invoker=invoker, nats_url=settings.nats_url, registry=registry
         )

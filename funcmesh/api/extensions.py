@@ -9,6 +9,7 @@ instance's, which is what ``kubectl logs`` reads.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +21,7 @@ from funcmesh.api.status import BadRequest, MethodNotAllowed
 from funcmesh.api.streams import StartedIterator, until_stopped
 from funcmesh.api.wire import json_response
 from funcmesh.model.kinds import FUNCTION, POD
+from funcmesh.store.calls import CallRecord, CallStore
 from funcmesh.store.sqlite import Store
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -52,6 +54,11 @@ class Extensions:
 
     async def server_config(self, request: web.Request) -> web.Response:
         return json_response(dict(self._providers.config.server_config()))
+
+    async def async_call(self, request: web.Request) -> web.Response:
+        """``GET /funcmesh/v1/calls/{id}``: an async call, its phase and outcome."""
+        record = await CallStore(self._store).get(request.match_info["id"])
+        return json_response(_call_document(record))
 
     async def _function_stats(
         self, request: web.Request, namespace: str, name: str
@@ -108,6 +115,30 @@ class Extensions:
         finally:
             await live.aclose()
         return response
+
+
+def _call_document(record: CallRecord) -> dict[str, object]:
+    """An async call on the wire; the result as text when it is UTF-8, else base64."""
+    document: dict[str, object] = {
+        "id": record.id,
+        "function": record.function,
+        "phase": record.phase,
+        "acceptedAt": record.accepted_at,
+        "startedAt": record.started_at,
+        "finishedAt": record.finished_at,
+        "durationSeconds": record.duration_s,
+        "statusCode": record.status_code,
+        "error": record.error,
+        "callbackUrl": record.callback_url,
+        "callback": record.callback,
+        "callbackError": record.callback_error,
+    }
+    if record.result is not None:
+        try:
+            document["body"] = record.result.decode()
+        except UnicodeDecodeError:
+            document["bodyBase64"] = base64.b64encode(record.result).decode()
+    return document
 
 
 def _tail_lines(text: str | None) -> int | None:

@@ -38,6 +38,8 @@ HOP_BY_HOP_HEADERS = frozenset(
 # The API credentials stay here; the client computes host and length for the new request.
 NOT_FORWARDED_HEADERS = frozenset({"authorization", "host", "content-length"})
 PROXY_PREFIX_SEGMENTS = 8  # "", api, v1, namespaces, {ns}, services, {name}, proxy
+ASYNC_PREFIX_SEGMENTS = 7  # "", funcmesh, v1, namespaces, {ns}, async-function, {name}
+ASYNC_PATH = "/funcmesh/v1/namespaces/{namespace}/async-function/{service}"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -59,9 +61,16 @@ class ServiceProxy:
             self._session = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await self._forward(request, self.upstream_url(request))
+
+    async def handle_async(self, request: web.Request) -> web.StreamResponse:
+        """``/funcmesh/v1/namespaces/{ns}/async-function/{name}/{path}``: the gateway's async
+        call of the function (202 and a call id); how ``function call --async`` reaches it."""
+        return await self._forward(request, self.async_upstream_url(request))
+
+    async def _forward(self, request: web.Request, url: URL) -> web.StreamResponse:
         if self._session is None:
             raise Unavailable("the API server is shutting down")
-        url = self.upstream_url(request)
         body = await read_body(request, max_bytes=self._max_body_bytes)
         try:
             async with self._session.request(
@@ -78,12 +87,18 @@ class ServiceProxy:
             ) from exc
 
     def upstream_url(self, request: web.Request) -> URL:
+        return self._gateway_target(request, "function", PROXY_PREFIX_SEGMENTS)
+
+    def async_upstream_url(self, request: web.Request) -> URL:
+        return self._gateway_target(request, "async-function", ASYNC_PREFIX_SEGMENTS)
+
+    def _gateway_target(self, request: web.Request, kind: str, prefix_segments: int) -> URL:
         namespace = request.match_info["namespace"]
         service = _service_name(request.match_info["service"])
         raw_path, _, query = request.raw_path.partition("?")  # still percent-encoded
-        rest = raw_path.split("/")[PROXY_PREFIX_SEGMENTS:]
+        rest = raw_path.split("/")[prefix_segments:]
         suffix = "/" + "/".join(rest) if rest else ""
-        target = f"{self._gateway_url}/function/{service}.{namespace}{suffix}"
+        target = f"{self._gateway_url}/{kind}/{service}.{namespace}{suffix}"
         return URL(target + (f"?{query}" if query else ""), encoded=True)
 
 

@@ -25,7 +25,7 @@ from funcmesh.api.extensions import Extensions
 from funcmesh.api.negotiation import discovery_version
 from funcmesh.api.paths import unknown_path
 from funcmesh.api.providers import ApiProviders
-from funcmesh.api.proxy import ServiceProxy
+from funcmesh.api.proxy import ASYNC_PATH, ServiceProxy
 from funcmesh.api.resources import ResourceHandlers
 from funcmesh.api.sources import PodObjects, StoredObjects
 from funcmesh.api.wire import error_response, http_error_response, json_response
@@ -144,6 +144,9 @@ class ApiServer:
         app.router.add_route("*", "/api/{version}/{tail:.+}", self._resources.core)
         app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self._resources.grouped)
         app.router.add_get("/funcmesh/v1/server-config", self._extensions.server_config)
+        app.router.add_get("/funcmesh/v1/calls/{id}", self._extensions.async_call)
+        app.router.add_route("*", ASYNC_PATH, self._proxy.handle_async)
+        app.router.add_route("*", ASYNC_PATH + "/{tail:.*}", self._proxy.handle_async)
         app.router.add_get("/metrics", self._prometheus)
         app.router.add_get("/openapi/v3", self._openapi_root)
         app.router.add_get("/openapi/v3/{tail:.+}", self._openapi_document)

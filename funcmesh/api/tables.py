@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from funcmesh.model.conditions import function_status_text
-from funcmesh.model.kinds import EVENT, FUNCTION, NAMESPACE, POD, ResourceType
+from funcmesh.model.kinds import (
+    EVENT,
+    FUNCTION,
+    HTTP_TRIGGER,
+    NAMESPACE,
+    POD,
+    SECRET,
+    ResourceType,
+)
 from funcmesh.model.objects import RawObject, metadata_of, name_of, parse_rfc3339
 
 Cell = str | int
@@ -178,6 +186,16 @@ def _event_object(obj: Mapping[str, Any], _now_s: float) -> Cell:
     return f"{str(involved.get('kind') or '').lower()}/{involved.get('name') or ''}"
 
 
+def _secret_data_count(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    data = obj.get("data")
+    return len(data) if isinstance(data, Mapping) else 0  # how many keys: never the values
+
+
+def _http_trigger_path(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    path = str((obj.get("spec") or {}).get("path") or "")
+    return path if path.startswith("/") else "/" + path
+
+
 _NAME = Column(name="Name", cell=_name, format="name", description="Name of the object")
 _AGE = Column(name="Age", cell=_age, description="Time since the object was created")
 
@@ -210,5 +228,18 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column(name="Reason", cell=_field("reason")),
         Column(name="Object", cell=_event_object),
         Column(name="Message", cell=_field("message")),
+    ),
+    SECRET.key: (
+        _NAME,
+        Column(name="Type", cell=_field("type", default="Opaque"), description="Secret type"),
+        Column(name="Data", cell=_secret_data_count, type="integer", description="Keys"),
+        _AGE,
+    ),
+    HTTP_TRIGGER.key: (
+        _NAME,
+        Column(name="Function", cell=_field("spec", "function-name"), description="Function"),
+        Column(name="Host", cell=_field("spec", "host-name", default="*"), description="Host"),
+        Column(name="Path", cell=_http_trigger_path, description="Path prefix"),
+        _AGE,
     ),
 }

@@ -67,6 +67,10 @@ def build_call_request(
 @click.option("--data-file", metavar="FILE", help="Read the request body from FILE (- for stdin).")
 @click.option("--method", "-X", metavar="METHOD", help="HTTP method (default GET, or POST).")
 @click.option("--path", default="", metavar="PATH", help="Path (and query) after the function.")
+@click.option(
+    "--async", "is_async", is_flag=True, help="Queue the call; print its id (see `call get ID`)."
+)
+@click.option("--callback-url", metavar="URL", help="With --async: POST the result to URL.")
 @global_options
 @click.pass_context
 def call(
@@ -76,8 +80,12 @@ def call(
     data_file: str | None,
     method: str | None,
     path: str,
+    is_async: bool,
+    callback_url: str | None,
 ) -> None:
-    """Call a function and print its answer."""
+    """Call a function and print its answer (with --async: queue it and print the call id)."""
+    if callback_url is not None and not is_async:
+        raise click.UsageError("--callback-url needs --async")
     if data is not None and data_file is not None:
         raise click.UsageError("give either --data or --data-file, not both")
     body = _read_data_file(data_file) if data_file is not None else (data or "").encode()
@@ -88,6 +96,18 @@ def call(
         event_time=rfc3339(),
     )
     session = session_of(ctx)
+    if is_async:
+        headers = request.headers | ({"X-Callback-Url": callback_url} if callback_url else {})
+        call_id = session.client().async_call(
+            session.namespace,
+            name,
+            method=request.method,
+            path=path,
+            body=request.body,
+            headers=headers,
+        )
+        click.echo(call_id)
+        return
     response = session.client().proxy(
         session.namespace,
         name,

@@ -2,7 +2,8 @@
 
 Tables come from the server (a meta.k8s.io Table: ``-o wide`` adds the columns of priority > 0,
 ``-A`` a NAMESPACE column first); ``-o yaml|json`` prints one object as itself and several as a
-``kind: List``; ``-o name`` prints ``function.kubeless.io/NAME``. Read-only.
+``kind: List``; ``-o name`` prints ``function.kubeless.io/NAME``; ``-w`` goes on with a line
+per change (``get_watch``). Read-only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 @output_option("yaml", "json", "wide", "name")
 @click.option("-l", "--selector", metavar="SELECTOR", help="Label selector, e.g. app=web.")
 @click.option("-A", "--all-namespaces", is_flag=True, help="Objects of every namespace.")
+@click.option("-w", "--watch", is_flag=True, help="After the table, print a line per change.")
 @global_options
 @click.pass_context
 def get(
@@ -45,6 +47,7 @@ def get(
     output: str | None,
     selector: str | None,
     all_namespaces: bool,
+    watch: bool,
 ) -> None:
     """Show objects of one kind (functions, pods, namespaces, events)."""
     rt = find_resource(kind)
@@ -53,12 +56,43 @@ def get(
     if names and all_namespaces:
         raise Invalid("a name cannot be looked up across all namespaces: drop -A or the names")
     all_namespaces = all_namespaces and rt.namespaced
+    if watch:
+        _watch(ctx, rt, names, output, selector, all_namespaces=all_namespaces)
+        return
     if output in ("yaml", "json", "name"):
         failed = _print_objects(ctx, rt, names, output, selector, all_namespaces=all_namespaces)
     else:
         failed = _print_tables(ctx, rt, names, output == "wide", selector, all_namespaces)
     if failed:
         ctx.exit(1)
+
+
+def _watch(
+    ctx: click.Context,
+    rt: ResourceType,
+    names: Sequence[str],
+    output: str | None,
+    selector: str | None,
+    *,
+    all_namespaces: bool,
+) -> None:
+    if len(names) > 1:
+        raise Invalid("-w watches one object or a list: give at most one name")
+    if output not in (None, "wide"):
+        raise Invalid(f"-w prints table lines: -o {output} is not supported with it")
+    from funcmesh.cli.get_watch import watch_tables
+
+    session = session_of(ctx)
+    watch_tables(
+        session.client(),
+        rt,
+        session.namespace,
+        name=names[0] if names else None,
+        selector=selector,
+        wide=output == "wide",
+        all_namespaces=all_namespaces,
+        echo=lambda line: click.echo(line),
+    )
 
 
 def _print_objects(

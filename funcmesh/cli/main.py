@@ -21,6 +21,9 @@ from funcmesh.errors import FuncmeshError
 ROOT_COMMANDS = {
     "function": "funcmesh.cli.function:function",
     "apply": "funcmesh.cli.apply:apply",
+    "autoscale": "funcmesh.cli.autoscale:autoscale",
+    "call": "funcmesh.cli.calls:call",
+    "create": "funcmesh.cli.create:create",
     "delete": "funcmesh.cli.apply:delete",
     "get": "funcmesh.cli.get:get",
     "get-server-config": "funcmesh.cli.serverconfig:get_server_config",

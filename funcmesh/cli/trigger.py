@@ -13,6 +13,7 @@ from funcmesh.cli.options import global_options
 TRIGGER_COMMANDS = {
     "nats": "funcmesh.cli.trigger_nats:nats",
     "cronjob": "funcmesh.cli.trigger_cron:cronjob",
+    "http": "funcmesh.cli.trigger_http:http",
 }
 
 

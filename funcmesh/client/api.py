@@ -243,6 +243,35 @@ class ApiClient:
     def server_config(self) -> ServerConfig:
         return parse_server_config(self._json("GET", "/funcmesh/v1/server-config"))
 
+    def async_call(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        method: str = "POST",
+        path: str = "",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Queue an async call of a function (stored by the daemon before it answers); its id."""
+        url = (
+            f"/funcmesh/v1/namespaces/{_segment(namespace)}/async-function/{_segment(name)}"
+            f"/{path.lstrip('/')}"
+        )
+        all_headers = {"Accept": "*/*", **(headers or {})}
+        response = self._send(method, url, content=body, headers=all_headers)
+        if response.status_code != 202:
+            raise error_from_response(
+                response.status_code, response.content, reason_phrase=response.reason_phrase
+            )
+        document = _decode_json(response.content, what=f"{method} {url}")
+        return str(document["id"])
+
+    def get_call(self, call_id: str) -> dict[str, Any]:
+        """An async call: ``phase``, ``statusCode``, ``body`` (or ``bodyBase64``), timings."""
+        document: dict[str, Any] = self._json("GET", f"/funcmesh/v1/calls/{_segment(call_id)}")
+        return document
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _json(

@@ -6,7 +6,10 @@ archive, opens and holds the handler module (runtime.content.check_content; url 
 fetched later, by the controller). It gets the ``function: NAME`` label Kubeless's controller
 forces. A NATSTrigger must name a valid subject and a non-empty function selector
 (model.triggers). A CronJobTrigger must have a valid schedule and name a Function that exists
-in its namespace. Nothing is stored when admission fails, so bad input changes nothing.
+in its namespace. A Secret gets its stringData merged into data (model.secrets). An HTTPTrigger
+must name a Function that exists and Secrets of the right types (basic auth: an Opaque Secret
+with key ``auth``; TLS: a ``kubernetes.io/tls`` Secret). Nothing is stored when admission
+fails, so bad input changes nothing.
 
 Admission runs in a worker thread (the API keeps it off the event loop), so it reads stored
 objects through an ObjectLookup that blocks that thread, never the loop.
@@ -16,13 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol, TypeVar
 
-from funcmesh.errors import Cause, Invalid, Unavailable
+from funcmesh.errors import Cause, Invalid, NotFound, Unavailable
 from funcmesh.model.function import FunctionSpec, parse_function
-from funcmesh.model.kinds import CRONJOB_TRIGGER, FUNCTION, NATS_TRIGGER, ResourceType
+from funcmesh.model.http_triggers import HttpTriggerSpec, parse_http_trigger
+from funcmesh.model.kinds import (
+    CRONJOB_TRIGGER,
+    FUNCTION,
+    HTTP_TRIGGER,
+    NATS_TRIGGER,
+    SECRET,
+    ResourceType,
+)
 from funcmesh.model.objects import RawObject, metadata_causes, name_of, raise_if_causes
+from funcmesh.model.secrets import TLS, admit_secret, secret_type_of
 from funcmesh.model.triggers import parse_cronjob_trigger, parse_nats_trigger
 from funcmesh.runtime.catalog import Runtime, RuntimeCatalog
 from funcmesh.runtime.content import check_content
@@ -30,12 +42,15 @@ from funcmesh.store.sqlite import Store
 
 # The spec fields that decide whether the code prepares: unchanged, it was checked already.
 _CONTENT_FIELDS = ("function", "function-content-type", "checksum", "handler", "runtime")
+T = TypeVar("T")
 
 
 class ObjectLookup(Protocol):
     """Reads of stored objects that admission needs; called from admission's worker thread."""
 
     def exists(self, rt: ResourceType, namespace: str, name: str) -> bool: ...
+
+    def find(self, rt: ResourceType, namespace: str, name: str) -> RawObject | None: ...
 
 
 class StoreLookup:
@@ -48,9 +63,21 @@ class StoreLookup:
         self._timeout_s = timeout_s
 
     def exists(self, rt: ResourceType, namespace: str, name: str) -> bool:
+        return self._wait(self._store.exists(rt, namespace, name))
+
+    def find(self, rt: ResourceType, namespace: str, name: str) -> RawObject | None:
+        return self._wait(self._find(rt, namespace, name))
+
+    async def _find(self, rt: ResourceType, namespace: str, name: str) -> RawObject | None:
+        try:
+            return await self._store.get(rt, namespace, name)
+        except NotFound:
+            return None
+
+    def _wait(self, read: Coroutine[Any, Any, T]) -> T:
         if _running_loop() is self._loop:
+            read.close()
             raise RuntimeError("StoreLookup blocks: call it from a worker thread, not the loop")
-        read = self._store.exists(rt, namespace, name)
         future = asyncio.run_coroutine_threadsafe(read, self._loop)
         try:
             return future.result(self._timeout_s)
@@ -81,6 +108,10 @@ class Admission:
             return obj
         if rt is CRONJOB_TRIGGER:
             return self._admit_cronjob_trigger(obj, old)
+        if rt is SECRET:
+            return admit_secret(obj)
+        if rt is HTTP_TRIGGER:
+            return self._admit_http_trigger(obj, old)
         raise_if_causes(metadata_causes(obj, rt), kind=rt.kind, name=name_of(obj))
         return obj
 
@@ -91,6 +122,34 @@ class Admission:
                 CRONJOB_TRIGGER, trigger.name, trigger.namespace, trigger.function_name
             )
         return obj
+
+    def _admit_http_trigger(self, obj: RawObject, old: RawObject | None) -> RawObject:
+        trigger = parse_http_trigger(obj)
+        if old is None or _function_name_of(old) != trigger.function_name:
+            self._require_function(
+                HTTP_TRIGGER, trigger.name, trigger.namespace, trigger.function_name
+            )
+        causes = self._trigger_secret_causes(trigger)
+        raise_if_causes(causes, kind=HTTP_TRIGGER.kind, name=trigger.name)
+        return obj
+
+    def _trigger_secret_causes(self, trigger: HttpTriggerSpec) -> list[Cause]:
+        causes = []
+        if trigger.basic_auth_secret:
+            secret = self._secret(trigger.namespace, trigger.basic_auth_secret)
+            data = secret.get("data") if secret is not None else None
+            if secret is None or not isinstance(data, dict) or "auth" not in data:
+                causes.append(_secret_cause(trigger, "basic-auth-secret", 'with the key "auth"'))
+        if trigger.tls_secret:
+            secret = self._secret(trigger.namespace, trigger.tls_secret)
+            if secret is None or secret_type_of(secret) != TLS:
+                causes.append(_secret_cause(trigger, "tls-secret", f"of type {TLS}"))
+        return causes
+
+    def _secret(self, namespace: str, name: str) -> RawObject | None:
+        if self._objects is None:
+            raise Unavailable("admission was built without access to stored objects")
+        return self._objects.find(SECRET, namespace, name)
 
     def _require_function(
         self, rt: ResourceType, trigger: str, namespace: str, function_name: str
@@ -117,6 +176,12 @@ class Admission:
         if isinstance(labels, dict):
             labels["function"] = spec.name
         return obj
+
+
+def _secret_cause(trigger: HttpTriggerSpec, field: str, wanted: str) -> Cause:
+    name = trigger.basic_auth_secret if field == "basic-auth-secret" else trigger.tls_secret
+    message = f'needs a Secret "{name}" {wanted} in namespace "{trigger.namespace}"'
+    return Cause(field=f"spec.{field}", message=message, reason="FieldValueNotFound")
 
 
 def _function_name_of(obj: Mapping[str, Any]) -> object:

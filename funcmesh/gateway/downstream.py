@@ -25,6 +25,7 @@ from funcmesh.gateway.messages import (
     Headers,
     Request,
     error_response,
+    json_response,
     relay_response_head,
     text_response,
 )
@@ -322,6 +323,16 @@ class ClientConnection(asyncio.Protocol):
                 function=function,
                 connection=self._connection_header(),
                 head_only=head_only,
+            )
+        )
+
+    def send_json(self, status: int, document: object, *, headers: Headers = ()) -> None:
+        request = self._current
+        head_only = request is not None and request.head_only
+        connection = self._connection_header()
+        self._write(
+            json_response(
+                status, document, headers=headers, connection=connection, head_only=head_only
             )
         )
 

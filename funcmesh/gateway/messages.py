@@ -219,6 +219,22 @@ def text_response(
     )
 
 
+def json_response(
+    status: int,
+    document: object,
+    *,
+    headers: Headers = (),
+    connection: bytes | None = None,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response with a JSON body and extra ``headers`` (names and values checked
+    by the caller)."""
+    body = json.dumps(document).encode()
+    return _complete_response(
+        status, b"application/json", body, connection=connection, head_only=head_only, extra=headers
+    )
+
+
 def _complete_response(
     status: int,
     content_type: bytes,
@@ -226,11 +242,13 @@ def _complete_response(
     *,
     connection: bytes | None,
     head_only: bool,
+    extra: Headers = (),
 ) -> bytes:
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (status, _reason(status)),
         b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)),
     ]
+    parts += [b"%s: %s\r\n" % (name, value) for name, value in extra]
     if connection is not None:
         parts.append(b"Connection: %s\r\n" % connection)
     parts.append(b"\r\n")

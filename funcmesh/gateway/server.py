@@ -1,7 +1,8 @@
 """The gateway: the HTTP entry for function calls (``/function/NAME[.NS]``) and its lifecycle.
 
-``Gateway`` listens, routes each request (a function call, ``/healthz``, or 404), enforces the
-per-connection deadlines with one sweep per second (no timer per request), and drains on close.
+``Gateway`` listens, routes each request (an HTTPTrigger's host and path, see ``triggers``; a
+function call; ``/healthz``; or 404), enforces the per-connection deadlines with one sweep per
+second (no timer per request), and drains on close.
 Function calls go through ``proxy.Relay`` (which checks their deadlines itself); the instances
 come from a ``Backends`` seam, so this module never imports the runtime. No logging per request:
 this is the hot path.
@@ -12,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from funcmesh.discovery.routes import RouteTable
 from funcmesh.errors import Unavailable
+from funcmesh.gateway.async_calls import Acceptor, AsyncCalls, route_async
 from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.downstream import ClientConnection, ConnectionLimits
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Relay
-from funcmesh.gateway.routing import is_health_check, origin_form, route_function
+from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function
+from funcmesh.gateway.triggers import HttpTriggers
 from funcmesh.gateway.upstream import MAX_IDLE_PER_INSTANCE, UpstreamPool
 
 logger = logging.getLogger(__name__)
@@ -40,8 +44,12 @@ class Gateway:
         max_idle_per_instance: int = MAX_IDLE_PER_INSTANCE,
         backlog: int = 1024,
         sweep_interval_s: float = 1.0,
+        async_calls: AsyncCalls | None = None,
+        http_routes: RouteTable | None = None,
     ) -> None:
+        self._triggers = None if http_routes is None else HttpTriggers(http_routes, backends)
         self._backends = backends
+        self._acceptor = None if async_calls is None else Acceptor(async_calls)
         self._host = host
         self._port = port
         self._backlog = backlog
@@ -107,6 +115,10 @@ class Gateway:
             if unfinished:
                 logger.warning("gateway cut %d calls still running after %gs", unfinished, drain_s)
             await self._relay.close()
+        if self._triggers is not None:
+            await self._triggers.close()
+        if self._acceptor is not None:
+            await self._acceptor.close()
         for connection in list(self._connections):
             connection.abort()
         self._pool.close()
@@ -122,7 +134,12 @@ class Gateway:
         """True when the answer was written at once; False for a function call, which ends
         with ``connection.end_call()``."""
         target = origin_form(request.target)
+        if self._triggers is not None and (trigger := self._triggers.find(request, target)):
+            assert self._relay is not None
+            return self._triggers.answer(trigger, request, target, connection, self._relay)
         route = route_function(target)
+        if route is None and (async_route := route_async(target)) is not None:
+            return self._accept_async(async_route, request, connection)
         if route is None:
             if is_health_check(target):
                 connection.send_text(200, "OK")
@@ -136,6 +153,19 @@ class Gateway:
             return True
         assert self._relay is not None
         self._relay.call(backend, route, request, connection)
+        return False
+
+    def _accept_async(
+        self, route: FunctionRoute, request: Request, connection: ClientConnection
+    ) -> bool:
+        function = route.display_name
+        if self._acceptor is None:
+            connection.send_error(404, "async calls are not enabled on this gateway")
+            return True
+        if self._backends.lookup(route.namespace, route.name) is None:
+            connection.send_error(404, f"function {function} not found", function=function)
+            return True
+        self._acceptor.accept(route, request, connection)
         return False
 
     def connection_opened(self, connection: ClientConnection) -> None:

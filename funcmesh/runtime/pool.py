@@ -87,11 +87,15 @@ class FunctionPool:
         """Serve ``revision`` from now on; instances of older revisions drain and stop."""
         self.revision, self.failure = revision, None
         self._decided.set()
-        for instance in self._instances.values():
-            if instance.revision.template_hash != revision.template_hash:
-                instance.draining = True
-                if instance.in_flight == 0:
-                    self._stop(instance, "replaced by a new revision")
+        for instance in list(self._instances.values()):
+            if instance.revision.template_hash == revision.template_hash:
+                # Same code, environment and limits (only labels or scaling changed): keep
+                # serving, as the new revision, so Pods and checks see what is current.
+                instance.revision = revision
+                continue
+            instance.draining = True
+            if instance.in_flight == 0:
+                self._stop(instance, "replaced by a new revision")
         self._serve_waiters()
 
     def fail(self, message: str) -> None:
@@ -116,7 +120,11 @@ class FunctionPool:
         revision = self.revision
         if revision is None:
             return self.failure
-        current = [i for i in self._instances.values() if i.revision is revision and i.process]
+        current = [
+            i
+            for i in self._instances.values()
+            if i.revision is revision and i.process and not i.draining
+        ]
         instance = current[0] if current else await self._start(revision)
         if instance.process is None:  # pragma: no cover - _start sets it
             return "instance did not start"

@@ -78,6 +78,11 @@ class Store:
     async def _run(self, call: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call, *args)
 
+    async def run_sql(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``call(connection)`` on the store's thread, for the tables other modules own
+        (``store.calls``); they manage their own transactions and never reach the change feed."""
+        return await self._run(lambda: call(self._conn))
+
     async def _write(self, call: Callable[..., Change], *args: Any) -> RawObject:
         """Run a write and publish its change even if the caller is cancelled meanwhile:
         once the thread commits, watchers must hear of it."""

@@ -275,3 +275,16 @@ async def test_queued_calls_expire_and_a_caller_that_left_gives_its_turn_back(
     lease = pool.try_acquire()
     assert lease is not None  # the instance was given back, not leaked
     await call(lease)
+
+
+async def test_a_scaling_change_keeps_instances_and_starts_none(
+    pools: Pools, code_dir: Path
+) -> None:
+    pool = pools.deploy(revision(code_dir, "counter"))
+    assert await pool.warm() is None
+    await call(await pool.acquire())
+    wider = revision(code_dir, "counter", generation=2, scaling=Scaling(max_scale=5))
+    pools.deploy(wider)
+    assert await pool.warm() is None  # the running instance is already this revision
+    assert pool.summary()["instances"] == 1
+    assert (await call(await pool.acquire())).json() == {"count": 2}  # same process, state kept
