@@ -26,7 +26,7 @@ from funcmesh.cli.function_flags import (
 )
 from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
-from funcmesh.cli.output import dump_objects, dump_value, report_error
+from funcmesh.cli.output import dump_objects, dump_value, for_each_name
 from funcmesh.cli.session import Session, session_of
 from funcmesh.errors import AlreadyExists, Conflict, FuncmeshError, Invalid
 from funcmesh.model.durations import parse_duration_s
@@ -164,17 +164,12 @@ def delete(ctx: click.Context, names: Sequence[str]) -> None:
     """Delete functions (an error for one does not stop the others)."""
     session = session_of(ctx)
     client = session.client()
-    failed = False
-    for name in names:
-        try:
-            client.delete(FUNCTION, session.namespace, name)
-        except FuncmeshError as exc:
-            report_error(exc)
-            failed = True
-            continue
-        click.echo(f'function.kubeless.io "{name}" deleted')
-    if failed:
-        ctx.exit(1)
+
+    def delete_one(name: str) -> str:
+        client.delete(FUNCTION, session.namespace, name)
+        return f'function.kubeless.io "{name}" deleted'
+
+    for_each_name(ctx, names, delete_one)
 
 
 def _scheduled_trigger(name: str, namespace: str, schedule: str | None) -> RawObject | None:

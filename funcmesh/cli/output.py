@@ -6,7 +6,7 @@ its row span several lines. Errors become ``error: ...`` lines. Nothing here tal
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import zip_longest
 from typing import Any
 
@@ -109,6 +109,20 @@ def error_lines(exc: FuncmeshError) -> list[str]:
                 field = f"{cause.field}: " if cause.field else ""
                 lines.append(f"  {field}{cause.message}")
     return lines
+
+
+def for_each_name(ctx: click.Context, names: Sequence[str], act: Callable[[str], str]) -> None:
+    """Run ``act`` on each name and print the line it returns; an error for one name is
+    reported and does not stop the others, and the command then exits 1."""
+    failed = False
+    for name in names:
+        try:
+            click.echo(act(name))
+        except FuncmeshError as exc:
+            report_error(exc)
+            failed = True
+    if failed:
+        ctx.exit(1)
 
 
 def report_error(exc: FuncmeshError) -> None:

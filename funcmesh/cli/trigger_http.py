@@ -17,9 +17,9 @@ import click
 
 from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
-from funcmesh.cli.output import dump_objects, dump_value, format_table, report_error
+from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
 from funcmesh.cli.session import session_of
-from funcmesh.errors import Conflict, FuncmeshError, Invalid
+from funcmesh.errors import Conflict, Invalid
 from funcmesh.model.http_triggers import parse_http_trigger
 from funcmesh.model.kinds import HTTP_TRIGGER
 from funcmesh.model.objects import RawObject, name_of, namespace_of
@@ -116,17 +116,12 @@ def delete(ctx: click.Context, names: Sequence[str]) -> None:
     """Delete HTTP triggers (an error for one does not stop the others)."""
     session = session_of(ctx)
     client = session.client()
-    failed = False
-    for name in names:
-        try:
-            client.delete(HTTP_TRIGGER, session.namespace, name)
-        except FuncmeshError as exc:
-            report_error(exc)
-            failed = True
-            continue
-        click.echo(f"HTTP trigger {name} deleted from namespace {session.namespace} successfully!")
-    if failed:
-        ctx.exit(1)
+
+    def delete_one(name: str) -> str:
+        client.delete(HTTP_TRIGGER, session.namespace, name)
+        return f"HTTP trigger {name} deleted from namespace {session.namespace} successfully!"
+
+    for_each_name(ctx, names, delete_one)
 
 
 @http.command("ls")

@@ -19,9 +19,9 @@ import click
 
 from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
-from funcmesh.cli.output import dump_objects, dump_value, format_table, report_error
+from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
 from funcmesh.cli.session import session_of
-from funcmesh.errors import AlreadyExists, Conflict, FuncmeshError, Invalid, Unavailable
+from funcmesh.errors import AlreadyExists, Conflict, Invalid, Unavailable
 from funcmesh.model.conditions import find_condition
 from funcmesh.model.kinds import FUNCTION, NATS_TRIGGER
 from funcmesh.model.objects import RawObject, name_of, namespace_of
@@ -128,17 +128,12 @@ def delete(ctx: click.Context, names: Sequence[str]) -> None:
     """Delete NATS triggers (an error for one does not stop the others)."""
     session = session_of(ctx)
     client = session.client()
-    failed = False
-    for name in names:
-        try:
-            client.delete(NATS_TRIGGER, session.namespace, name)
-        except FuncmeshError as exc:
-            report_error(exc)
-            failed = True
-            continue
-        click.echo(f"NATS trigger {name} deleted from namespace {session.namespace} successfully!")
-    if failed:
-        ctx.exit(1)
+
+    def delete_one(name: str) -> str:
+        client.delete(NATS_TRIGGER, session.namespace, name)
+        return f"NATS trigger {name} deleted from namespace {session.namespace} successfully!"
+
+    for_each_name(ctx, names, delete_one)
 
 
 @nats.command("ls")
