@@ -32,6 +32,7 @@ from funcmesh.api.providers import ApiProviders
 from funcmesh.api.server import ApiServer
 from funcmesh.controllers.admission import Admission, StoreLookup
 from funcmesh.controllers.async_calls import AsyncCallRunner
+from funcmesh.controllers.cascade import TriggerCascade
 from funcmesh.controllers.cron import CronTriggerController
 from funcmesh.controllers.functions import FunctionController
 from funcmesh.controllers.invoker import Invoker
@@ -178,6 +179,9 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         await async_calls.prepare()
         http_routes = HttpRouteFeed(store, RouteTable())  # HTTPTriggers, read by the gateway
         stack.push_async_callback(http_routes.close)
+        cascade = TriggerCascade(store)  # HTTPTriggers go with their Function
+        stack.push_async_callback(cascade.close)
+        await cascade.start()
         await http_routes.start()
         gateway = Gateway(
             pools,

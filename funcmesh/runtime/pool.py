@@ -81,6 +81,11 @@ class FunctionPool:
     def instances(self) -> list[Instance]:
         return list(self._instances.values())
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for an instance."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     # desired state, from the function controller
 
     def deploy(self, revision: Revision) -> None:

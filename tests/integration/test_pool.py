@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,13 @@ def revision(code_dir: Path, module: str, **changes: Any) -> Revision:
     return replace(base, **changes)
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
 async def call(lease: Lease, data: str = "") -> httpx.Response:
     host, port = lease.address
     started = time.monotonic()
@@ -148,7 +155,7 @@ async def test_scale_out_to_max_then_queue_then_queue_full(pools: Pools, code_di
     first, second = await pool.acquire(), await pool.acquire()
     assert first.address != second.address  # target concurrency 1: a second instance
     waiting = [asyncio.ensure_future(pool.acquire()) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    await until(lambda: pool.queued == 2)
     with pytest.raises(QueueFull, match="max-scale"):
         await pool.acquire()
     await call(first, "0")
@@ -163,7 +170,7 @@ async def test_killed_instance_reports_why_and_is_replaced(pools: Pools, code_di
     pool = pools.deploy(revision(code_dir, "slow"))
     lease = await pool.acquire()
     request = asyncio.ensure_future(call(lease, "30"))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0)  # the call is under way (or not: either way it must fail)
     lease.kill("stopped after the 5s timeout")
     with pytest.raises(httpx.HTTPError):
         await request
@@ -225,12 +232,12 @@ async def test_calls_wait_for_the_first_revision_or_fail_clearly(
 ) -> None:
     pool = pools.pool("default", "later")
     waiting = asyncio.ensure_future(pool.acquire())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # the caller now waits for a first revision
     pools.deploy(revision(code_dir, "hello", name="later"))
     assert (await call(await asyncio.wait_for(waiting, 5))).text == "hello later"
     failing = pools.pool("default", "never")
     pending = asyncio.ensure_future(failing.acquire())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)
     failing.fail("BuildFailed: pip install failed")
     with pytest.raises(Unavailable, match="BuildFailed"):
         await pending
