@@ -123,6 +123,7 @@ class Daemon:
         addresses = [
             *("up", "--api-addr", f"127.0.0.1:{self.api_port}"),
             *("--gateway-addr", f"127.0.0.1:{self.gateway_port}"),
+            *("--gateway-tls-addr", f"127.0.0.1:{free_port()}"),
         ]
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(

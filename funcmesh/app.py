@@ -38,6 +38,7 @@ from funcmesh.controllers.functions import FunctionController
 from funcmesh.controllers.invoker import Invoker
 from funcmesh.controllers.nats import NatsTriggerController
 from funcmesh.discovery.routes import HttpRouteFeed, RouteTable
+from funcmesh.discovery.tls import Certificates
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.gateway.server import Gateway
 from funcmesh.runtime.addresses import AddressPool
@@ -65,6 +66,7 @@ class Endpoints:
 
     api_url: str
     gateway_url: str
+    gateway_tls_address: str
     kubeconfig: Path
 
 
@@ -105,7 +107,8 @@ async def _serve_until_signalled(settings: DaemonSettings, env: Mapping[str, str
         print(
             f"funcmesh {__version__} is up\n"
             f"  API:        {endpoints.api_url}\n"
-            f"  gateway:    {endpoints.gateway_url}\n"
+            f"  gateway:    {endpoints.gateway_url} (TLS for HTTP triggers: "
+            f"{endpoints.gateway_tls_address})\n"
             f"  kubeconfig: {endpoints.kubeconfig}",
             flush=True,
         )
@@ -177,7 +180,8 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         ready = False
         async_calls = AsyncCallRunner(CallStore(store))
         await async_calls.prepare()
-        http_routes = HttpRouteFeed(store, RouteTable())  # HTTPTriggers, read by the gateway
+        certificates = Certificates()  # the TLS listener's certificate per host, by SNI
+        http_routes = HttpRouteFeed(store, RouteTable(), certificates)  # read by the gateway
         stack.push_async_callback(http_routes.close)
         cascade = TriggerCascade(store)  # HTTPTriggers go with their Function
         stack.push_async_callback(cascade.close)
@@ -190,9 +194,17 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             max_body_bytes=settings.max_body_bytes,
             async_calls=async_calls,
             http_routes=http_routes.table,
+            tls_host=settings.gateway_tls_addr.host,
+            tls_port=settings.gateway_tls_addr.port,
+            tls_context=certificates.server_context(),
         )
         await _listening(gateway.start(), f"gateway on {settings.gateway_addr}", "--gateway-addr")
         stack.push_async_callback(gateway.close, settings.drain_s)
+        await _listening(
+            gateway.start_tls(),
+            f"gateway TLS on {settings.gateway_tls_addr}",
+            "--gateway-tls-addr",
+        )
         gateway_url = f"http://{_url_host(settings.gateway_addr.host)}:{gateway.address[1]}"
         invoker = Invoker(gateway_url)  # how every trigger calls functions
         stack.push_async_callback(invoker.close)
@@ -228,7 +240,10 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         ready = True
         gc.freeze()  # what start-up built lives as long as the daemon: keep it out of GC scans
         yield Endpoints(
-            api_url=api_url, gateway_url=gateway_url, kubeconfig=settings.kubeconfig_path
+            api_url=api_url,
+            gateway_url=gateway_url,
+            gateway_tls_address=f"{_url_host(settings.gateway_tls_addr.host)}:{gateway.tls_address[1]}",
+            kubeconfig=settings.kubeconfig_path,
         )
         ready = False
 

@@ -15,6 +15,7 @@ from funcmesh.errors import Invalid
 
 DEFAULT_API_ADDR = "127.0.0.1:6443"
 DEFAULT_GATEWAY_ADDR = "127.0.0.1:8080"
+DEFAULT_GATEWAY_TLS_ADDR = "127.0.0.1:8443"
 NATS_URL_SCHEMES = ("nats", "tls")
 
 
@@ -48,6 +49,7 @@ class DaemonSettings:
     work_dir: Path | None = None  # where code and dependency environments go (see app)
     api_addr: Address
     gateway_addr: Address
+    gateway_tls_addr: Address  # HTTPTriggers with a tls-secret, certificate chosen by SNI
     max_body_bytes: int = 10 << 20
     drain_s: float = 10.0
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -88,10 +90,14 @@ def load_daemon_settings(
     api_addr: str | None = None,
     gateway_addr: str | None = None,
     nats_url: str | None = None,
+    gateway_tls_addr: str | None = None,
 ) -> DaemonSettings:
     """Flags win over ``FUNCMESH_*`` variables, which win over the defaults."""
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
     gateway = gateway_addr or env.get("FUNCMESH_GATEWAY_ADDR") or DEFAULT_GATEWAY_ADDR
+    gateway_tls = (
+        gateway_tls_addr or env.get("FUNCMESH_GATEWAY_TLS_ADDR") or DEFAULT_GATEWAY_TLS_ADDR
+    )
     work_dir = env.get("FUNCMESH_WORK_DIR")
     max_queue = env.get("FUNCMESH_MAX_QUEUE", "")
     if max_queue and not max_queue.isdigit():
@@ -105,6 +111,7 @@ def load_daemon_settings(
         work_dir=Path(work_dir).expanduser() if work_dir else None,
         api_addr=parse_address(api, what="--api-addr"),
         gateway_addr=parse_address(gateway, what="--gateway-addr"),
+        gateway_tls_addr=parse_address(gateway_tls, what="--gateway-tls-addr"),
         runtime=runtime,
         nats_url=parse_nats_url(nats) if nats else None,
     )

@@ -13,12 +13,24 @@ import click
 @click.option("--api-addr", metavar="HOST:PORT", help="API server address [127.0.0.1:6443].")
 @click.option("--gateway-addr", metavar="HOST:PORT", help="Gateway address [127.0.0.1:8080].")
 @click.option(
+    "--gateway-tls-addr",
+    metavar="HOST:PORT",
+    help="Gateway TLS address for HTTP triggers with --tls-secret "
+    "[127.0.0.1:8443, $FUNCMESH_GATEWAY_TLS_ADDR].",
+)
+@click.option(
     "--nats-url",
     metavar="URL",
     help="NATS server for NATS triggers, e.g. nats://127.0.0.1:4222 [$FUNCMESH_NATS_URL].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
-def up(api_addr: str | None, gateway_addr: str | None, nats_url: str | None, verbose: bool) -> None:
+def up(
+    api_addr: str | None,
+    gateway_addr: str | None,
+    gateway_tls_addr: str | None,
+    nats_url: str | None,
+    verbose: bool,
+) -> None:
     """Run the funcmesh daemon: API server, gateway, controllers and runtimes."""
     from funcmesh.app import run
     from funcmesh.errors import FuncmeshError
@@ -33,7 +45,11 @@ def up(api_addr: str | None, gateway_addr: str | None, nats_url: str | None, ver
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = load_daemon_settings(
-            os.environ, api_addr=api_addr, gateway_addr=gateway_addr, nats_url=nats_url
+            os.environ,
+            api_addr=api_addr,
+            gateway_addr=gateway_addr,
+            gateway_tls_addr=gateway_tls_addr,
+            nats_url=nats_url,
         )
     except FuncmeshError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -5,8 +5,9 @@ stripped; routes without a host apply to every host) and a scan of that host's f
 longest path prefix first; a prefix matches whole path segments (``/api`` matches ``/api`` and
 ``/api/x``, not ``/apix``). An empty table answers at once, so the gateway pays nothing while no
 trigger exists. ``HttpRouteFeed`` keeps the table equal to the stored HTTPTriggers and the
-Secrets they name (basic auth) by watching the store. It never answers requests and never logs
-a Secret's value.
+Secrets they name (basic auth; TLS key pairs by host for ``tls.Certificates``, rebuilt when a
+Secret changes) by watching the store. It never answers requests and never logs a Secret's
+value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from funcmesh.discovery.htpasswd import Htpasswd, parse_htpasswd
+from funcmesh.discovery.tls import Certificates, tls_key_pairs
 from funcmesh.errors import Invalid
 from funcmesh.model.http_triggers import (
     ANY_HOST,
@@ -130,9 +132,13 @@ def _read_auth(trigger: HttpTriggerSpec, secret: RawObject | None) -> tuple[Htpa
 class HttpRouteFeed:
     """Keeps a RouteTable equal to the stored HTTPTriggers and their Secrets."""
 
-    def __init__(self, store: Store, table: RouteTable) -> None:
+    def __init__(
+        self, store: Store, table: RouteTable, certificates: Certificates | None = None
+    ) -> None:
         self._store = store
         self.table = table
+        self.certificates = certificates
+        self._tls_lock = asyncio.Lock()
         self._triggers: dict[Key, HttpTriggerSpec] = {}
         self._secrets: dict[Key, RawObject] = {}
         self._watchers: list[asyncio.Task[None]] = []
@@ -142,6 +148,7 @@ class HttpRouteFeed:
         triggers_rv = await self._load_triggers()
         secrets_rv = await self._load_secrets()
         self._rebuild()
+        await self._refresh_tls()
         self._watchers = [
             asyncio.create_task(
                 self._follow(HTTP_TRIGGER, triggers_rv, self._load_triggers),
@@ -170,10 +177,12 @@ class HttpRouteFeed:
                 if stale:
                     since = await reload()
                     self._rebuild()
+                    await self._refresh_tls()
                 async for change in self._store.watch(rt, None, since):
                     since = change.resource_version
                     self._apply(change)
                     self._rebuild()
+                    await self._refresh_tls()
                 logger.warning("the watch of %s ended early; listing them again", rt.plural)
             except Exception:  # the task's boundary: keep the routes following the store
                 logger.exception("following %s for the HTTP routes failed", rt.plural)
@@ -206,6 +215,15 @@ class HttpRouteFeed:
 
     def _rebuild(self) -> None:
         self.table.replace(build_route(t, self._secrets) for t in self._triggers.values())
+
+    async def _refresh_tls(self) -> None:
+        """Give each host the TLS key pair its trigger's Secret holds now (OpenSSL loads keys
+        from files, so in a worker thread)."""
+        if self.certificates is None:
+            return
+        pairs = tls_key_pairs(self._triggers.values(), self._secrets)
+        async with self._tls_lock:
+            await asyncio.to_thread(self.certificates.replace, pairs)
 
 
 def _key(obj: RawObject) -> Key:

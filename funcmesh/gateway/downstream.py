@@ -81,8 +81,9 @@ class _StopParsing(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection; also the sink that upstream responses are relayed into."""
 
-    def __init__(self, owner: ConnectionOwner) -> None:
+    def __init__(self, owner: ConnectionOwner, *, scheme: bytes = b"http") -> None:
         self._owner = owner
+        self._scheme = scheme  # b"https" on the TLS listener: sent as X-Forwarded-Proto
         self._limits = owner.limits
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -260,6 +261,7 @@ class ClientConnection(asyncio.Protocol):
             keep_alive=self._parser.should_keep_alive(),
             http11=self._parser.get_http_version() != "1.0",
             client_ip=self._client_ip,
+            scheme=self._scheme,
         )
         self._reading = False
         self._deadline_s = math.inf

@@ -40,6 +40,7 @@ class Request:
     keep_alive: bool
     http11: bool
     client_ip: bytes
+    scheme: bytes = b"http"  # b"https" when it came through the TLS listener
 
     @property
     def head_only(self) -> bool:
@@ -100,6 +101,7 @@ def rewrite_request_head(
     default_host: bytes,
     event_id: bytes,
     event_time: bytes,
+    scheme: bytes = b"http",
 ) -> bytes:
     """The head sent to an instance: the client's headers without hop-by-hop ones, the body
     framed by Content-Length, ``X-Forwarded-*`` and the Kubeless event headers added."""
@@ -134,6 +136,7 @@ def rewrite_request_head(
                 default_host=default_host,
                 event_id=event_id,
                 event_time=event_time,
+                scheme=scheme,
             )
         else:
             continue  # hop-by-hop, or set by the gateway itself
@@ -145,8 +148,8 @@ def rewrite_request_head(
         parts.append(b"Content-Length: %d\r\n" % body_length)
     forwarded_for.append(client_ip)
     parts.append(
-        b"X-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Proto: http\r\n"
-        % (b", ".join(forwarded_for), host)
+        b"X-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Proto: %s\r\n"
+        % (b", ".join(forwarded_for), host, scheme)
     )
     event_values = (event_id, event_time, content_type or DEFAULT_EVENT_TYPE, EVENT_NAMESPACE)
     if not sent_events:

@@ -139,6 +139,7 @@ class Relay:
             default_host=f"{host}:{port}".encode(),
             event_id=self._event_id(),
             event_time=self._event_time(),
+            scheme=request.scheme,
         )
 
     # deadlines: one tick while calls are in flight, not a timer per call

@@ -1,8 +1,9 @@
 """The gateway: the HTTP entry for function calls (``/function/NAME[.NS]``) and its lifecycle.
 
-``Gateway`` listens, routes each request (an HTTPTrigger's host and path, see ``triggers``; a
-function call; ``/healthz``; or 404), enforces the per-connection deadlines with one sweep per
-second (no timer per request), and drains on close.
+``Gateway`` listens (and, given an ``ssl.SSLContext``, on a second TLS address whose requests
+reach the instances with ``X-Forwarded-Proto: https``), routes each request (an HTTPTrigger's
+host and path, see ``triggers``; a function call; ``/healthz``; or 404), enforces the
+per-connection deadlines with one sweep per second (no timer per request), and drains on close.
 Function calls go through ``proxy.Relay`` (which checks their deadlines itself); the instances
 come from a ``Backends`` seam, so this module never imports the runtime. No logging per request:
 this is the hot path.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from funcmesh.discovery.routes import RouteTable
 from funcmesh.errors import Unavailable
@@ -46,6 +48,9 @@ class Gateway:
         sweep_interval_s: float = 1.0,
         async_calls: AsyncCalls | None = None,
         http_routes: RouteTable | None = None,
+        tls_host: str = "127.0.0.1",
+        tls_port: int = 8443,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._triggers = None if http_routes is None else HttpTriggers(http_routes, backends)
         self._backends = backends
@@ -64,6 +69,8 @@ class Gateway:
         self._pool = UpstreamPool(max_idle_per_instance=max_idle_per_instance)
         self._relay: Relay | None = None
         self._server: asyncio.Server | None = None
+        self._tls_host, self._tls_port, self._tls_context = tls_host, tls_port, tls_context
+        self._tls_server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._connections: set[ClientConnection] = set()
         self._draining = False
@@ -74,6 +81,14 @@ class Gateway:
         if self._server is None or not self._server.sockets:
             raise Unavailable("the gateway is not listening")
         host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def tls_address(self) -> tuple[str, int]:
+        """The bound host and port of the TLS listener."""
+        if self._tls_server is None or not self._tls_server.sockets:
+            raise Unavailable("the gateway's TLS listener is not listening")
+        host, port = self._tls_server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
     @property
@@ -103,11 +118,27 @@ class Gateway:
         self._sweeper = loop.call_later(self._sweep_interval_s, self._sweep)
         logger.info("gateway listening on %s:%d", *self.address)
 
+    async def start_tls(self) -> None:
+        """Listen for TLS on the TLS address, after ``start``; raises OSError when it cannot be
+        bound. Without a TLS context, does nothing."""
+        if self._tls_context is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._tls_server = await loop.create_server(
+            lambda: ClientConnection(self, scheme=b"https"),
+            self._tls_host,
+            self._tls_port,
+            backlog=self._backlog,
+            ssl=self._tls_context,
+        )
+        logger.info("gateway listening for TLS on %s:%d", *self.tls_address)
+
     async def close(self, drain_s: float) -> None:
         """Stop listening, let calls in flight finish for up to ``drain_s``, then cut the rest."""
         self._draining = True
-        if self._server is not None:
-            self._server.close()
+        servers = [server for server in (self._server, self._tls_server) if server is not None]
+        for server in servers:
+            server.close()
         for connection in list(self._connections):
             connection.drain()
         if self._relay is not None:
@@ -125,8 +156,8 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
     # ConnectionOwner
 

@@ -38,6 +38,7 @@ class Daemon:
     gateway_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    gateway_tls_port: int = 0  # the TLS listener (HTTPTriggers with a tls-secret)
 
     @property
     def env(self) -> dict[str, str]:
@@ -97,7 +98,7 @@ def _remove_work_dirs() -> Iterator[None]:
 
 
 def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
-    api_port, gateway_port = free_port(), free_port()
+    api_port, gateway_port, gateway_tls_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "FUNCMESH_HOME": str(home),
@@ -113,6 +114,8 @@ def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None
             f"127.0.0.1:{api_port}",
             "--gateway-addr",
             f"127.0.0.1:{gateway_port}",
+            "--gateway-tls-addr",
+            f"127.0.0.1:{gateway_tls_port}",
         ],
         env=env,
         stdout=log,
@@ -126,6 +129,7 @@ def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None
         gateway_url=f"http://127.0.0.1:{gateway_port}",
         process=process,
         log_path=log_path,
+        gateway_tls_port=gateway_tls_port,
     )
     wait_ready(daemon)
     return daemon
