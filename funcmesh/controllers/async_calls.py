@@ -14,10 +14,9 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 from urllib.parse import urlsplit
 
-from funcmesh.controllers.invoker import Answer
+from funcmesh.controllers.invoker import FunctionCaller
 from funcmesh.errors import FuncmeshError
 from funcmesh.store.calls import FAILED, SUCCEEDED, CallRecord, CallStore, NewCall, Outcome
 
@@ -27,21 +26,6 @@ MAX_RESULT_BYTES = 1 << 20
 CALLBACK_ATTEMPTS = 4
 CALLBACK_BACKOFF_S = 0.5
 CALLBACK_TIMEOUT_S = 10.0
-
-
-class FunctionCaller(Protocol):
-    """How a call reaches its function (the Invoker: through the gateway)."""
-
-    async def call(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        method: str = ...,
-        body: bytes = ...,
-        headers: Mapping[str, str] | None = ...,
-        path: str = ...,
-    ) -> Answer: ...
 
 
 class AsyncCallRunner:

@@ -40,7 +40,7 @@ from funcmesh.controllers.cron_runs import (
     record_run,
 )
 from funcmesh.controllers.events import EventRecorder
-from funcmesh.controllers.invoker import Answer
+from funcmesh.controllers.invoker import FunctionCaller
 from funcmesh.errors import FuncmeshError, Invalid, NotFound, Unavailable
 from funcmesh.model.kinds import CRONJOB_TRIGGER, FUNCTION, ResourceType
 from funcmesh.model.objects import (
@@ -83,21 +83,6 @@ class SystemClock:
         # rounding) or when a long sleep may have missed a wall-clock step.
         while (remaining_s := moment_s - time.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(remaining_s, MAX_SLEEP_S))
-
-
-class FunctionCaller(Protocol):
-    """How a run reaches its function (the Invoker: through the gateway)."""
-
-    async def call(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        method: str = ...,
-        body: bytes = ...,
-        headers: Mapping[str, str] | None = ...,
-        path: str = ...,
-    ) -> Answer: ...
 
 
 @dataclass(slots=True, kw_only=True)

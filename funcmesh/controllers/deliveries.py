@@ -21,25 +21,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol
 
-from funcmesh.controllers.invoker import Answer
+from funcmesh.controllers.invoker import FunctionCaller
 from funcmesh.errors import Unavailable
 
 logger = logging.getLogger(__name__)
-
-
-class FunctionCaller(Protocol):
-    """Calls a function (the Invoker, or a fake in tests)."""
-
-    async def call(
-        self,
-        namespace: str,
-        name: str,
-        *,
-        method: str = "POST",
-        body: bytes = b"",
-        headers: Mapping[str, str] | None = None,
-        path: str = "/",
-    ) -> Answer: ...
 
 
 class Outcome(enum.StrEnum):

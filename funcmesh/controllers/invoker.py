@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -31,6 +31,21 @@ class Answer:
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+
+class FunctionCaller(Protocol):
+    """How triggers reach a function: the Invoker, or a fake in tests."""
+
+    async def call(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        method: str = "POST",
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        path: str = "/",
+    ) -> Answer: ...
 
 
 class _Connection(asyncio.Protocol):

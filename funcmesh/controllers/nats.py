@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from funcmesh.controllers.deliveries import DeliveryLane, DeliveryPolicy, FunctionCaller
+from funcmesh.controllers.deliveries import DeliveryLane, DeliveryPolicy
 from funcmesh.controllers.events import EventRecorder
+from funcmesh.controllers.invoker import FunctionCaller
 from funcmesh.controllers.nats_client import ConnectionState, NatsConnection
 from funcmesh.controllers.nats_trigger import EVENT_INTERVAL_S, NatsMetrics, TriggerState
 from funcmesh.errors import FuncmeshError, NotFound, Unavailable
