@@ -8,7 +8,7 @@ that never talk to the API start fast. This module must not print.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import click
@@ -18,9 +18,12 @@ from funcmesh.cli.options import GlobalFlags, global_flags
 if TYPE_CHECKING:
     from funcmesh.client.api import ApiClient
     from funcmesh.client.kubeconfig import Kubeconfig
+    from funcmesh.model.kinds import ResourceType
+    from funcmesh.model.objects import RawObject
 
 _SESSION_KEY = "funcmesh.session"
 DEFAULT_NAMESPACE = "default"
+UPDATE_ATTEMPTS = 3
 
 
 class Session:
@@ -63,6 +66,31 @@ class Session:
 
             self._client = ApiClient.from_kubeconfig(self.kubeconfig(), server=self._flags.server)
         return self._client
+
+    def update(
+        self,
+        rt: ResourceType,
+        name: str,
+        change: Callable[[RawObject], RawObject],
+        *,
+        dry_run: bool,
+    ) -> RawObject:
+        """Read an object, change it, and replace it; when someone else wrote meanwhile
+        (Conflict), apply the change to the new version, a few times. With ``dry_run`` the
+        changed object is only returned."""
+        from funcmesh.errors import Conflict
+
+        client = self.client()
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
+            updated = change(client.get(rt, self.namespace, name))
+            if dry_run:
+                return updated
+            try:
+                return client.replace(rt, updated)
+            except Conflict:
+                if attempt == UPDATE_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._client is not None:

@@ -22,7 +22,7 @@ from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
 from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
 from funcmesh.cli.session import session_of
-from funcmesh.errors import Conflict, Invalid
+from funcmesh.errors import Invalid
 from funcmesh.model.kinds import CRONJOB_TRIGGER
 from funcmesh.model.objects import RawObject, name_of, namespace_of, parse_rfc3339
 from funcmesh.model.triggers import parse_cronjob_trigger
@@ -31,7 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 LIST_HEADERS = ("NAME", "NAMESPACE", "SCHEDULE", "FUNCTION NAME", "LAST RUN", "RESULT")
 PAYLOAD_SUFFIXES = (".json", ".yaml", ".yml")
-UPDATE_ATTEMPTS = 3
 
 _PAYLOAD_OPTIONS = (
     click.option("-p", "--payload", metavar="JSON", help="JSON object to POST on each run."),
@@ -123,18 +122,12 @@ def update(
     """Change what the flags give; everything else stays as it is."""
     changes = _spec_changes(function_name, schedule, payload, payload_file, no_payload)
     session = session_of(ctx)
-    client = session.client()
-    for attempt in range(1, UPDATE_ATTEMPTS + 1):
-        updated = apply_changes(client.get(CRONJOB_TRIGGER, session.namespace, name), changes)
-        if dryrun:
-            click.echo(dump_value(updated, output=output), nl=False)
-            return
-        try:
-            client.replace(CRONJOB_TRIGGER, updated)
-            break
-        except Conflict:  # the controller or someone else wrote meanwhile: apply to the new one
-            if attempt == UPDATE_ATTEMPTS:
-                raise
+    updated = session.update(
+        CRONJOB_TRIGGER, name, lambda current: apply_changes(current, changes), dry_run=dryrun
+    )
+    if dryrun:
+        click.echo(dump_value(updated, output=output), nl=False)
+        return
     click.echo(f"Cronjob trigger {name} updated in namespace {session.namespace} successfully!")
 
 

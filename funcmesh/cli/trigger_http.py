@@ -19,14 +19,13 @@ from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
 from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
 from funcmesh.cli.session import session_of
-from funcmesh.errors import Conflict, Invalid
+from funcmesh.errors import Invalid
 from funcmesh.model.http_triggers import parse_http_trigger
 from funcmesh.model.kinds import HTTP_TRIGGER
 from funcmesh.model.objects import RawObject, name_of, namespace_of
 
 LIST_HEADERS = ("NAME", "NAMESPACE", "HOST", "PATH", "FUNCTION NAME")
 GATEWAYS = ("nginx", "traefik", "kong")
-UPDATE_ATTEMPTS = 3
 
 
 @click.group(cls=LazyGroup, aliases={"list": "ls"})
@@ -93,18 +92,12 @@ def update(
     """Change what the flags give; everything else stays as it is."""
     changes = spec_changes(flags, allow_empty=False)
     session = session_of(ctx)
-    client = session.client()
-    for attempt in range(1, UPDATE_ATTEMPTS + 1):
-        updated = apply_changes(client.get(HTTP_TRIGGER, session.namespace, name), changes)
-        if dryrun:
-            click.echo(dump_value(updated, output=output), nl=False)
-            return
-        try:
-            client.replace(HTTP_TRIGGER, updated)
-            break
-        except Conflict:  # someone else wrote meanwhile: apply the flags to the new version
-            if attempt == UPDATE_ATTEMPTS:
-                raise
+    updated = session.update(
+        HTTP_TRIGGER, name, lambda current: apply_changes(current, changes), dry_run=dryrun
+    )
+    if dryrun:
+        click.echo(dump_value(updated, output=output), nl=False)
+        return
     click.echo(f"HTTP trigger {name} updated in namespace {session.namespace} successfully!")
 
 

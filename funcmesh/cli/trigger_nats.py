@@ -21,7 +21,7 @@ from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
 from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
 from funcmesh.cli.session import session_of
-from funcmesh.errors import AlreadyExists, Conflict, Invalid, Unavailable
+from funcmesh.errors import AlreadyExists, Invalid, Unavailable
 from funcmesh.model.conditions import find_condition
 from funcmesh.model.kinds import FUNCTION, NATS_TRIGGER
 from funcmesh.model.objects import RawObject, name_of, namespace_of
@@ -41,7 +41,6 @@ LIST_HEADERS = ("NAME", "NAMESPACE", "TOPIC", "FUNCTION SELECTOR")
 WIDE_HEADERS = ("STATUS", "FUNCTIONS", "DELIVERED", "RETRIED", "FAILED")
 DEFAULT_PUBLISH_TOPIC = "kubeless"
 PUBLISH_TIMEOUT_S = 5
-UPDATE_ATTEMPTS = 3
 
 
 @click.group(cls=LazyGroup, aliases={"list": "ls"})
@@ -103,21 +102,17 @@ def update(
     if topic is None and selector is None:
         raise Invalid("nothing to update: give --trigger-topic and/or --function-selector")
     session = session_of(ctx)
-    client = session.client()
-    for attempt in range(1, UPDATE_ATTEMPTS + 1):
-        current = client.get(NATS_TRIGGER, session.namespace, name)
-        updated = apply_changes(current, topic=topic, selector=selector)
-        if dryrun:
-            click.echo(dump_value(updated, output=output), nl=False)
-            return
-        try:
-            client.replace(NATS_TRIGGER, updated)
-            break
-        except Conflict:  # someone else wrote meanwhile: apply the flags to the new version
-            if attempt == UPDATE_ATTEMPTS:
-                raise
+    updated = session.update(
+        NATS_TRIGGER,
+        name,
+        lambda current: apply_changes(current, topic=topic, selector=selector),
+        dry_run=dryrun,
+    )
+    if dryrun:
+        click.echo(dump_value(updated, output=output), nl=False)
+        return
     click.echo(f"NATS trigger {name} updated in namespace {session.namespace} successfully!")
-    _warn_unless_selected(client, updated)
+    _warn_unless_selected(session.client(), updated)
 
 
 @nats.command("delete")
