@@ -10,6 +10,7 @@ pure.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ class Field:
     """One field of a message: its JSON name and how to read it."""
 
     name: str
-    kind: str = "string"  # string | bytes | map | message
+    kind: str = "string"  # string | bytes | bool | map | bytes_map | message
     repeated: bool = False
     message: Mapping[int, Field] = field(default_factory=dict)
 
@@ -47,7 +48,17 @@ NAMESPACE = {
     2: Field(name="spec", kind="message", message={1: Field(name="finalizers", repeated=True)}),
     3: Field(name="status", kind="message", message={1: Field(name="phase")}),
 }
-SCHEMAS: dict[tuple[str, str], Mapping[int, Field]] = {("v1", "Namespace"): NAMESPACE}
+SECRET = {
+    1: Field(name="metadata", kind="message", message=OBJECT_META),
+    2: Field(name="data", kind="bytes_map"),  # JSON carries the bytes base64-encoded
+    3: Field(name="type"),
+    4: Field(name="stringData", kind="map"),
+    5: Field(name="immutable", kind="bool"),
+}
+SCHEMAS: dict[tuple[str, str], Mapping[int, Field]] = {
+    ("v1", "Namespace"): NAMESPACE,
+    ("v1", "Secret"): SECRET,
+}
 _TYPE_META = {1: Field(name="apiVersion"), 2: Field(name="kind")}
 _UNKNOWN = {
     1: Field(name="typeMeta", kind="message", message=_TYPE_META),
@@ -80,7 +91,7 @@ def _message(data: bytes, schema: Mapping[int, Field]) -> dict[str, Any]:
         if spec is None:
             continue
         decoded = _value(spec, value)
-        if spec.kind == "map":
+        if spec.kind in ("map", "bytes_map"):
             key, item = decoded
             result.setdefault(spec.name, {})[key] = item
         elif spec.repeated:
@@ -91,6 +102,10 @@ def _message(data: bytes, schema: Mapping[int, Field]) -> dict[str, Any]:
 
 
 def _value(spec: Field, value: int | bytes) -> Any:
+    if spec.kind == "bool":
+        if isinstance(value, bytes):
+            raise BadRequest(f"the protobuf body is malformed: {spec.name} is not a number")
+        return bool(value)
     if not isinstance(value, bytes):
         raise BadRequest(f"the protobuf body is malformed: {spec.name} is not length-delimited")
     if spec.kind == "bytes":
@@ -100,6 +115,9 @@ def _value(spec: Field, value: int | bytes) -> Any:
     if spec.kind == "map":
         entry = _message(value, {1: Field(name="key"), 2: Field(name="value")})
         return entry.get("key", ""), entry.get("value", "")
+    if spec.kind == "bytes_map":
+        entry = _message(value, {1: Field(name="key"), 2: Field(name="value", kind="bytes")})
+        return entry.get("key", ""), base64.b64encode(entry.get("value", b"")).decode("ascii")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -109,6 +109,33 @@ NATS_TRIGGER = ResourceType(
     singular="natstrigger",
     namespaced=True,
 )
+SERVICE = ResourceType(
+    group="",
+    version="v1",
+    kind="Service",
+    plural="services",
+    singular="service",
+    namespaced=True,
+    short_names=("svc",),
+)
+ENDPOINTS = ResourceType(
+    group="",
+    version="v1",
+    kind="Endpoints",
+    plural="endpoints",
+    singular="endpoints",
+    namespaced=True,
+    short_names=("ep",),
+)
+DEPLOYMENT = ResourceType(
+    group="apps",
+    version="v1",
+    kind="Deployment",
+    plural="deployments",
+    singular="deployment",
+    namespaced=True,
+    short_names=("deploy",),
+)
 
 ALL: tuple[ResourceType, ...] = (
     FUNCTION,
@@ -119,6 +146,9 @@ ALL: tuple[ResourceType, ...] = (
     POD,
     EVENT,
     SECRET,
+    SERVICE,
+    ENDPOINTS,
+    DEPLOYMENT,
 )
 
 

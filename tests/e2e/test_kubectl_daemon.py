@@ -124,3 +124,17 @@ def test_a_deployed_function_and_its_pods_through_kubectl(
     wait_until(pods_gone, "the function's pods are gone")
     wait_until(lambda: not alive({int(pid)}), "the instance's process is gone")
     assert httpx.get(f"{daemon.gateway_url}/function/viewed").status_code == 404
+
+
+def test_kubectl_create_secret_is_stored_with_its_values(daemon: Daemon, kubectl: Kubectl) -> None:
+    """kubectl's typed client sends the Secret as protobuf; the values must arrive intact."""
+    created = kubectl.ok(
+        "create", "secret", "generic", "kubectl-db",
+        "--from-literal=password=s3cr3t", "--from-literal=user=admin",
+    )  # fmt: skip
+    assert created.strip() == "secret/kubectl-db created"
+
+    secret = yaml.safe_load(kubectl.ok("get", "secret", "kubectl-db", "-o", "yaml"))
+    assert secret["type"] == "Opaque"
+    assert secret["data"] == {"password": "czNjcjN0", "user": "YWRtaW4="}
+    kubectl.ok("delete", "secret", "kubectl-db")

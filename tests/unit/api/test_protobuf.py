@@ -52,6 +52,34 @@ def test_namespace_as_kubectl_create_namespace_sends_it() -> None:
     }
 
 
+def test_secret_as_kubectl_create_secret_sends_it() -> None:
+    """``data`` arrives as raw bytes and leaves base64-encoded, as in the JSON form."""
+    raw = (
+        field(1, field(1, "db") + field(3, "default"))
+        + field(2, field(1, "password") + field(2, b"\x00s3cr\xffet"))
+        + field(2, field(1, "user") + field(2, b"admin"))
+        + field(3, "Opaque")
+        + field(4, field(1, "note") + field(2, "plain"))
+        + varint(5 << 3)
+        + varint(1)  # immutable: true
+    )
+    assert decode_protobuf_object(envelope("v1", "Secret", raw)) == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db", "namespace": "default"},
+        "data": {"password": "AHMzY3L/ZXQ=", "user": "YWRtaW4="},
+        "type": "Opaque",
+        "stringData": {"note": "plain"},
+        "immutable": True,
+    }
+
+
+def test_a_bool_sent_length_delimited_is_a_bad_request() -> None:
+    raw = field(1, field(1, "db")) + field(5, b"x")
+    with pytest.raises(BadRequest, match="immutable is not a number"):
+        decode_protobuf_object(envelope("v1", "Secret", raw))
+
+
 def test_kinds_without_a_schema_are_unsupported() -> None:
     with pytest.raises(UnsupportedMediaType, match="ConfigMap of v1"):
         decode_protobuf_object(envelope("v1", "ConfigMap", field(1, field(1, "cm"))))
