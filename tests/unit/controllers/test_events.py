@@ -28,3 +28,49 @@ async def test_events_are_recorded_and_the_oldest_pruned(tmp_path: Path, monkeyp
         assert newest["type"] == "Normal"
     finally:
         await store.close()
+
+
+async def test_repeats_of_one_reason_merge_into_one_event(tmp_path: Path) -> None:
+    """As Kubernetes' correlator: one Event per (object, type, reason), count going up."""
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        fn = await store.create(
+            FUNCTION, {"metadata": {"name": "tick"}, "spec": {"handler": "a.b"}}
+        )
+        recorder = EventRecorder(store)
+        for run in range(5):
+            await recorder.record(fn, warning=False, reason="Succeeded", message=f"run {run}")
+        await recorder.record(fn, warning=True, reason="Failed", message="run 5 failed")
+        await recorder.record(fn, warning=False, reason="Succeeded", message="run 6")
+
+        stored, _ = await store.list_objects(EVENT, "default")
+        by_reason = {event["reason"]: event for event in stored}
+        assert len(stored) == 2
+        assert by_reason["Succeeded"]["count"] == 6
+        assert by_reason["Succeeded"]["message"] == "run 6"
+        assert by_reason["Succeeded"]["lastTimestamp"] >= by_reason["Succeeded"]["firstTimestamp"]
+        assert by_reason["Failed"]["count"] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_repeat_of_a_deleted_event_starts_a_new_one(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    store = await Store.open(tmp_path / "s.db")
+    try:
+        fn = await store.create(
+            FUNCTION, {"metadata": {"name": "tick"}, "spec": {"handler": "a.b"}}
+        )
+        recorder = EventRecorder(store)
+        await recorder.record(fn, warning=False, reason="Succeeded", message="first")
+        [first] = (await store.list_objects(EVENT, "default"))[0]
+        await store.delete(EVENT, "default", first["metadata"]["name"])
+        await recorder.record(fn, warning=False, reason="Succeeded", message="second")
+        [second] = (await store.list_objects(EVENT, "default"))[0]
+        assert (second["message"], second["count"]) == ("second", 1)
+
+        monkeypatch.setattr(events_module, "AGGREGATION_WINDOW_S", 0.0)
+        await recorder.record(fn, warning=False, reason="Succeeded", message="third")
+        stored, _ = await store.list_objects(EVENT, "default")
+        assert len(stored) == 2  # outside the window: a new Event
+    finally:
+        await store.close()
