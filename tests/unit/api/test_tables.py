@@ -129,6 +129,17 @@ def test_event_cells() -> None:
     }
 
 
+def test_a_merged_event_shows_its_count_and_span() -> None:
+    event = {
+        "metadata": {"name": "tick.1", "creationTimestamp": "2024-06-01T11:55:00Z"},
+        "firstTimestamp": "2024-06-01T11:55:00Z",
+        "lastTimestamp": "2024-06-01T11:59:56Z",
+        "count": 300,
+        "reason": "Succeeded",
+    }
+    assert cells(EVENT, event)["Last Seen"] == "4s (x300 over 5m)"
+
+
 @pytest.mark.parametrize(
     ("include_object", "expected_kind"),
     [("Metadata", "PartialObjectMetadata"), ("Object", "Function"), ("None", None)],
