@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ MAX_RESULT_BYTES = 1 << 20
 CALLBACK_ATTEMPTS = 4
 CALLBACK_BACKOFF_S = 0.5
 CALLBACK_TIMEOUT_S = 10.0
+RETENTION_S = 24 * 3600.0  # an ended call can be read this long, then it is deleted
+PURGE_INTERVAL_S = 600.0
 
 
 class AsyncCallRunner:
@@ -38,11 +41,16 @@ class AsyncCallRunner:
         max_concurrent: int = 16,
         callback_attempts: int = CALLBACK_ATTEMPTS,
         callback_backoff_s: float = CALLBACK_BACKOFF_S,
+        retention_s: float = RETENTION_S,
+        purge_interval_s: float = PURGE_INTERVAL_S,
     ) -> None:
         self._calls = calls
         self._max_concurrent = max_concurrent
         self._callback_attempts = callback_attempts
         self._callback_backoff_s = callback_backoff_s
+        self._retention_s = retention_s
+        self._purge_interval_s = purge_interval_s
+        self._purge_task: asyncio.Task[None] | None = None
         self._caller: FunctionCaller | None = None
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -59,6 +67,7 @@ class AsyncCallRunner:
         """Run pending calls (also those accepted before a restart) through ``caller``."""
         self._caller = caller
         self._loop_task = asyncio.get_running_loop().create_task(self._claim_forever())
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_forever())
 
     async def submit(
         self,
@@ -88,9 +97,10 @@ class AsyncCallRunner:
     async def close(self, drain_s: float) -> None:
         """Stop claiming; let running calls finish for up to ``drain_s``, then cancel them
         (they are recorded Interrupted on the next start)."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in (self._loop_task, self._purge_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._running:
             await asyncio.wait(set(self._running), timeout=drain_s)
         for task in self._running:
@@ -111,6 +121,17 @@ class AsyncCallRunner:
                 task.add_done_callback(self._ended)
             if not claimed or len(self._running) >= self._max_concurrent:
                 await self._wake.wait()
+
+    async def _purge_forever(self) -> None:
+        """Delete calls that ended more than ``retention_s`` ago: at start, then periodically."""
+        while True:
+            try:
+                purged = await self._calls.purge_ended(ended_before=time.time() - self._retention_s)
+                if purged:
+                    logger.info("deleted %d async calls older than the retention", purged)
+            except Exception:  # the loop's boundary: log, and try again later
+                logger.exception("purging old async calls failed")
+            await asyncio.sleep(self._purge_interval_s)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

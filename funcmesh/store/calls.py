@@ -208,6 +208,19 @@ class CallStore:
 
         return await self._store.run_sql(interrupt)
 
+    async def purge_ended(self, *, ended_before: float) -> int:
+        """Delete the calls that ended (any phase but Pending and Running) before the Unix
+        time ``ended_before``; how many went."""
+        values = (PENDING, RUNNING, ended_before)
+
+        def purge(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM calls WHERE phase NOT IN (?, ?) AND finished_at < ?", values
+            )
+            return cursor.rowcount
+
+        return await self._store.run_sql(purge)
+
 
 def _record(row: Sequence[object]) -> CallRecord:
     (

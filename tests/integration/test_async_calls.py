@@ -4,6 +4,7 @@ callback receiver on 127.0.0.1 (the function is reached through a fake ``Functio
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from funcmesh.store.calls import (
     SUCCEEDED,
     CallStore,
     NewCall,
+    Outcome,
 )
 from funcmesh.store.sqlite import Store
 
@@ -263,3 +265,43 @@ async def test_no_more_than_max_concurrent_calls_run_at_once(store: Store) -> No
     finally:
         await runner.close(1.0)
     assert len(caller.calls) == 5
+
+
+async def test_ended_calls_are_deleted_after_the_retention(store: Store) -> None:
+    """Pending and running calls stay whatever their age; ended ones go after the retention."""
+    calls = await open_calls(store)
+    ended_id = await calls.add(new_call())
+    [running] = await calls.claim(1)
+    await calls.finish(running.id, Outcome(phase=SUCCEEDED, status_code=200, result=b"ok"))
+    running_id = await calls.add(new_call())
+    await calls.claim(1)
+    pending_id = await calls.add(new_call())
+
+    assert await calls.purge_ended(ended_before=time.time() - 3600) == 0  # ended just now
+    assert (await calls.get(ended_id)).phase == SUCCEEDED
+
+    assert await calls.purge_ended(ended_before=time.time() + 1) == 1
+    with pytest.raises(NotFound):
+        await calls.get(ended_id)
+    assert (await calls.get(running_id)).phase == RUNNING
+    assert (await calls.get(pending_id)).phase == PENDING
+
+
+async def test_the_runner_purges_old_calls_by_itself(store: Store) -> None:
+    caller = EchoCaller()
+    runner = AsyncCallRunner(CallStore(store), retention_s=0.0, purge_interval_s=0.05)
+    await runner.prepare()
+    runner.start(caller)
+    try:
+        call_id = await submit(runner, "hello")
+        calls = CallStore(store)
+        async with asyncio.timeout(3):
+            while True:
+                try:
+                    await calls.get(call_id)
+                except NotFound:
+                    break  # answered, then deleted by the runner's purge
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.close(1.0)
+    assert caller.calls == [("hello", "PUT", "/p", b"in")]
