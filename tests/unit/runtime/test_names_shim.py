@@ -9,9 +9,12 @@ resolver.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import socket
 import socketserver
 import struct
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +181,51 @@ def test_a_dns_server_that_is_down_leaves_names_to_the_machine(restore_socket: N
 def test_malformed_replies_are_os_errors(reply: bytes) -> None:
     with pytest.raises(OSError, match="DNS reply"):
         names.decode_a_answer(reply, 7)
+
+
+NODE_PROBE = r"""
+const names = require(process.argv[1]);
+const dns = require('dns');
+const http = require('http');
+names.install(process.env);
+const server = http.createServer((req, res) => res.end('reached')).listen(0, '127.0.0.1', () => {
+  dns.lookup('hello', { all: true }, (err, all) => {
+    dns.lookup('hello.default', (err2, first, family) => {
+      dns.lookup('nosuch-service-xyz', (err3) => {
+        http.get(`http://hello:${server.address().port}/`, (res) => {
+          let body = '';
+          res.on('data', (chunk) => { body += chunk; });
+          res.on('end', () => {
+            console.log(JSON.stringify({ all, first, family, missing: err3 && err3.code, body }));
+            server.close();
+          });
+        });
+      });
+    });
+  });
+});
+"""
+
+
+def test_node_functions_resolve_cluster_names_through_dns_lookup(
+    server: tuple[Records, tuple[str, int]],
+) -> None:
+    """http.get("http://hello:PORT") in Node reaches the address the cluster DNS gives."""
+    records, address = server
+    records.a["hello.default.svc.cluster.local"] = ["127.0.0.1"]
+    shim = Path(funcmesh.runtime.__file__).parent / "shims" / "funcmesh_names.js"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        names.SERVER_ENV: f"{address[0]}:{address[1]}",
+        names.SEARCH_ENV: " ".join(SEARCH),
+    }
+    result = subprocess.run(
+        ["node", "-e", NODE_PROBE, str(shim)],
+        capture_output=True, text=True, env=env, timeout=30, check=True,
+    )  # fmt: skip
+    seen = json.loads(result.stdout)
+    assert seen["all"] == [{"address": "127.0.0.1", "family": 4}]
+    assert (seen["first"], seen["family"]) == ("127.0.0.1", 4)
+    assert seen["missing"] == "ENOTFOUND"  # not in the cluster: the machine's answer
+    assert seen["body"] == "reached"
+    assert "hello.default.svc.cluster.local" in records.asked
