@@ -4,8 +4,10 @@ kubectl's typed clients (``kubectl create namespace``) send built-in kinds as
 ``application/vnd.kubernetes.protobuf``: the magic ``k8s\\0`` and a ``runtime.Unknown`` whose
 ``raw`` bytes are the object. This module reads that envelope with a small protobuf wire-format
 reader and turns the kinds listed in ``SCHEMAS`` into the JSON shape; fields it does not know
-are skipped, as protobuf readers do. Answers stay JSON (kubectl accepts both). This module is
-pure.
+are skipped, as protobuf readers do, and scalar fields holding their zero value (``""``, ``0``,
+``false``: protobuf cannot tell them from unset) are left out, as Go's JSON ``omitempty`` does.
+Answers stay JSON (kubectl accepts both). The schemas cover what kubectl's typed commands send
+(``create namespace|secret|service|deployment``, ``expose``). This module is pure.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class Field:
     """One field of a message: its JSON name and how to read it."""
 
     name: str
-    kind: str = "string"  # string | bytes | bool | map | bytes_map | message
+    kind: str = "string"  # string | bytes | bool | int | int_or_string | map | bytes_map | message
     repeated: bool = False
     message: Mapping[int, Field] = field(default_factory=dict)
 
@@ -55,10 +57,98 @@ SECRET = {
     4: Field(name="stringData", kind="map"),
     5: Field(name="immutable", kind="bool"),
 }
+# k8s.io/apimachinery/pkg/util/intstr: {type: 0 int | 1 string, intVal, strVal}
+INT_OR_STRING = {1: Field(name="type", kind="int"), 2: Field(name="intVal", kind="int"),
+                 3: Field(name="strVal")}  # fmt: skip
+SERVICE_PORT = {
+    1: Field(name="name"),
+    2: Field(name="protocol"),
+    3: Field(name="port", kind="int"),
+    4: Field(name="targetPort", kind="int_or_string", message=INT_OR_STRING),
+    5: Field(name="nodePort", kind="int"),
+    6: Field(name="appProtocol"),
+}
+SERVICE_SPEC = {
+    1: Field(name="ports", kind="message", repeated=True, message=SERVICE_PORT),
+    2: Field(name="selector", kind="map"),
+    3: Field(name="clusterIP"),
+    4: Field(name="type"),
+    5: Field(name="externalIPs", repeated=True),
+    7: Field(name="sessionAffinity"),
+    10: Field(name="externalName"),
+    13: Field(name="publishNotReadyAddresses", kind="bool"),
+    14: Field(
+        name="sessionAffinityConfig",
+        kind="message",
+        message={
+            1: Field(
+                name="clientIP",
+                kind="message",
+                message={1: Field(name="timeoutSeconds", kind="int")},
+            )
+        },
+    ),
+    18: Field(name="clusterIPs", repeated=True),
+}
+SERVICE = {
+    1: Field(name="metadata", kind="message", message=OBJECT_META),
+    2: Field(name="spec", kind="message", message=SERVICE_SPEC),
+}
+CONTAINER_PORT = {
+    1: Field(name="name"),
+    3: Field(name="containerPort", kind="int"),
+    4: Field(name="protocol"),
+}
+CONTAINER = {
+    1: Field(name="name"),
+    2: Field(name="image"),
+    3: Field(name="command", repeated=True),
+    4: Field(name="args", repeated=True),
+    5: Field(name="workingDir"),
+    6: Field(name="ports", kind="message", repeated=True, message=CONTAINER_PORT),
+    7: Field(
+        name="env",
+        kind="message",
+        repeated=True,
+        message={1: Field(name="name"), 2: Field(name="value")},
+    ),
+}
+POD_TEMPLATE = {
+    1: Field(name="metadata", kind="message", message=OBJECT_META),
+    2: Field(
+        name="spec",
+        kind="message",
+        message={
+            2: Field(name="containers", kind="message", repeated=True, message=CONTAINER),
+            4: Field(name="terminationGracePeriodSeconds", kind="int"),
+            16: Field(name="hostname"),
+            17: Field(name="subdomain"),
+        },
+    ),
+}
+DEPLOYMENT = {
+    1: Field(name="metadata", kind="message", message=OBJECT_META),
+    2: Field(
+        name="spec",
+        kind="message",
+        message={
+            1: Field(name="replicas", kind="int"),
+            2: Field(
+                name="selector",
+                kind="message",
+                message={1: Field(name="matchLabels", kind="map")},
+            ),
+            3: Field(name="template", kind="message", message=POD_TEMPLATE),
+        },
+    ),
+}
 SCHEMAS: dict[tuple[str, str], Mapping[int, Field]] = {
     ("v1", "Namespace"): NAMESPACE,
     ("v1", "Secret"): SECRET,
+    ("v1", "Service"): SERVICE,
+    ("apps/v1", "Deployment"): DEPLOYMENT,
 }
+_SCALARS = ("string", "bool", "int")
 _TYPE_META = {1: Field(name="apiVersion"), 2: Field(name="kind")}
 _UNKNOWN = {
     1: Field(name="typeMeta", kind="message", message=_TYPE_META),
@@ -96,16 +186,25 @@ def _message(data: bytes, schema: Mapping[int, Field]) -> dict[str, Any]:
             result.setdefault(spec.name, {})[key] = item
         elif spec.repeated:
             result.setdefault(spec.name, []).append(decoded)
+        elif spec.kind in _SCALARS and not decoded:
+            result.pop(spec.name, None)  # the zero value: as if unset (omitempty)
         else:
             result[spec.name] = decoded
     return result
 
 
 def _value(spec: Field, value: int | bytes) -> Any:
-    if spec.kind == "bool":
+    if spec.kind in ("bool", "int"):
         if isinstance(value, bytes):
             raise BadRequest(f"the protobuf body is malformed: {spec.name} is not a number")
-        return bool(value)
+        if spec.kind == "bool":
+            return bool(value)
+        return value - (1 << 64) if value >= 1 << 63 else value  # two's complement int32/64
+    if spec.kind == "int_or_string":
+        if not isinstance(value, bytes):
+            raise BadRequest(f"the protobuf body is malformed: {spec.name} is not a message")
+        parts = _message(value, spec.message)
+        return parts.get("strVal", "") if parts.get("type") == 1 else parts.get("intVal", 0)
     if not isinstance(value, bytes):
         raise BadRequest(f"the protobuf body is malformed: {spec.name} is not length-delimited")
     if spec.kind == "bytes":

@@ -98,3 +98,91 @@ def test_kinds_without_a_schema_are_unsupported() -> None:
 def test_malformed_bodies_are_bad_requests(body: bytes, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         decode_protobuf_object(body)
+
+
+# The body kubectl 1.32 sends for `kubectl create service clusterip web --tcp=80:8080`.
+KUBECTL_SERVICE = bytes.fromhex(
+    "6b3873000a0d0a0276311207536572766963651269"
+    "0a1f0a0377656212001a00220 02a00320038004200 5a0a0a03617070120377 6562"
+    "12420a1b0a0738302d38303830120354435018502207080010903f1a002800"
+    "120a0a03617070120377656 21a00220943 6c75737465724950 3a00"
+    "4200520 05a00600068001a020a001a002200".replace(" ", "")
+)
+
+
+def test_a_service_as_kubectl_create_service_sends_it() -> None:
+    assert decode_protobuf_object(KUBECTL_SERVICE) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            "ports": [{"name": "80-8080", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+            "selector": {"app": "web"},
+            "type": "ClusterIP",
+        },
+    }
+
+
+def test_a_named_target_port_and_client_ip_affinity() -> None:
+    target = varint(1 << 3) + varint(1) + field(3, "http")  # IntOrString, type 1: a name
+    timeout = varint(1 << 3) + varint(600)
+    spec = (
+        field(1, field(4, target))
+        + field(7, "ClientIP")
+        + field(14, field(1, timeout))
+        + field(3, "None")
+    )
+    raw = field(1, field(1, "web")) + field(2, spec)
+    assert decode_protobuf_object(envelope("v1", "Service", raw))["spec"] == {
+        "ports": [{"targetPort": "http"}],
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+        "clusterIP": "None",
+    }
+
+
+def test_a_deployment_as_kubectl_create_deployment_sends_it() -> None:
+    labels = field(11, field(1, "app") + field(2, "web"))
+    container = (
+        field(1, "web")
+        + field(2, "python:3.11")
+        + field(3, "python3")
+        + field(4, "-m")
+        + field(4, "http.server")
+        + field(6, field(1, "http") + varint(3 << 3) + varint(8000))
+        + field(7, field(1, "MODE") + field(2, "demo"))
+    )
+    spec = (
+        varint(1 << 3)
+        + varint(2)  # replicas
+        + field(2, field(1, field(1, "app") + field(2, "web")))
+        + field(3, field(1, labels) + field(2, field(2, container)))
+    )
+    raw = field(1, field(1, "web") + labels) + field(2, spec)
+    decoded = decode_protobuf_object(envelope("apps/v1", "Deployment", raw))
+    assert decoded["spec"] == {
+        "replicas": 2,
+        "selector": {"matchLabels": {"app": "web"}},
+        "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "web",
+                        "image": "python:3.11",
+                        "command": ["python3"],
+                        "args": ["-m", "http.server"],
+                        "ports": [{"name": "http", "containerPort": 8000}],
+                        "env": [{"name": "MODE", "value": "demo"}],
+                    }
+                ]
+            },
+        },
+    }
+
+
+def test_negative_numbers_are_twos_complement() -> None:
+    raw = field(1, field(1, "d")) + field(2, varint(1 << 3) + varint((1 << 64) - 1))
+    assert decode_protobuf_object(envelope("apps/v1", "Deployment", raw))["spec"] == {
+        "replicas": -1
+    }
