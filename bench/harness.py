@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -62,6 +63,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def free_udp_and_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP (the daemon's DNS server listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            return port
+
+
 @contextlib.contextmanager
 def scratch_dir(keep: bool = False) -> Iterator[Path]:
     """A directory under /tmp for one run: ``home/`` (private), ``work/`` (0711), the log."""
@@ -100,6 +114,9 @@ class Daemon:
         self.api_url = f"https://127.0.0.1:{self.api_port}"
         self.gateway_address = ("127.0.0.1", self.gateway_port)
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.dns_port = free_udp_and_tcp_port()
+        # ClusterIPs of their own, so a benchmark's VIPs never meet those of a user's daemon
+        self.service_cidr = f"127.{random.randint(97, 126)}.{random.randint(0, 255)}.0/24"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +127,8 @@ class Daemon:
             "FUNCMESH_HOME": str(self.home),
             "FUNCMESH_WORK_DIR": str(self.work_dir),
             "KUBECONFIG": str(self.home / "kubeconfig"),
+            "FUNCMESH_DNS_ADDR": f"127.0.0.1:{self.dns_port}",
+            "FUNCMESH_SERVICE_CIDR": self.service_cidr,
             **self.extra_env,
         }
 
