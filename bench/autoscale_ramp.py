@@ -8,7 +8,16 @@ the first call to ``MAX`` instances, and the calls/s completed while 1, 2, ... i
 Then a steady phase per max-scale (1, 2, 5, MAX) gives throughput per instance count, and after
 the load stops, the time until the function is back at min-scale (0).
 
+With ``--metric cpu|qps --value V`` the rule is ``autoscale create ramp --min 0 --max MAX
+--metric M --value V`` instead, the function takes up to 50 calls at once
+(``target-concurrency: 50``, so concurrency alone never starts a second instance and every
+instance beyond the first comes from the metric), and for cpu its handler burns 50 ms of CPU
+instead of sleeping. The ramp then runs for ``--ramp-s`` and shows when each instance count was
+first seen; the steady phase (a concurrency matter) is skipped.
+
     .venv/bin/python bench/autoscale_ramp.py [--max-scale 10] [--idle 2s] [--steady-s 3]
+    .venv/bin/python bench/autoscale_ramp.py --metric qps --value 100 [--ramp-s 8]
+    .venv/bin/python bench/autoscale_ramp.py --metric cpu --value 50
 
 Callers, daemon and workers share the machine's cores. It prints; it asserts nothing.
 """
@@ -31,6 +40,14 @@ from funcmesh.model.kinds import FUNCTION, POD
 NAME = "ramp"
 CALLERS = 50
 SLEEP_CODE = "import time\n\ndef handler(event, context):\n    time.sleep(0.05)\n    return 'ok'\n"
+BURN_CODE = (
+    "import time\n\n"
+    "def handler(event, context):\n"
+    "    end = time.thread_time() + 0.05\n"  # 50 ms of this call's own CPU, however shared
+    "    while time.thread_time() < end:\n"
+    "        pass\n"
+    "    return 'ok'\n"
+)
 SAMPLE_INTERVAL_S = 0.02
 
 
@@ -86,9 +103,12 @@ def sample_until(client: ApiClient, *, count: int, timeout_s: float) -> list[tup
     return samples
 
 
-def deploy(daemon: h.Daemon, *, idle: str) -> None:
-    function = h.hello_function(NAME, annotations=h.scaling(scale_to_zero_after=idle))
-    function["spec"]["function"] = SLEEP_CODE
+def deploy(daemon: h.Daemon, *, idle: str, metric: str) -> None:
+    annotations = h.scaling(scale_to_zero_after=idle)
+    if metric != "concurrency":
+        annotations |= h.scaling(target_concurrency=str(CALLERS))
+    function = h.hello_function(NAME, annotations=annotations)
+    function["spec"]["function"] = BURN_CODE if metric == "cpu" else SLEEP_CODE
     with daemon.api() as client:
         client.create(FUNCTION, function)
         h.wait_all_ready(client, [NAME])
@@ -122,6 +142,54 @@ def ramp(daemon: h.Daemon, *, max_scale: int) -> None:
     print_ramp_table(samples, load.done)
     if load.failures:
         print(f"failed calls during the ramp: {dict(load.failures)}\n")
+
+
+def ramp_on_metric(daemon: h.Daemon, *, max_scale: int, rule: list[str], ramp_s: float) -> None:
+    """The ramp under a cpu or qps rule: the count it settles at is the metric's to decide."""
+    daemon.cli("autoscale", "create", NAME, "--min", "0", "--max", str(max_scale), *rule)
+    wait_for_zero(daemon)
+    load = Load(url=f"{daemon.gateway_url}/function/{NAME}")
+    samples: list[tuple[float, int]] = []
+    with daemon.api() as client:
+        client.version()
+        started = time.monotonic()
+        load.start()
+        try:
+            while time.monotonic() < started + ramp_s:
+                pods = client.list(POD, "default", selector=f"function={NAME}").items
+                samples.append((time.monotonic(), len(pods)))
+                time.sleep(SAMPLE_INTERVAL_S)
+        finally:
+            load.finish()
+    print_first_seen(samples, started=started, done=load.done)
+    settled = [count for at, count in samples if at >= started + ramp_s / 2]
+    print(
+        f"{len(samples)} samples of the pod list over {ramp_s:g} s; most instances at once: "
+        f"{max(count for _, count in samples)}; over the second half: "
+        f"{min(settled)}-{max(settled)}\n"
+    )
+    print_ramp_table(samples, load.done)
+    if load.failures:
+        print(f"failed calls during the ramp: {dict(load.failures)}\n")
+
+
+def print_first_seen(
+    samples: list[tuple[float, int]], *, started: float, done: list[float]
+) -> None:
+    """When each instance count was first seen, after the callers started and after the first
+    answer (with 50 calls sharing one instance's core, the first answer can take a while)."""
+    first_seen: dict[int, float] = {}
+    for at, count in samples:
+        first_seen.setdefault(count, at)
+    answered = min(done, default=started)
+    print(f"first call answered {(answered - started) * 1000:.0f} ms after the callers started\n")
+    h.print_table(
+        ("instances", "first seen: ms after the start", "ms after the first answer"),
+        [
+            (count, f"{(at - started) * 1000:.0f}", f"{(at - answered) * 1000:.0f}")
+            for count, at in sorted(first_seen.items())
+        ],
+    )
 
 
 def wait_for_zero(daemon: h.Daemon) -> None:
@@ -190,15 +258,29 @@ def main() -> None:
     parser.add_argument("--max-scale", type=int, default=10)
     parser.add_argument("--idle", default="2s", help="scale-to-zero-after")
     parser.add_argument("--steady-s", type=float, default=3.0)
+    parser.add_argument("--metric", choices=("concurrency", "cpu", "qps"), default="concurrency")
+    parser.add_argument("--value", help="target per instance: cpu percent of a core, qps calls/s")
+    parser.add_argument("--ramp-s", type=float, default=8.0, help="ramp length for cpu and qps")
     args = parser.parse_args()
+    if args.metric != "concurrency" and args.value is None:
+        parser.error(f"--metric {args.metric} needs --value")
     print(h.describe_machine(), "\n")
     with h.scratch_dir() as scratch, h.Daemon(scratch) as daemon:
-        deploy(daemon, idle=args.idle)
-        print(f"## ramp: {CALLERS} callers, handler sleeps 50 ms, max-scale {args.max_scale}\n")
-        ramp(daemon, max_scale=args.max_scale)
-        print(f"## steady throughput per instance count ({args.steady_s:g} s each)\n")
-        scales = sorted({1, 2, 5, args.max_scale})
-        steady(daemon, max_scales=scales, steady_s=args.steady_s)
+        deploy(daemon, idle=args.idle, metric=args.metric)
+        if args.metric == "concurrency":
+            print(f"## ramp: {CALLERS} callers, handler sleeps 50 ms, max-scale {args.max_scale}\n")
+            ramp(daemon, max_scale=args.max_scale)
+            print(f"## steady throughput per instance count ({args.steady_s:g} s each)\n")
+            scales = sorted({1, 2, 5, args.max_scale})
+            steady(daemon, max_scales=scales, steady_s=args.steady_s)
+        else:
+            work = "burns 50 ms of CPU" if args.metric == "cpu" else "sleeps 50 ms"
+            print(
+                f"## ramp: {CALLERS} callers, handler {work}, target-concurrency {CALLERS}, "
+                f"--metric {args.metric} --value {args.value}, max-scale {args.max_scale}\n"
+            )
+            rule = ["--metric", args.metric, "--value", args.value]
+            ramp_on_metric(daemon, max_scale=args.max_scale, rule=rule, ramp_s=args.ramp_s)
         print("## back to min-scale\n")
         scale_in(daemon, idle=args.idle)
 

@@ -1,7 +1,8 @@
 """The composition root: builds every part of ``funcmesh up``, starts them, stops them.
 
 This is the only place that knows all the parts. Start order: state directory and lock, store,
-runtimes, PKI and kubeconfig, pools, controllers, then the servers (gateway, API); ``/readyz``
+ClusterIPs and the service table, runtimes, PKI and kubeconfig, pools, controllers, then the
+servers (gateway, API); ``/readyz``
 turns 200 when all serve. Stop order is the reverse, draining in-flight calls first and killing
 every worker last, so a SIGTERM loses no accepted call and leaves no process behind.
 """
@@ -16,6 +17,7 @@ import hashlib
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -34,13 +36,21 @@ from funcmesh.controllers.admission import Admission, StoreLookup
 from funcmesh.controllers.async_calls import AsyncCallRunner
 from funcmesh.controllers.cascade import TriggerCascade
 from funcmesh.controllers.cron import CronTriggerController
+from funcmesh.controllers.deployments import DeploymentController, service_environment
+from funcmesh.controllers.endpoints import EndpointsController
+from funcmesh.controllers.function_services import FunctionServices
 from funcmesh.controllers.functions import FunctionController
 from funcmesh.controllers.invoker import Invoker
 from funcmesh.controllers.nats import NatsTriggerController
+from funcmesh.controllers.service_ips import ClusterIPs, ensure_kube_dns
 from funcmesh.discovery.routes import HttpRouteFeed, RouteTable
+from funcmesh.discovery.service_feed import ServiceFeed
+from funcmesh.discovery.services import ServiceTable
 from funcmesh.discovery.tls import Certificates
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.gateway.server import Gateway
+from funcmesh.gateway.vips import VipListeners
+from funcmesh.nameserver.server import NameServer, start_nameserver
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.builds import DependencyBuilder
 from funcmesh.runtime.catalog import RuntimeCatalog
@@ -49,11 +59,15 @@ from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
 from funcmesh.runtime.node import NodeStarter
 from funcmesh.runtime.node_processes import install_shim
+from funcmesh.runtime.pod_sources import PodDirectory
 from funcmesh.runtime.pool import PoolContext
 from funcmesh.runtime.pools import PodEvents, Pools, Zygotes
+from funcmesh.runtime.replicas import WorkloadContext
+from funcmesh.runtime.secret_files import SecretFiles
 from funcmesh.runtime.starters import WorkerStarter
 from funcmesh.runtime.stats import Metrics
-from funcmesh.settings import DaemonSettings
+from funcmesh.runtime.workloads import Workloads
+from funcmesh.settings import DNS_PORT, DaemonSettings
 from funcmesh.store.calls import CallStore
 from funcmesh.store.sqlite import Store
 
@@ -68,13 +82,15 @@ class Endpoints:
     gateway_url: str
     gateway_tls_address: str
     kubeconfig: Path
+    dns_addresses: tuple[str, ...] = ()  # HOST:PORT of the DNS server (UDP and TCP), first = main
 
 
 class ServerConfig:
-    """``get-server-config``: the runtimes this machine can run."""
+    """``get-server-config``: the runtimes this machine can run, and where its DNS answers."""
 
-    def __init__(self, catalog: RuntimeCatalog) -> None:
+    def __init__(self, catalog: RuntimeCatalog, *, dns_address: str = "") -> None:
         self._catalog = catalog
+        self._dns_address = dns_address
 
     def server_config(self) -> Mapping[str, Any]:
         runtimes = [
@@ -85,7 +101,7 @@ class ServerConfig:
             }
             for runtime in self._catalog.runtimes
         ]
-        return {"runtimes": runtimes, "version": __version__}
+        return {"runtimes": runtimes, "version": __version__, "dnsAddress": self._dns_address}
 
 
 def run(settings: DaemonSettings, env: Mapping[str, str]) -> int:
@@ -109,6 +125,7 @@ async def _serve_until_signalled(settings: DaemonSettings, env: Mapping[str, str
             f"  API:        {endpoints.api_url}\n"
             f"  gateway:    {endpoints.gateway_url} (TLS for HTTP triggers: "
             f"{endpoints.gateway_tls_address})\n"
+            f"  DNS:        {', '.join(endpoints.dns_addresses)} (UDP and TCP, cluster.local)\n"
             f"  kubeconfig: {endpoints.kubeconfig}",
             flush=True,
         )
@@ -124,8 +141,17 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         work_dir = _prepare_work_dir(settings)
         stack.enter_context(_exclusive_lock(home))
         _private_database(settings.db_path)
+        _raise_open_file_limit()  # a listening socket per Service VIP port, per function
         store = await Store.open(settings.db_path)
         stack.push_async_callback(store.close)
+        service_ips = ClusterIPs(settings.runtime.service_cidr)  # admission allocates them
+        await service_ips.start(store)
+        stack.push_async_callback(service_ips.close)
+        await ensure_kube_dns(store, service_ips)
+        service_table = ServiceTable()  # Services and Endpoints: read by the DNS server and VIPs
+        service_feed = ServiceFeed(store, service_table)
+        stack.push_async_callback(service_feed.close)
+        await service_feed.start()
         catalog = await asyncio.to_thread(
             RuntimeCatalog.discover, path_env=env.get("PATH", os.defpath)
         )
@@ -150,6 +176,11 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         stack.push_async_callback(node.close)
         builder = DependencyBuilder(root=work_dir / "deps")
         stack.push_async_callback(builder.aclose)
+        secret_files = SecretFiles(  # after the pools stop: mount points nothing uses go
+            root=work_dir / "secrets", private_mounts=_worker_identity()[0] is not None
+        )
+        await asyncio.to_thread(secret_files.start)
+        stack.push_async_callback(asyncio.to_thread, secret_files.close)
         pod_events = PodEvents()
         pools = Pools(
             context=_pool_context(
@@ -160,12 +191,18 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
                 addresses=addresses,
                 limiter=limiter,
                 starters={"nodejs": node},
+                services=service_table,
             ),
             metrics=Metrics(registry),
             pod_events=pod_events,
         )
         stack.push_async_callback(pools.close)
         pools.start()
+        workloads = Workloads(  # Deployments' replicas: processes on pod IPs of the same pool
+            _workload_context(settings, logbook, pod_events, addresses=addresses, work_dir=work_dir)
+        )
+        stack.push_async_callback(workloads.close)
+        pods = PodDirectory(functions=pools, workloads=workloads, events=pod_events)
         controller = FunctionController(
             store=store,
             catalog=catalog,
@@ -173,9 +210,21 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             pools=pools,
             logbook=logbook,
             code_root=work_dir / "code",
+            secret_files=secret_files,
         )
         stack.push_async_callback(controller.close)
         await controller.start()
+        function_services = FunctionServices(  # every Function has a Service of its name
+            store=store, ips=service_ips, target_port=settings.runtime.worker_port
+        )
+        stack.push_async_callback(function_services.close)
+        await function_services.start()
+        endpoints_controller = EndpointsController(store=store, pods=pods)
+        stack.push_async_callback(endpoints_controller.close)
+        await endpoints_controller.start()
+        deployments = DeploymentController(store=store, workloads=workloads, services=service_table)
+        stack.push_async_callback(deployments.close)
+        await deployments.start()
 
         ready = False
         async_calls = AsyncCallRunner(CallStore(store))
@@ -206,6 +255,14 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             "--gateway-tls-addr",
         )
         gateway_url = f"http://{_url_host(settings.gateway_addr.host)}:{gateway.address[1]}"
+        vips = VipListeners(service_table, functions=gateway)  # kube-proxy: the ClusterIPs
+        vips.start()
+        stack.push_async_callback(vips.close)  # before the gateway drains its connections
+        nameserver = await _serving_dns(
+            settings, service_table, kube_dns_ip=service_ips.range.dns_ip
+        )
+        stack.push_async_callback(nameserver.close)
+        dns_addresses = tuple(f"{_url_host(host)}:{port}" for host, port in nameserver.addresses)
         invoker = Invoker(gateway_url)  # how every trigger calls functions
         stack.push_async_callback(invoker.close)
         async_calls.start(invoker)
@@ -221,11 +278,11 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         api = ApiServer(
             store=store,
             providers=ApiProviders(
-                admission=Admission(catalog, objects=StoreLookup(store)),
-                pods=pools,
+                admission=Admission(catalog, objects=StoreLookup(store), service_ips=service_ips),
+                pods=pods,
                 logs=logbook,
                 stats=pools,
-                config=ServerConfig(catalog),
+                config=ServerConfig(catalog, dns_address=dns_addresses[0]),
             ),
             token=token,
             ssl_context=identity.server_ssl_context(),
@@ -244,8 +301,33 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             gateway_url=gateway_url,
             gateway_tls_address=f"{_url_host(settings.gateway_tls_addr.host)}:{gateway.tls_address[1]}",
             kubeconfig=settings.kubeconfig_path,
+            dns_addresses=dns_addresses,
         )
         ready = False
+
+
+def _workload_context(
+    settings: DaemonSettings,
+    logbook: LogBook,
+    pod_events: PodEvents,
+    *,
+    addresses: AddressPool,
+    work_dir: Path,
+) -> WorkloadContext:
+    """Replicas run as the workers do (nobody under a root daemon), at home in work_dir/pods."""
+    uid, gid = _worker_identity()
+    scratch = work_dir / "pods"
+    scratch.mkdir(exist_ok=True)
+    scratch.chmod(0o711)
+    return WorkloadContext(
+        addresses=addresses,
+        logbook=logbook,
+        scratch_root=scratch,
+        on_pod_change=pod_events.publish,
+        worker_uid=uid,
+        worker_gid=gid,
+        restart_backoff_s=settings.runtime.restart_backoff_s,
+    )
 
 
 def _pool_context(
@@ -257,6 +339,7 @@ def _pool_context(
     addresses: AddressPool,
     limiter: MemoryLimiter,
     starters: Mapping[str, WorkerStarter],
+    services: ServiceTable,
 ) -> PoolContext:
     uid, gid = _worker_identity()
 
@@ -275,6 +358,8 @@ def _pool_context(
         worker_gid=gid,
         on_pod_change=publish,
         starters=starters,
+        dns_server=str(settings.dns_addr),
+        service_env=lambda namespace: service_environment(services, namespace),
     )
 
 
@@ -339,6 +424,18 @@ def _traversable(path: Path) -> bool:
     return all(p.stat().st_mode & 0o001 for p in [path.resolve(), *path.resolve().parents])
 
 
+def _raise_open_file_limit(wanted: int = 1 << 16) -> None:
+    """Lift the soft limit on open files towards ``wanted`` (within the hard limit): every
+    function's Service VIP is a listening socket, and the usual soft limit of 1024 would run
+    out at about a thousand functions. Not higher: some programs close every descriptor up to
+    the limit, and workers inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _private_database(db_path: Path) -> None:
     """SQLite gives the WAL and shared-memory files the database's mode: make it 0600 first."""
     db_path.touch(mode=0o600)
@@ -371,6 +468,27 @@ def _exclusive_lock(home: Path) -> Any:
         yield
     finally:
         handle.close()
+
+
+async def _serving_dns(
+    settings: DaemonSettings, table: ServiceTable, *, kube_dns_ip: str
+) -> NameServer:
+    """The DNS server on ``--dns-addr``, and on the kube-dns Service's address (the service
+    CIDR's base + 10), port 53, where the daemon may bind it: that is the address the
+    resolv.conf of workloads names. Each daemon's service CIDR is its own, so is that address."""
+    upstream = settings.dns_upstream
+    try:
+        return await start_nameserver(
+            table,
+            address=(settings.dns_addr.host, settings.dns_addr.port),
+            upstream=None if upstream is None else [(a.host, a.port) for a in upstream],
+            kube_dns=(kube_dns_ip, DNS_PORT),
+        )
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot listen for the DNS server on {settings.dns_addr}: {exc.strerror or exc} "
+            "(see --dns-addr)"
+        ) from exc
 
 
 async def _listening(start: Any, what: str, flag: str) -> None:

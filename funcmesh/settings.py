@@ -6,8 +6,9 @@ given (``os.environ`` at the entry points, a plain dict in tests). It does no ot
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +18,10 @@ DEFAULT_API_ADDR = "127.0.0.1:6443"
 DEFAULT_GATEWAY_ADDR = "127.0.0.1:8080"
 DEFAULT_GATEWAY_TLS_ADDR = "127.0.0.1:8443"
 NATS_URL_SCHEMES = ("nats", "tls")
+DEFAULT_SERVICE_CIDR = "127.96.0.0/16"
+DEFAULT_DNS_ADDR = "127.0.0.1:5353"
+DNS_PORT = 53
+NO_DNS_UPSTREAM = "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,10 +40,12 @@ class RuntimeSettings:
     """How instances are run."""
 
     pod_cidr: str = "127.128.0.0/16"
+    service_cidr: str = DEFAULT_SERVICE_CIDR  # ClusterIPs; base + 10 is the kube-dns Service's
     worker_port: int = 8080
     max_queue_per_function: int = 1000
     queue_wait_s: float = 60.0
     log_bytes_per_function: int = 1 << 20
+    restart_backoff_s: float = 10.0  # workloads: first back-off, doubling to 30x (kubelet's)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +61,9 @@ class DaemonSettings:
     drain_s: float = 10.0
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     nats_url: str | None = None  # the NATS server NATSTriggers subscribe at; None: none
+    dns_addr: Address = field(default_factory=lambda: parse_address(DEFAULT_DNS_ADDR, what=""))
+    # where names outside cluster.local go: None: the machine's resolv.conf; (): refused
+    dns_upstream: tuple[Address, ...] | None = None
 
     @property
     def db_path(self) -> Path:
@@ -91,6 +101,8 @@ def load_daemon_settings(
     gateway_addr: str | None = None,
     nats_url: str | None = None,
     gateway_tls_addr: str | None = None,
+    dns_addr: str | None = None,
+    dns_upstream: Sequence[str] = (),
 ) -> DaemonSettings:
     """Flags win over ``FUNCMESH_*`` variables, which win over the defaults."""
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
@@ -105,7 +117,15 @@ def load_daemon_settings(
     runtime = (
         RuntimeSettings(max_queue_per_function=int(max_queue)) if max_queue else RuntimeSettings()
     )
+    backoff = env.get("FUNCMESH_RESTART_BACKOFF_S")
+    if backoff:
+        runtime = replace(runtime, restart_backoff_s=parse_backoff_s(backoff))
+    service_cidr = env.get("FUNCMESH_SERVICE_CIDR")
+    if service_cidr:
+        runtime = replace(runtime, service_cidr=parse_service_cidr(service_cidr, runtime.pod_cidr))
     nats = nats_url or env.get("FUNCMESH_NATS_URL")
+    dns = dns_addr or env.get("FUNCMESH_DNS_ADDR") or DEFAULT_DNS_ADDR
+    upstream = list(dns_upstream) or [env.get("FUNCMESH_DNS_UPSTREAM") or ""]
     return DaemonSettings(
         home=default_home(env),
         work_dir=Path(work_dir).expanduser() if work_dir else None,
@@ -114,7 +134,54 @@ def load_daemon_settings(
         gateway_tls_addr=parse_address(gateway_tls, what="--gateway-tls-addr"),
         runtime=runtime,
         nats_url=parse_nats_url(nats) if nats else None,
+        dns_addr=parse_address(dns, what="--dns-addr"),
+        dns_upstream=parse_dns_upstream(upstream),
     )
+
+
+def parse_dns_upstream(values: Sequence[str]) -> tuple[Address, ...] | None:
+    """``--dns-upstream`` values (each ``IP[:PORT]``, or a comma list of them; ``none`` for no
+    forwarding); None when none is given (the machine's resolv.conf decides)."""
+    items = [item.strip() for value in values for item in value.split(",") if item.strip()]
+    if not items:
+        return None
+    if [item.lower() for item in items] == [NO_DNS_UPSTREAM]:
+        return ()
+    return tuple(_parse_dns_server(item) for item in items)
+
+
+def _parse_dns_server(text: str) -> Address:
+    host, port = text, DNS_PORT
+    if text.count(":") == 1 or text.startswith("["):  # IPv4:PORT or [IPv6]:PORT
+        address = parse_address(text, what="--dns-upstream")
+        host, port = address.host, address.port
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Invalid(
+            f"--dns-upstream must be IP[:PORT] (an address, not a name) or none, got {text!r}"
+        ) from None
+    return Address(host=host, port=port)
+
+
+def parse_service_cidr(text: str, pod_cidr: str) -> str:
+    """Check ``FUNCMESH_SERVICE_CIDR``: a network of at least 16 addresses (kube-dns takes the
+    base + 10) that does not overlap the pod network."""
+    try:
+        network = ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        raise Invalid(
+            f"FUNCMESH_SERVICE_CIDR must be a network like 127.96.0.0/16: {exc}"
+        ) from None
+    if not isinstance(network, ipaddress.IPv4Network) or not network.subnet_of(
+        ipaddress.IPv4Network("127.0.0.0/8")
+    ):
+        raise Invalid(f"FUNCMESH_SERVICE_CIDR {network} must be inside 127.0.0.0/8 (local VIPs)")
+    if network.num_addresses < 16:
+        raise Invalid(f"FUNCMESH_SERVICE_CIDR {network} is too small: use 16 addresses or more")
+    if network.overlaps(ipaddress.ip_network(pod_cidr)):
+        raise Invalid(f"FUNCMESH_SERVICE_CIDR {network} overlaps the pod network {pod_cidr}")
+    return str(network)
 
 
 def parse_nats_url(text: str) -> str:
@@ -130,3 +197,17 @@ def parse_nats_url(text: str) -> str:
         shown = f"{parts.scheme}://***@{url.rpartition('@')[2]}" if "@" in url else url
         raise Invalid(f"--nats-url must be nats://HOST:PORT (or tls://HOST:PORT), got {shown!r}")
     return url
+
+
+def parse_backoff_s(text: str) -> float:
+    """``FUNCMESH_RESTART_BACKOFF_S``: seconds, more than 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 3600:
+        raise Invalid(
+            f"FUNCMESH_RESTART_BACKOFF_S must be a number of seconds above 0 (at most 3600), "
+            f"got {text!r}"
+        )
+    return seconds

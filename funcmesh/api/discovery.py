@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from funcmesh import __version__
-from funcmesh.model.kinds import ALL, FUNCTION, NAMESPACE, POD, ResourceType
+from funcmesh.model.kinds import ALL, DEPLOYMENT, FUNCTION, NAMESPACE, POD, ResourceType
 
 KUBERNETES_MAJOR = "1"
 KUBERNETES_MINOR = "32"
@@ -26,6 +26,11 @@ SUBRESOURCES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     FUNCTION.key: (("status", STATUS_VERBS), ("log", ("get",)), ("stats", ("get",))),
     NAMESPACE.key: (("status", STATUS_VERBS),),
     POD.key: (("log", ("get",)),),
+    DEPLOYMENT.key: (("scale", STATUS_VERBS),),
+}
+# Subresources whose objects are of another kind than their resource's (what kubectl scale reads)
+SUBRESOURCE_KINDS = {
+    (DEPLOYMENT.key, "scale"): {"group": "autoscaling", "version": "v1", "kind": "Scale"},
 }
 CATEGORIES: dict[str, tuple[str, ...]] = {FUNCTION.key: ("all",), POD.key: ("all",)}
 
@@ -103,6 +108,7 @@ def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
                 "namespaced": rt.namespaced,
                 "kind": rt.kind,
                 "verbs": list(verbs),
+                **SUBRESOURCE_KINDS.get((rt.key, sub), {}),
             }
             for sub, verbs in SUBRESOURCES.get(rt.key, ())
         )
@@ -175,7 +181,11 @@ def _discovery_resources(kinds: Iterable[ResourceType]) -> Iterable[dict[str, An
         subresources = SUBRESOURCES.get(rt.key, ())
         if subresources:
             resource["subresources"] = [
-                {"subresource": sub, "responseKind": response_kind, "verbs": list(verbs)}
+                {
+                    "subresource": sub,
+                    "responseKind": SUBRESOURCE_KINDS.get((rt.key, sub), response_kind),
+                    "verbs": list(verbs),
+                }
                 for sub, verbs in subresources
             ]
         yield resource

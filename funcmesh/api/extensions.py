@@ -1,9 +1,13 @@
 """Endpoints served from the providers rather than the store: function and pod logs (plain text,
-streamed with ``follow``), function call statistics and the server configuration.
+streamed with ``follow``), function call statistics, the server configuration, and the deletion
+of pods (which stops them).
 
 ``GET .../functions/{name}/log?follow=true&tailLines=N&container=build`` gives a function's
 output (or, with ``container=build``, its dependency build log); ``GET .../pods/{name}/log`` one
-instance's, which is what ``kubectl logs`` reads.
+pod's (a function instance's or a Deployment replica's, all its restarts), which is what
+``kubectl logs`` reads. ``DELETE .../pods/{name}`` stops the pod through the PodSource.
+``.../deployments/{name}/scale`` is the ``autoscaling/v1`` Scale of a Deployment (GET, PUT,
+PATCH), which ``kubectl scale`` uses; a change goes through admission like any update.
 """
 
 from __future__ import annotations
@@ -11,20 +15,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from funcmesh.api.negotiation import decode_json, decode_object
+from funcmesh.api.patch import apply_patch
 from funcmesh.api.paths import ResourcePath, unknown_path
 from funcmesh.api.providers import ApiProviders
 from funcmesh.api.status import BadRequest, MethodNotAllowed
 from funcmesh.api.streams import StartedIterator, until_stopped
-from funcmesh.api.wire import json_response
-from funcmesh.model.kinds import FUNCTION, POD
+from funcmesh.api.wire import json_response, read_body
+from funcmesh.errors import Cause, Invalid
+from funcmesh.model.kinds import DEPLOYMENT, FUNCTION, POD, ResourceType
+from funcmesh.model.objects import RawObject, metadata_of
 from funcmesh.store.calls import CallRecord, CallStore
 from funcmesh.store.sqlite import Store
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+MAX_SCALE_BODY_BYTES = 64 * 1024
 _TRUE = frozenset({"true", "1"})
 
 
@@ -46,11 +56,20 @@ class Extensions:
             (POD.key, "log"): self._pod_log,
         }
         handler = handlers.get((path.rt.key, path.subresource or ""))
+        if path.rt.key == DEPLOYMENT.key and path.subresource == "scale" and path.name:
+            return await self._deployment_scale(request, path.scope_namespace, path.name)
         if handler is None or path.name is None or path.namespace is None:
             raise unknown_path(request.path)
         if request.method not in ("GET", "HEAD"):
             raise MethodNotAllowed(f"{path.rt.plural}/{path.subresource} only supports GET")
         return await handler(request, path.namespace, path.name)
+
+    async def delete_derived(self, rt: ResourceType, namespace: str, name: str) -> RawObject:
+        """DELETE of an object that is not stored: a pod, stopped by its PodSource."""
+        if rt.key != POD.key:
+            raise MethodNotAllowed(f"{rt.plural} cannot be deleted")
+        deleted = await self._providers.pods.delete_pod(namespace, name)
+        return {**deleted, "apiVersion": POD.api_version, "kind": POD.kind}
 
     async def server_config(self, request: web.Request) -> web.Response:
         return json_response(dict(self._providers.config.server_config()))
@@ -59,6 +78,38 @@ class Extensions:
         """``GET /funcmesh/v1/calls/{id}``: an async call, its phase and outcome."""
         record = await CallStore(self._store).get(request.match_info["id"])
         return json_response(_call_document(record))
+
+    async def _deployment_scale(
+        self, request: web.Request, namespace: str, name: str
+    ) -> web.StreamResponse:
+        current = await self._store.get(DEPLOYMENT, namespace, name)
+        if request.method in ("GET", "HEAD"):
+            return json_response(scale_of(current))
+        if request.method not in ("PUT", "PATCH"):
+            raise MethodNotAllowed(f"{request.method} is not supported on deployments/scale")
+        body = await read_body(request, max_bytes=MAX_SCALE_BODY_BYTES)
+        if request.method == "PUT":
+            wanted = decode_object(request.content_type, body)
+        else:
+            patch = decode_json(body, what="the patch")
+            wanted = apply_patch(request.content_type, scale_of(current), patch)
+        replicas = (wanted.get("spec") or {}).get("replicas") if isinstance(wanted, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            cause = Cause(
+                field="spec.replicas", message=f"Invalid value: {replicas!r}: must be >= 0"
+            )
+            raise Invalid(
+                f'Scale.autoscaling "{name}" is invalid: spec.replicas: {cause.message}', [cause]
+            )
+        updated = copy.deepcopy(current)
+        updated["spec"]["replicas"] = replicas
+        version = metadata_of(wanted).get("resourceVersion") if request.method == "PUT" else None
+        metadata_of(updated)["resourceVersion"] = version or None
+        admitted = await asyncio.to_thread(
+            self._providers.admission.admit, DEPLOYMENT, updated, current
+        )
+        stored = await asyncio.shield(self._store.update(DEPLOYMENT, admitted))
+        return json_response(scale_of(stored))
 
     async def _function_stats(
         self, request: web.Request, namespace: str, name: str
@@ -115,6 +166,26 @@ class Extensions:
         finally:
             await live.aclose()
         return response
+
+
+def scale_of(deployment: RawObject) -> RawObject:
+    """The ``autoscaling/v1`` Scale of a Deployment."""
+    meta = metadata_of(deployment)
+    selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            key: meta[key]
+            for key in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if key in meta
+        },
+        "spec": {"replicas": (deployment.get("spec") or {}).get("replicas", 1)},
+        "status": {
+            "replicas": (deployment.get("status") or {}).get("replicas") or 0,
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(selector.items())),
+        },
+    }
 
 
 def _call_document(record: CallRecord) -> dict[str, object]:

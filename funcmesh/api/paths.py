@@ -88,10 +88,10 @@ def verb_for(method: str, path: ResourcePath, *, watch_requested: bool) -> str:
     verb = _VERBS_BY_METHOD.get(method)
     if verb is None or (verb == "create") != (path.name is None):
         raise MethodNotAllowed(f"{method} is not supported on this path")
-    if verb in WRITE_VERBS and path.rt.read_only:
+    if verb in WRITE_VERBS and verb not in path.rt.verbs:
         raise MethodNotAllowed(
-            f"{path.rt.plural} are read-only: they show the running instances; "
-            "change the Function instead"
+            f"{path.rt.plural} are read-only (deleting one stops it): they show the running "
+            "instances; change the Function or the Deployment instead"
         )
     if verb == "create" and path.rt.namespaced and path.namespace is None:
         raise MethodNotAllowed(

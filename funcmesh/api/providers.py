@@ -27,7 +27,8 @@ class Admission(Protocol):
 
 
 class PodSource(Protocol):
-    """The read-only view of running instances as ``v1`` Pods."""
+    """The view of running instances (functions' and Deployments') as ``v1`` Pods; deleting
+    one stops it."""
 
     def list_pods(self, namespace: str | None) -> list[RawObject]:
         """Pods of one namespace, or of all namespaces for None."""
@@ -39,6 +40,11 @@ class PodSource(Protocol):
 
     def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, RawObject]]:
         """``(ADDED|MODIFIED|DELETED, pod)`` for changes after the call, until closed."""
+        ...
+
+    async def delete_pod(self, namespace: str, name: str) -> RawObject:
+        """Stop a pod (a Deployment's is replaced by a new one); the pod as deleted. Raises
+        NotFound."""
         ...
 
 

@@ -224,6 +224,11 @@ class ResourceHandlers:
             )
         if options.dry_run:
             return json_response(current)
+        if path.rt.key in self._derived:  # Pods: deleting one stops it
+            deleted = await self._extensions.delete_derived(
+                path.rt, path.scope_namespace, path.name
+            )
+            return json_response(deleted)
         deleted = await self._stored.delete(
             path.rt,
             path.scope_namespace,

@@ -14,12 +14,15 @@ from typing import Any
 
 from funcmesh.model.conditions import function_status_text
 from funcmesh.model.kinds import (
+    DEPLOYMENT,
+    ENDPOINTS,
     EVENT,
     FUNCTION,
     HTTP_TRIGGER,
     NAMESPACE,
     POD,
     SECRET,
+    SERVICE,
     ResourceType,
 )
 from funcmesh.model.objects import RawObject, metadata_of, name_of, parse_rfc3339
@@ -202,6 +205,108 @@ def _http_trigger_path(obj: Mapping[str, Any], _now_s: float) -> Cell:
     return path if path.startswith("/") else "/" + path
 
 
+def _service_cluster_ip(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    ips = (obj.get("spec") or {}).get("clusterIPs")
+    return str(ips[0]) if isinstance(ips, list) and ips else "<none>"
+
+
+def _service_external_ip(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    """kubectl's ``getServiceExternalIP`` (the unwide form)."""
+    spec = obj.get("spec") or {}
+    external_ips = [str(ip) for ip in spec.get("externalIPs") or ()]
+    service_type = spec.get("type") or "ClusterIP"
+    if service_type in ("ClusterIP", "NodePort"):
+        return ",".join(external_ips) or "<none>"
+    if service_type == "ExternalName":
+        return str(spec.get("externalName") or "")
+    if service_type == "LoadBalancer":
+        ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or ()
+        balancers = ",".join(str(i.get("ip") or i.get("hostname") or "") for i in ingress)
+        if len(balancers) > 16:
+            balancers = balancers[:13] + "..."
+        if external_ips:
+            return ",".join([*([balancers] if balancers else []), *external_ips])
+        return balancers or "<pending>"
+    return "<unknown>"
+
+
+def _service_ports(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    """kubectl's ``makePortString``: ``80/TCP``, ``80:30080/TCP`` with a node port."""
+    pieces = []
+    for port in (obj.get("spec") or {}).get("ports") or ():
+        node_port = f":{port['nodePort']}" if port.get("nodePort") else ""
+        pieces.append(f"{port.get('port')}{node_port}/{port.get('protocol') or 'TCP'}")
+    return ",".join(pieces) or "<none>"
+
+
+def _service_selector(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    selector = (obj.get("spec") or {}).get("selector") or {}
+    return ",".join(f"{key}={selector[key]}" for key in sorted(selector)) or "<none>"
+
+
+def _endpoints(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    """kubectl's ``formatEndpoints``: the first three ``ip:port``, then ``+ N more...``."""
+    subsets = obj.get("subsets") or ()
+    if not subsets:
+        return "<none>"
+    shown: list[str] = []
+    count, most = 0, 3
+    for subset in subsets:
+        addresses = [str(a.get("ip")) for a in subset.get("addresses") or ()]
+        ports = subset.get("ports") or ()
+        for port in ports or (None,):
+            count += len(addresses)
+            for ip in addresses:
+                if len(shown) == most:
+                    break
+                host = f"[{ip}]" if ":" in ip else ip  # net.JoinHostPort
+                shown.append(ip if port is None else f"{host}:{port.get('port')}")
+    text = ",".join(shown)
+    return f"{text} + {count - most} more..." if count > most else text
+
+
+def _deployment_ready(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    desired = (obj.get("spec") or {}).get("replicas", 1)
+    return f"{(obj.get('status') or {}).get('readyReplicas') or 0}/{desired}"
+
+
+def _status_count(key: str) -> Callable[[Mapping[str, Any], float], Cell]:
+    def cell(obj: Mapping[str, Any], _now_s: float) -> Cell:
+        value = (obj.get("status") or {}).get(key)
+        return value if isinstance(value, int) else 0
+
+    return cell
+
+
+def _template_containers(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return [c for c in spec.get("containers") or () if isinstance(c, Mapping)]
+
+
+def _deployment_containers(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    return ",".join(str(c.get("name") or "") for c in _template_containers(obj))
+
+
+def _deployment_images(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    return ",".join(str(c.get("image") or "<none>") for c in _template_containers(obj))
+
+
+def _label_selector(obj: Mapping[str, Any], _now_s: float) -> Cell:
+    """kubectl's ``FormatLabelSelector``: ``app=web,tier in (a,b)``."""
+    selector = (obj.get("spec") or {}).get("selector") or {}
+    labels = selector.get("matchLabels") or {}
+    parts = [f"{key}={labels[key]}" for key in sorted(labels)]
+    operators = {"In": "in", "NotIn": "notin"}
+    for expression in selector.get("matchExpressions") or ():
+        key, operator = expression.get("key"), expression.get("operator")
+        if operator in operators:
+            values = ",".join(sorted(str(v) for v in expression.get("values") or ()))
+            parts.append(f"{key} {operators[operator]} ({values})")
+        else:
+            parts.append(str(key) if operator == "Exists" else f"!{key}")
+    return ",".join(parts) or "<none>"
+
+
 _NAME = Column(name="Name", cell=_name, format="name", description="Name of the object")
 _AGE = Column(name="Age", cell=_age, description="Time since the object was created")
 
@@ -247,5 +352,39 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column(name="Host", cell=_field("spec", "host-name", default="*"), description="Host"),
         Column(name="Path", cell=_http_trigger_path, description="Path prefix"),
         _AGE,
+    ),
+    SERVICE.key: (
+        _NAME,
+        Column(name="Type", cell=_field("spec", "type", default="ClusterIP"), description="Type"),
+        Column(name="Cluster-IP", cell=_service_cluster_ip, description="The virtual IP"),
+        Column(name="External-IP", cell=_service_external_ip, description="External addresses"),
+        Column(name="Port(s)", cell=_service_ports, description="Ports of the Service"),
+        _AGE,
+        Column(name="Selector", cell=_service_selector, description="Pod labels", priority=1),
+    ),
+    ENDPOINTS.key: (
+        _NAME,
+        Column(name="Endpoints", cell=_endpoints, description="Ready addresses and ports"),
+        _AGE,
+    ),
+    DEPLOYMENT.key: (
+        _NAME,
+        Column(name="Ready", cell=_deployment_ready, description="Ready pods of the desired"),
+        Column(
+            name="Up-to-date",
+            cell=_status_count("updatedReplicas"),
+            type="integer",
+            description="Pods of the current template",
+        ),
+        Column(
+            name="Available",
+            cell=_status_count("availableReplicas"),
+            type="integer",
+            description="Pods ready for at least minReadySeconds",
+        ),
+        _AGE,
+        Column(name="Containers", cell=_deployment_containers, priority=1),
+        Column(name="Images", cell=_deployment_images, priority=1),
+        Column(name="Selector", cell=_label_selector, priority=1),
     ),
 }

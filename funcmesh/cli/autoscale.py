@@ -5,12 +5,13 @@ annotations the instance pool reads (``min-scale``, ``max-scale``, ``target-conc
 ``cpu`` and ``qps`` also ``metric`` and ``target``), and as Kubeless's
 ``spec.horizontalPodAutoscaler`` (autoscaling/v2beta1 shape) so ``kubectl get function -o yaml``
 shows what a Kubeless user expects. ``min 0`` is allowed (Kubeless refuses it): it means scale
-to zero. The pool acts on concurrency only; cpu and qps rules are stored and reported as such.
-This module builds patches and prints; it does not scale anything itself.
+to zero. The daemon's instance pools act on every metric (``funcmesh.runtime.autoscaler``); this
+module builds patches and prints, it does not scale anything itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,12 @@ from funcmesh.cli.options import global_options, output_option
 from funcmesh.cli.output import dump_objects, format_table, report_error
 from funcmesh.cli.session import session_of
 from funcmesh.errors import Conflict, FuncmeshError, Invalid, NotFound
-from funcmesh.model.function import SCALING_PREFIX, parse_function
+from funcmesh.model.function import (
+    CPU_TARGET_MAX_PERCENT,
+    SCALING_METRICS,
+    SCALING_PREFIX,
+    parse_function,
+)
 from funcmesh.model.kinds import FUNCTION
 from funcmesh.model.objects import (
     RawObject,
@@ -37,8 +43,8 @@ from funcmesh.model.objects import (
 if TYPE_CHECKING:
     from funcmesh.client.api import ApiClient
 
-METRICS = ("concurrency", "cpu", "qps")
-POOL_METRIC = "concurrency"
+METRICS = SCALING_METRICS
+DEFAULT_METRIC = "concurrency"
 HPA_FIELD = "horizontalPodAutoscaler"
 LIST_HEADERS = ("NAME", "NAMESPACE", "TARGET", "MIN", "MAX", "METRIC", "VALUE")
 RULE_ANNOTATIONS = ("min-scale", "max-scale", "target-concurrency", "metric", "target")
@@ -57,7 +63,7 @@ class AutoscaleRule:
 
     min_scale: int
     max_scale: int
-    metric: str = POOL_METRIC
+    metric: str = DEFAULT_METRIC
     value: str | None = None
 
 
@@ -72,11 +78,18 @@ def check_rule(rule: AutoscaleRule) -> None:
         problems.append("max must be greater than or equal to min")
     if rule.metric not in METRICS:
         problems.append(f'only supported metrics: {", ".join(METRICS)} (got "{rule.metric}")')
-    elif rule.value is None and rule.metric != POOL_METRIC:
+    elif rule.value is None and rule.metric != DEFAULT_METRIC:
         problems.append(f"--value is required with --metric {rule.metric}")
     if rule.value is not None and not _is_positive_number(rule.value, whole=rule.metric != "qps"):
         kind = "a positive number" if rule.metric == "qps" else "a whole number of at least 1"
         problems.append(f'--value must be {kind} (got "{rule.value}")')
+    elif (
+        rule.metric == "cpu" and rule.value is not None and int(rule.value) > CPU_TARGET_MAX_PERCENT
+    ):
+        problems.append(
+            f"--value for cpu is a percentage of one CPU core per instance, at most "
+            f'{CPU_TARGET_MAX_PERCENT} (got "{rule.value}")'
+        )
     if problems:
         raise Invalid("invalid autoscaling rule: " + "; ".join(problems))
 
@@ -86,7 +99,7 @@ def _is_positive_number(text: str, *, whole: bool) -> bool:
         number = int(text) if whole else float(text)
     except ValueError:
         return False
-    return number > 0
+    return math.isfinite(number) and number > 0
 
 
 def build_create_patch(function: RawObject, rule: AutoscaleRule) -> dict[str, Any]:
@@ -95,7 +108,7 @@ def build_create_patch(function: RawObject, rule: AutoscaleRule) -> dict[str, An
         SCALING_PREFIX + "min-scale": str(rule.min_scale),
         SCALING_PREFIX + "max-scale": str(rule.max_scale),
     }
-    if rule.metric == POOL_METRIC:
+    if rule.metric == DEFAULT_METRIC:
         if rule.value is not None:
             annotations[SCALING_PREFIX + "target-concurrency"] = rule.value
         annotations[SCALING_PREFIX + "metric"] = None
@@ -170,8 +183,8 @@ def build_delete_patch(function: RawObject) -> dict[str, Any]:
 def rule_row(function: RawObject) -> list[str]:
     """One ``autoscale ls`` row: NAME NAMESPACE TARGET MIN MAX METRIC VALUE."""
     annotations = annotations_of(function)
-    metric = annotations.get(SCALING_PREFIX + "metric", POOL_METRIC)
-    if metric == POOL_METRIC:
+    metric = annotations.get(SCALING_PREFIX + "metric", DEFAULT_METRIC)
+    if metric == DEFAULT_METRIC:
         value = annotations.get(SCALING_PREFIX + "target-concurrency", "1")
     else:
         value = annotations.get(SCALING_PREFIX + "target", "")
@@ -197,8 +210,12 @@ def autoscale() -> None:
 @click.argument("name")
 @click.option("--min", "min_scale", type=int, default=1, show_default=True, help="0: to zero.")
 @click.option("--max", "max_scale", type=int, default=1, show_default=True)
-@click.option("--metric", default=POOL_METRIC, show_default=True, help="concurrency|cpu|qps")
-@click.option("--value", metavar="V", help="Target per instance (cpu: percent; qps: calls/s).")
+@click.option("--metric", default=DEFAULT_METRIC, show_default=True, help="concurrency|cpu|qps")
+@click.option(
+    "--value",
+    metavar="V",
+    help="Target per instance: calls in flight, percent of one CPU core (1-100), or calls/s.",
+)
 @global_options
 @click.pass_context
 def create(
@@ -216,13 +233,6 @@ def create(
     click.echo("Adding autoscaling rule to the function...")
     _patch_with_retry(session.client(), session.namespace, name, rule)
     click.echo(f"Autoscaling rule for {name} submitted for deployment")
-    if metric != POOL_METRIC:
-        click.echo(
-            f"warning: the {metric} rule is stored, but funcmesh scales on concurrency only for "
-            f"now: {name} keeps between {min_scale} and {max_scale} instances, one call each "
-            "unless target-concurrency says otherwise",
-            err=True,
-        )
 
 
 def _patch_with_retry(

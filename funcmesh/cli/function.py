@@ -20,6 +20,7 @@ from funcmesh.cli.function_flags import (
     build_update_patch,
     check_flags,
     normalize_timeout,
+    parse_names,
     parse_pairs,
     require_changes,
     require_deploy_flags,
@@ -75,7 +76,12 @@ _SHARED_OPTIONS = (
     click.option("--memory", metavar="QUANTITY", help="Memory request and limit, e.g. 128Mi."),
     click.option("--cpu", metavar="QUANTITY", help="CPU request and limit, e.g. 500m."),
     click.option("--port", type=int, help="Service port and target port (default 8080)."),
-    click.option("--secrets", multiple=True, hidden=True),
+    click.option(
+        "--secrets",
+        multiple=True,
+        metavar="NAME[,NAME]",
+        help="Secrets whose keys become files at /NAME/KEY and under $FUNCMESH_SECRETS_DIR.",
+    ),
     click.option("--dryrun", is_flag=True, help="Print the Function instead of sending it."),
     output_option("yaml", "json", default="yaml"),
     click.option("--no-wait", is_flag=True, help="Return once the API accepted the Function."),
@@ -106,7 +112,6 @@ def _shared_options(command: F) -> F:
 @click.pass_context
 def deploy(ctx: click.Context, /, name: str, **options: Any) -> None:
     """Deploy a new function."""
-    _refuse_unsupported(options)
     require_deploy_flags(
         runtime=options["runtime"], handler=options["handler"], from_file=options["from_file"]
     )
@@ -138,8 +143,7 @@ def deploy(ctx: click.Context, /, name: str, **options: Any) -> None:
 @global_options
 @click.pass_context
 def update(ctx: click.Context, /, name: str, **options: Any) -> None:
-    """Change only what the flags give (env and labels given replace the old ones)."""
-    _refuse_unsupported(options)
+    """Change only what the flags give (env, labels and secrets given replace the old ones)."""
     wait_timeout_s = parse_duration_s(options["wait_timeout"], what="--wait-timeout")
     session = session_of(ctx)
     flags = _flags_from(name, options)
@@ -200,11 +204,6 @@ def _create_scheduled_trigger(client: ApiClient, trigger: RawObject) -> None:
     click.echo(f"Cronjob trigger {name} created in namespace {namespace} successfully!")
 
 
-def _refuse_unsupported(options: dict[str, Any]) -> None:
-    if options.get("secrets"):
-        raise Invalid("--secrets needs Secret volumes, which this version does not have yet")
-
-
 def _flags_from(name: str, options: dict[str, Any]) -> FunctionFlags:
     """Parse and check every flag, then read the code and dependency files (or URLs)."""
     flags = FunctionFlags(
@@ -216,6 +215,7 @@ def _flags_from(name: str, options: dict[str, Any]) -> FunctionFlags:
         memory=options["memory"],
         cpu=options["cpu"],
         port=options["port"],
+        secrets=parse_names(options["secrets"]) if options["secrets"] else None,
     )
     check_flags(name, flags)
     if not options["from_file"] and not options["dependencies"]:

@@ -2,8 +2,9 @@
 
 The object has the shape ``kubeless function deploy`` writes (kubeless.md 1.2): labels
 ``created-by: kubeless`` and ``function: NAME`` plus ``--label``; env and resources (requests and
-limits alike) on ``spec.deployment.spec.template.spec.containers[0]``; the service port 8080
-named ``http-function-port``. An update patch names only what a flag gives (the fix of Kubeless
+limits alike) on ``spec.deployment.spec.template.spec.containers[0]``; per ``--secrets S`` a
+volume ``S-vol`` (secret ``S``) and a volumeMount of it at ``/S``; the service port 8080 named
+``http-function-port``. An update patch names only what a flag gives (the fix of Kubeless
 bug 7.1: no silent reset of timeout or port). Pure functions: no I/O, no click.
 """
 
@@ -19,13 +20,19 @@ from funcmesh.cli.sources import FunctionSource
 from funcmesh.errors import Cause, Invalid
 from funcmesh.model.durations import parse_duration_s
 from funcmesh.model.kinds import FUNCTION
-from funcmesh.model.names import dns1123_label_error, label_key_error, label_value_error
+from funcmesh.model.names import (
+    dns1123_label_error,
+    dns1123_subdomain_error,
+    label_key_error,
+    label_value_error,
+)
 from funcmesh.model.objects import RawObject, labels_of, metadata_of, name_of
 from funcmesh.model.quantity import parse_memory_bytes, parse_quantity
 
 DEFAULT_TIMEOUT = "180"
 DEFAULT_PORT = 8080
 PORT_NAME = "http-function-port"
+SECRET_VOLUME_SUFFIX = "-vol"
 _RUNTIME_ID = re.compile(r"^[a-zA-Z_-]+[0-9.]+$")
 _HANDLER = re.compile(r"^[^.\s]+\.[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -47,6 +54,7 @@ class FunctionFlags:
     memory: str | None = None
     cpu: str | None = None
     port: int | None = None
+    secrets: tuple[str, ...] | None = None  # Secret names; () removes every secret volume
 
 
 def parse_pairs(values: Iterable[str], *, flag: str) -> Pairs:
@@ -62,6 +70,12 @@ def parse_pairs(values: Iterable[str], *, flag: str) -> Pairs:
                 raise Invalid(f'{flag} "{item}": the name before "=" is missing')
             pairs[key.strip()] = text
     return tuple(pairs.items())
+
+
+def parse_names(values: Iterable[str]) -> tuple[str, ...]:
+    """``a,b`` (repeatable), in order, each once; blanks are skipped."""
+    names = (name.strip() for value in values for name in value.split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
 
 
 def normalize_timeout(text: str) -> str:
@@ -101,6 +115,9 @@ def flag_problems(name: str, flags: FunctionFlags) -> list[str]:
     for key, value in flags.labels or ():
         if error := label_key_error(key) or label_value_error(value):
             problems.append(f"--label {error}")
+    for secret in flags.secrets or ():
+        if error := dns1123_subdomain_error(secret):
+            problems.append(f"--secrets: Secret name {error}")
     return problems
 
 
@@ -153,7 +170,7 @@ def build_function(*, name: str, namespace: str, flags: FunctionFlags) -> RawObj
             "checksum": flags.source.checksum,
             "deps": flags.deps or "",
             "timeout": flags.timeout or DEFAULT_TIMEOUT,
-            "deployment": _deployment([_container({}, flags)]),
+            "deployment": _deployment([_container({}, flags)], _volumes([], flags) or None),
             "service": {
                 "ports": [_port({}, port)],
                 "selector": dict(labels),
@@ -180,9 +197,12 @@ def build_update_patch(current: RawObject, flags: FunctionFlags) -> dict[str, An
         spec["function"] = flags.source.content
         spec["function-content-type"] = flags.source.content_type
         spec["checksum"] = flags.source.checksum
-    if flags.env is not None or flags.memory is not None or flags.cpu is not None:
+    if any(x is not None for x in (flags.env, flags.memory, flags.cpu, flags.secrets)):
         first, *others = _containers(current_spec) or [{}]
-        spec["deployment"] = _deployment([_container(first, flags), *others])
+        current_volumes = _pod_spec(current_spec).get("volumes")
+        container = _container(first, flags, secret_volumes=_secret_volume_names(current_volumes))
+        volumes = _volumes(current_volumes, flags)
+        spec["deployment"] = _deployment([container, *others], volumes)
     if flags.port is not None:
         spec["service"] = {"ports": _ports(current_spec, flags.port)}
     metadata: dict[str, Any] = {"resourceVersion": metadata_of(current).get("resourceVersion")}
@@ -222,15 +242,23 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _containers(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _pod_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
     try:
-        containers = spec["deployment"]["spec"]["template"]["spec"]["containers"]
+        pod_spec = spec["deployment"]["spec"]["template"]["spec"]
     except (KeyError, TypeError):
-        return []
+        return {}
+    return pod_spec if isinstance(pod_spec, dict) else {}
+
+
+def _containers(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    containers = _pod_spec(spec).get("containers")
     return [c for c in containers if isinstance(c, dict)] if isinstance(containers, list) else []
 
 
-def _container(base: Mapping[str, Any], flags: FunctionFlags) -> dict[str, Any]:
+def _container(
+    base: Mapping[str, Any], flags: FunctionFlags, *, secret_volumes: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``base`` with the flags applied; ``--secrets`` replaces the mounts of ``secret_volumes``."""
     container = copy.deepcopy(dict(base))
     container.setdefault("name", "")
     resources = container.setdefault("resources", {})
@@ -239,12 +267,58 @@ def _container(base: Mapping[str, Any], flags: FunctionFlags) -> dict[str, Any]:
             resources.setdefault("limits", {})[key] = value
             resources.setdefault("requests", {})[key] = value
     if flags.env is not None:
-        container["env"] = [{"name": key, "value": value} for key, value in flags.env]
+        # env from Secrets (valueFrom) is kept: --env names plain values only
+        kept = [item for item in container.get("env") or [] if _from_secret(item)]
+        container["env"] = [
+            *[{"name": key, "value": value} for key, value in flags.env],
+            *[item for item in kept if item.get("name") not in dict(flags.env)],
+        ]
+    if flags.secrets is not None:
+        mounts = [
+            mount
+            for mount in container.get("volumeMounts") or []
+            if not isinstance(mount, dict) or mount.get("name") not in secret_volumes
+        ]
+        mounts += [
+            {"name": secret + SECRET_VOLUME_SUFFIX, "mountPath": "/" + secret}
+            for secret in flags.secrets
+        ]
+        if mounts:
+            container["volumeMounts"] = mounts
+        else:
+            container.pop("volumeMounts", None)
     return container
 
 
-def _deployment(containers: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"spec": {"template": {"spec": {"containers": containers}}}}
+def _volumes(current: Any, flags: FunctionFlags) -> list[dict[str, Any]] | None:
+    """The pod's volumes with ``--secrets`` applied (secret volumes replaced), or None when
+    the flag is not given."""
+    if flags.secrets is None:
+        return None
+    volumes = [v for v in current or [] if isinstance(v, dict) and "secret" not in v]
+    return volumes + [
+        {"name": secret + SECRET_VOLUME_SUFFIX, "secret": {"secretName": secret}}
+        for secret in flags.secrets
+    ]
+
+
+def _from_secret(item: Any) -> bool:
+    return isinstance(item, dict) and "valueFrom" in item
+
+
+def _secret_volume_names(volumes: Any) -> frozenset[str]:
+    if not isinstance(volumes, list):
+        return frozenset()
+    return frozenset(str(v.get("name")) for v in volumes if isinstance(v, dict) and "secret" in v)
+
+
+def _deployment(
+    containers: list[dict[str, Any]], volumes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {"containers": containers}
+    if volumes is not None:
+        pod_spec["volumes"] = volumes if volumes else None  # null: a merge patch removes it
+    return {"spec": {"template": {"spec": pod_spec}}}
 
 
 def _port(base: Mapping[str, Any], port: int) -> dict[str, Any]:

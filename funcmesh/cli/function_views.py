@@ -130,6 +130,7 @@ def describe_text(obj: RawObject, *, instances: int) -> str:
         ("Runtime", runtime),
         ("Label", json.dumps(labels_of(obj), separators=(",", ":"))),
         ("Envvar", json.dumps(_env(spec), separators=(",", ":"))),
+        *([("Secrets", secrets)] if (secrets := secrets_text(spec)) else []),
         ("Memory", _memory(spec) or "0"),
         ("Dependencies", str(spec.get("deps") or "").rstrip("\n")),
         ("Timeout", str(spec.get("timeout") or "180")),
@@ -146,6 +147,22 @@ def describe_text(obj: RawObject, *, instances: int) -> str:
     table = format_table(("TYPE", "STATUS", "REASON", "MESSAGE"), rows) if rows else "<none>"
     lines += [f"  {line}" for line in table.splitlines()]
     return "\n".join(lines)
+
+
+def secrets_text(spec: Mapping[str, Any]) -> str:
+    """The mounted Secrets, one per line: ``NAME at /PATH`` (names only, never a value)."""
+    volumes = _pod_spec(spec).get("volumes")
+    secret_of = {
+        volume.get("name"): (volume.get("secret") or {}).get("secretName")
+        for volume in (volumes if isinstance(volumes, list) else [])
+        if isinstance(volume, dict) and isinstance(volume.get("secret"), dict)
+    }
+    mounts = _first_container(spec).get("volumeMounts")
+    return "\n".join(
+        f"{secret_of[mount.get('name')]} at {mount.get('mountPath')}"
+        for mount in (mounts if isinstance(mounts, list) else [])
+        if isinstance(mount, dict) and secret_of.get(mount.get("name"))
+    )
 
 
 def _describe_line(label: str, value: str) -> str:
@@ -210,9 +227,17 @@ def _top_row(record: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _pod_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        pod_spec = spec["deployment"]["spec"]["template"]["spec"]
+    except (KeyError, TypeError):
+        return {}
+    return pod_spec if isinstance(pod_spec, dict) else {}
+
+
 def _first_container(spec: Mapping[str, Any]) -> Mapping[str, Any]:
     try:
-        container = spec["deployment"]["spec"]["template"]["spec"]["containers"][0]
+        container = _pod_spec(spec)["containers"][0]
     except (KeyError, IndexError, TypeError):
         return {}
     return container if isinstance(container, dict) else {}

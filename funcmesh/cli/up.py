@@ -23,15 +23,29 @@ import click
     metavar="URL",
     help="NATS server for NATS triggers, e.g. nats://127.0.0.1:4222 [$FUNCMESH_NATS_URL].",
 )
+@click.option(
+    "--dns-addr",
+    metavar="HOST:PORT",
+    help="Cluster DNS server address, UDP and TCP [127.0.0.1:5353, $FUNCMESH_DNS_ADDR].",
+)
+@click.option(
+    "--dns-upstream",
+    metavar="IP[:PORT]",
+    multiple=True,
+    help="Where names outside cluster.local go (repeatable or comma list; 'none' refuses them) "
+    "[$FUNCMESH_DNS_UPSTREAM, else the nameservers of /etc/resolv.conf].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def up(
     api_addr: str | None,
     gateway_addr: str | None,
     gateway_tls_addr: str | None,
     nats_url: str | None,
+    dns_addr: str | None,
+    dns_upstream: tuple[str, ...],
     verbose: bool,
 ) -> None:
-    """Run the funcmesh daemon: API server, gateway, controllers and runtimes."""
+    """Run the funcmesh daemon: API server, gateway, DNS server, controllers and runtimes."""
     from funcmesh.app import run
     from funcmesh.errors import FuncmeshError
     from funcmesh.settings import load_daemon_settings
@@ -50,6 +64,8 @@ def up(
             gateway_addr=gateway_addr,
             gateway_tls_addr=gateway_tls_addr,
             nats_url=nats_url,
+            dns_addr=dns_addr,
+            dns_upstream=dns_upstream,
         )
     except FuncmeshError as exc:
         raise click.ClickException(str(exc)) from exc

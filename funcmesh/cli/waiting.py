@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FAILED_REASONS = frozenset({"BuildFailed", "LoadFailed", "Invalid"})
+# Reasons that do not clear by themselves (SecretMissing does, once the Secret is created).
+FAILED_REASONS = frozenset(
+    {"BuildFailed", "LoadFailed", "Invalid", "SecretMountRefused", "SecretInvalid"}
+)
 WATCH_EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK"})
 WATCH_WINDOW_S = 30.0
 POLL_INTERVAL_S = 0.5

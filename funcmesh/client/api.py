@@ -36,7 +36,7 @@ from funcmesh.client.responses import (
 )
 from funcmesh.client.status import error_from_response, error_from_status
 from funcmesh.errors import FuncmeshError, Invalid, Unavailable
-from funcmesh.model.kinds import FUNCTION, ResourceType
+from funcmesh.model.kinds import FUNCTION, POD, ResourceType
 from funcmesh.model.objects import RawObject, name_of, namespace_of
 
 logger = logging.getLogger(__name__)
@@ -233,6 +233,17 @@ class ApiClient:
             params["tailLines"] = str(tail_lines)
         if build:
             params["container"] = "build"
+        read_timeout_s = None if follow else self._timeout_s
+        yield from self._stream_lines(path, params=params, read_timeout_s=read_timeout_s)
+
+    def pod_log(
+        self, namespace: str, name: str, *, follow: bool = False, tail_lines: int | None = None
+    ) -> Iterator[str]:
+        """Output lines of one pod (every restart of its process), as ``kubectl logs``."""
+        path = object_path(POD, namespace, name) + "/log"
+        params = {"follow": "true" if follow else "false"}
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
         read_timeout_s = None if follow else self._timeout_s
         yield from self._stream_lines(path, params=params, read_timeout_s=read_timeout_s)
 

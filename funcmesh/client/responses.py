@@ -86,6 +86,7 @@ class RuntimeInfo:
 class ServerConfig:
     version: str
     runtimes: tuple[RuntimeInfo, ...]
+    dns_address: str = ""  # HOST:PORT of the daemon's DNS server ("" from older daemons)
 
 
 def parse_object(value: Any, *, what: str) -> RawObject:
@@ -152,7 +153,11 @@ def parse_server_config(value: Any) -> ServerConfig:
         for item in body.get("runtimes") or []
         if isinstance(item, dict)
     )
-    return ServerConfig(version=str(body.get("version") or ""), runtimes=runtimes)
+    return ServerConfig(
+        version=str(body.get("version") or ""),
+        runtimes=runtimes,
+        dns_address=str(body.get("dnsAddress") or ""),
+    )
 
 
 def _optional_float(value: Any) -> float | None:

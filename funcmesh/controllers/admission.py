@@ -8,8 +8,11 @@ forces. A NATSTrigger must name a valid subject and a non-empty function selecto
 (model.triggers). A CronJobTrigger must have a valid schedule and name a Function that exists
 in its namespace. A Secret gets its stringData merged into data (model.secrets). An HTTPTrigger
 must name a Function that exists and Secrets of the right types (basic auth: an Opaque Secret
-with key ``auth``; TLS: a ``kubernetes.io/tls`` Secret). Nothing is stored when admission
-fails, so bad input changes nothing.
+with key ``auth``; TLS: a ``kubernetes.io/tls`` Secret). A Service is put in normal form and
+gets its ClusterIP (controllers.service_ips); Endpoints are checked (model.endpoints). A
+Deployment gets Kubernetes's defaults and must have one runnable container whose labels its
+selector selects (model.deployments). Nothing is stored when admission fails, so bad input
+changes nothing.
 
 Admission runs in a worker thread (the API keeps it off the event loop), so it reads stored
 objects through an ObjectLookup that blocks that thread, never the loop.
@@ -23,14 +26,19 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from funcmesh.errors import Cause, Invalid, NotFound, Unavailable
+from funcmesh.model.deployments import admit_deployment
+from funcmesh.model.endpoints import normalise_endpoints
 from funcmesh.model.function import FunctionSpec, parse_function
 from funcmesh.model.http_triggers import HttpTriggerSpec, parse_http_trigger
 from funcmesh.model.kinds import (
     CRONJOB_TRIGGER,
+    DEPLOYMENT,
+    ENDPOINTS,
     FUNCTION,
     HTTP_TRIGGER,
     NATS_TRIGGER,
     SECRET,
+    SERVICE,
     ResourceType,
 )
 from funcmesh.model.objects import RawObject, metadata_causes, name_of, raise_if_causes
@@ -51,6 +59,13 @@ class ObjectLookup(Protocol):
     def exists(self, rt: ResourceType, namespace: str, name: str) -> bool: ...
 
     def find(self, rt: ResourceType, namespace: str, name: str) -> RawObject | None: ...
+
+
+class ServiceIPs(Protocol):
+    """Normal form and ClusterIP of a Service (controllers.service_ips.ClusterIPs); called from
+    admission's worker thread."""
+
+    def admit(self, obj: RawObject, old: RawObject | None) -> RawObject: ...
 
 
 class StoreLookup:
@@ -96,9 +111,16 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 class Admission:
     """Validates and defaults objects for the API server."""
 
-    def __init__(self, catalog: RuntimeCatalog, *, objects: ObjectLookup | None = None) -> None:
+    def __init__(
+        self,
+        catalog: RuntimeCatalog,
+        *,
+        objects: ObjectLookup | None = None,
+        service_ips: ServiceIPs | None = None,
+    ) -> None:
         self._catalog = catalog
         self._objects = objects
+        self._service_ips = service_ips
 
     def admit(self, rt: ResourceType, obj: RawObject, old: RawObject | None) -> RawObject:
         if rt is FUNCTION:
@@ -112,6 +134,14 @@ class Admission:
             return admit_secret(obj)
         if rt is HTTP_TRIGGER:
             return self._admit_http_trigger(obj, old)
+        if rt is SERVICE:
+            if self._service_ips is None:
+                raise Unavailable("admission was built without a ClusterIP allocator")
+            return self._service_ips.admit(obj, old)
+        if rt is ENDPOINTS:
+            return normalise_endpoints(obj)
+        if rt is DEPLOYMENT:
+            return admit_deployment(obj, old)  # defaults; one runnable container; selector
         raise_if_causes(metadata_causes(obj, rt), kind=rt.kind, name=name_of(obj))
         return obj
 

@@ -4,9 +4,10 @@
 reach the instances with ``X-Forwarded-Proto: https``), routes each request (an HTTPTrigger's
 host and path, see ``triggers``; a function call; ``/healthz``; or 404), enforces the
 per-connection deadlines with one sweep per second (no timer per request), and drains on close.
-Function calls go through ``proxy.Relay`` (which checks their deadlines itself); the instances
-come from a ``Backends`` seam, so this module never imports the runtime. No logging per request:
-this is the hot path.
+``function_entrance`` gives the connections of a function Service's VIP (see ``vips``) the same
+path with a fixed function. Function calls go through ``proxy.Relay`` (which checks their
+deadlines itself); the instances come from a ``Backends`` seam, so this module never imports the
+runtime. No logging per request: this is the hot path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from funcmesh.discovery.routes import RouteTable
 from funcmesh.errors import Unavailable
@@ -186,6 +188,32 @@ class Gateway:
         self._relay.call(backend, route, request, connection)
         return False
 
+    def function_entrance(self, namespace: str, name: str) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for a listener whose every request calls one function, with the
+        request's own target (the VIP of a function's Service). Its connections count as the
+        gateway's: same limits and deadlines, drained and cut by ``close``."""
+        owner = _FunctionEntrance(self, namespace, name)
+        return lambda: ClientConnection(owner)
+
+    def answer_for_function(
+        self, namespace: str, name: str, request: Request, connection: ClientConnection
+    ) -> bool:
+        """``answer`` for a request that calls the function ``namespace/name``."""
+        backend = self._backends.lookup(namespace, name)
+        if backend is None:
+            function = f"{namespace}/{name}"
+            connection.send_error(404, f"function {function} not found", function=function)
+            return True
+        assert self._relay is not None
+        target = origin_form(request.target)
+        self._relay.call(
+            backend,
+            FunctionRoute(namespace=namespace, name=name, target=target),
+            request,
+            connection,
+        )
+        return False
+
     def _accept_async(
         self, route: FunctionRoute, request: Request, connection: ClientConnection
     ) -> bool:
@@ -218,6 +246,34 @@ class Gateway:
             self._pool.close_idle_since(now_s - self._upstream_idle_timeout_s)
         except Exception:
             logger.exception("gateway deadline sweep failed")
+
+
+class _FunctionEntrance:
+    """The owner of the connections to a function's VIP: the gateway, with one route."""
+
+    __slots__ = ("_gateway", "_name", "_namespace")
+
+    def __init__(self, gateway: Gateway, namespace: str, name: str) -> None:
+        self._gateway = gateway
+        self._namespace = namespace
+        self._name = name
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return self._gateway.limits
+
+    @property
+    def draining(self) -> bool:
+        return self._gateway.draining
+
+    def answer(self, request: Request, connection: ClientConnection) -> bool:
+        return self._gateway.answer_for_function(self._namespace, self._name, request, connection)
+
+    def connection_opened(self, connection: ClientConnection) -> None:
+        self._gateway.connection_opened(connection)
+
+    def connection_closed(self, connection: ClientConnection) -> None:
+        self._gateway.connection_closed(connection)
 
 
 def _no_route_message(target: bytes) -> str:

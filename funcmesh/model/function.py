@@ -7,6 +7,7 @@ only checked for syntax here: which runtimes exist is the runtime catalog's busi
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,12 @@ from typing import Any
 
 from funcmesh.errors import Cause, Invalid
 from funcmesh.model.durations import parse_duration_s
+from funcmesh.model.function_secrets import (
+    SecretKeyRef,
+    SecretMount,
+    parse_secret_key_ref,
+    parse_secret_mounts,
+)
 from funcmesh.model.kinds import FUNCTION
 from funcmesh.model.objects import (
     annotations_of,
@@ -28,6 +35,8 @@ from funcmesh.model.quantity import parse_memory_bytes
 
 DEFAULT_TIMEOUT_S = 180.0
 SCALING_PREFIX = "autoscaling.funcmesh.io/"
+SCALING_METRICS = ("concurrency", "cpu", "qps")
+CPU_TARGET_MAX_PERCENT = 100  # percent of one core: one instance runs one handler thread at a time
 CONTENT_TYPES = ("text", "base64", "url")
 ARCHIVE_SUFFIXES = ("zip", "compressedtar")
 _RUNTIME_ID = re.compile(r"^[a-zA-Z_-]+[0-9.]+$")
@@ -36,12 +45,20 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scaling:
-    """How many instances and how busy each may be."""
+    """How many instances and how busy each may be.
+
+    ``metric`` is what the autoscaler keeps near a target per instance: ``concurrency`` (calls in
+    flight; the target is ``target_concurrency`` and ``target`` is None), ``cpu`` (``target``
+    percent of one CPU core, 1-100) or ``qps`` (``target`` calls answered per second). Whatever
+    the metric, ``target_concurrency`` also caps the calls one instance takes at once.
+    """
 
     min_scale: int = 0
     max_scale: int = 10
     target_concurrency: int = 1
     scale_to_zero_after_s: float = 300.0
+    metric: str = "concurrency"
+    target: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,10 +81,20 @@ class FunctionSpec:
     memory_limit_bytes: int | None
     labels: Mapping[str, str]
     scaling: Scaling
+    # secret volumes mounted on containers[0], and env values from Secret keys
+    secrets: tuple[SecretMount, ...] = ()
+    secret_env: tuple[SecretKeyRef, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def secret_names(self) -> frozenset[str]:
+        """Every Secret the function reads (its namespace's)."""
+        return frozenset(
+            [mount.secret for mount in self.secrets] + [ref.secret for ref in self.secret_env]
+        )
 
 
 def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
@@ -80,6 +107,8 @@ def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
         raise AssertionError("unreachable")
     parts = _Parts(causes)
     module, handler = parts.handler(spec.get("handler"))
+    container = _container(spec)
+    env, secret_env = parts.env(container.get("env"))
     result = FunctionSpec(
         namespace=namespace_of(obj) or "default",
         name=name_of(obj),
@@ -92,19 +121,29 @@ def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
         checksum=parts.checksum(spec.get("checksum")),
         deps=parts.text("deps", spec.get("deps")),
         timeout_s=parts.timeout(spec.get("timeout")),
-        env=parts.env(_container(spec).get("env")),
-        memory_limit=(memory := _memory_quantity(_container(spec))),
+        env=env,
+        memory_limit=(memory := _memory_quantity(container)),
         memory_limit_bytes=parts.memory(memory),
         labels=labels_of(obj),
         scaling=parts.scaling(annotations_of(obj)),
+        secrets=parse_secret_mounts(_pod_spec(spec), container, causes),
+        secret_env=secret_env,
     )
     raise_if_causes(causes, kind="Function", name=result.name)
     return result
 
 
+def _pod_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        pod_spec = spec["deployment"]["spec"]["template"]["spec"]
+    except (KeyError, TypeError):
+        return {}
+    return pod_spec if isinstance(pod_spec, dict) else {}
+
+
 def _container(spec: Mapping[str, Any]) -> Mapping[str, Any]:
     try:
-        containers = spec["deployment"]["spec"]["template"]["spec"]["containers"]
+        containers = _pod_spec(spec)["containers"]
         return containers[0] if isinstance(containers[0], dict) else {}
     except (KeyError, IndexError, TypeError):
         return {}
@@ -185,19 +224,33 @@ class _Parts:
             self.fail("spec.timeout", f'timeout "{value}" must be more than 0 seconds')
         return seconds
 
-    def env(self, value: Any) -> tuple[tuple[str, str], ...]:
+    def env(self, value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[SecretKeyRef, ...]]:
+        """Plain values, and values from Secret keys; a name given twice across both is refused
+        (which one wins would be a guess)."""
         if value is None:
-            return ()
+            return (), ()
         pairs: list[tuple[str, str]] = []
+        refs: list[SecretKeyRef] = []
         for index, item in enumerate(value if isinstance(value, list) else [None]):
             field = f"spec.deployment.spec.template.spec.containers[0].env[{index}]"
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 self.fail(field, "each env entry needs a name and a value")
+            elif "valueFrom" in item and item.get("value") not in (None, ""):
+                self.fail(field, f'env "{item["name"]}": give value or valueFrom, not both')
             elif "valueFrom" in item:
-                self.fail(field, f'env "{item["name"]}": valueFrom is not supported yet; use value')
+                ref = parse_secret_key_ref(item["name"], item["valueFrom"], field, self.causes)
+                if ref is not None:
+                    refs.append(ref)
             else:
                 pairs.append((item["name"], str(item.get("value", ""))))
-        return tuple(pairs)
+        plain = {name for name, _ in pairs}
+        for ref in refs:
+            if ref.env in plain:
+                self.fail(
+                    "spec.deployment.spec.template.spec.containers[0].env",
+                    f'env "{ref.env}" is given both as a value and from a Secret',
+                )
+        return tuple(pairs), tuple(refs)
 
     def memory(self, quantity: str | None) -> int | None:
         if quantity is None:
@@ -230,6 +283,7 @@ class _Parts:
                 )
             except Invalid as exc:
                 self.fail(f"metadata.annotations[{SCALING_PREFIX}scale-to-zero-after]", str(exc))
+        values.update(self._scaling_metric(annotations))
         scaling = Scaling(**{**_scaling_fields(defaults), **values})
         self._check_scaling(scaling)
         return scaling
@@ -247,6 +301,37 @@ class _Parts:
         if scaling.target_concurrency < 1:
             self.fail(field, f"{SCALING_PREFIX}target-concurrency must be at least 1")
 
+    def _scaling_metric(self, annotations: Mapping[str, str]) -> dict[str, Any]:
+        """``metric`` and ``target``: a target only for cpu and qps, and then a required one."""
+        metric = str(annotations.get(SCALING_PREFIX + "metric", "concurrency"))
+        raw = annotations.get(SCALING_PREFIX + "target")
+        field = f"metadata.annotations[{SCALING_PREFIX}target]"
+        if metric not in SCALING_METRICS:
+            self.fail(
+                f"metadata.annotations[{SCALING_PREFIX}metric]",
+                f'"{metric}" must be one of {", ".join(SCALING_METRICS)}',
+            )
+        elif metric == "concurrency" and raw is not None:
+            self.fail(
+                field,
+                f"{SCALING_PREFIX}target applies to the cpu and qps metrics; for concurrency "
+                f"set {SCALING_PREFIX}target-concurrency",
+            )
+        elif metric != "concurrency":
+            target = None if raw is None else _metric_target(metric, str(raw))
+            if target is not None:
+                return {"metric": metric, "target": target}
+            unit = (
+                f"a whole percentage of one CPU core, 1 to {CPU_TARGET_MAX_PERCENT}"
+                if metric == "cpu"
+                else "calls per second, a number above 0"
+            )
+            if raw is None:
+                self.fail(field, f"required with metric {metric}: {unit}", "FieldValueRequired")
+            else:
+                self.fail(field, f'"{raw}" must be {unit} (metric {metric})')
+        return {}
+
 
 def _scaling_fields(scaling: Scaling) -> dict[str, Any]:
     return {
@@ -254,4 +339,19 @@ def _scaling_fields(scaling: Scaling) -> dict[str, Any]:
         "max_scale": scaling.max_scale,
         "target_concurrency": scaling.target_concurrency,
         "scale_to_zero_after_s": scaling.scale_to_zero_after_s,
+        "metric": scaling.metric,
+        "target": scaling.target,
     }
+
+
+def _metric_target(metric: str, raw: str) -> float | None:
+    """The target of a cpu (whole percent, 1-100) or qps (calls/s, above 0) rule; None if bad."""
+    text = raw.strip()
+    if metric == "cpu":
+        ok = text.isdigit() and 1 <= int(text) <= CPU_TARGET_MAX_PERCENT
+        return float(text) if ok else None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None

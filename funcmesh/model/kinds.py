@@ -23,6 +23,7 @@ class ResourceType:
     namespaced: bool
     short_names: tuple[str, ...] = ()
     read_only: bool = False
+    deletable: bool = False  # a read-only kind that can still be deleted (Pods)
 
     @property
     def api_version(self) -> str:
@@ -36,7 +37,9 @@ class ResourceType:
     @property
     def verbs(self) -> tuple[str, ...]:
         if self.read_only:
-            return ("get", "list", "watch")
+            return (
+                ("delete", "get", "list", "watch") if self.deletable else ("get", "list", "watch")
+            )
         return ("create", "delete", "get", "list", "patch", "update", "watch")
 
 
@@ -65,7 +68,8 @@ POD = ResourceType(
     singular="pod",
     namespaced=True,
     short_names=("po",),
-    read_only=True,
+    read_only=True,  # a view of running instances and replicas, not stored
+    deletable=True,  # deleting one stops it (a Deployment's is replaced)
 )
 EVENT = ResourceType(
     group="",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from funcmesh.model.function import Scaling
 from funcmesh.model.objects import rfc3339
 from funcmesh.runtime.catalog import Runtime
+from funcmesh.runtime.secret_files import SecretVolume
 
 if TYPE_CHECKING:
     from funcmesh.runtime.pool import FunctionPool
@@ -30,7 +31,14 @@ MEMORY_ERROR_EXIT_CODE = 213  # the worker shim exits with this after answering 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Revision:
-    """Everything needed to start instances of one generation of a function."""
+    """Everything needed to start instances of one generation of a function.
+
+    Values read from Secrets stay out of ``repr`` (and so out of logs and tracebacks), and out
+    of ``env``, which goes through the zygote: ``secret_env`` holds env values from Secret keys
+    and ``secret_volumes`` the files a worker mounts in its private mount namespace, both handed
+    to the worker directly (``funcmesh.runtime.secret_files``). ``secrets_dir`` is
+    ``FUNCMESH_SECRETS_DIR`` (also in ``env``), None without secret volumes.
+    """
 
     namespace: str
     name: str
@@ -48,6 +56,9 @@ class Revision:
     labels: Mapping[str, str]
     scaling: Scaling
     template_hash: str
+    secret_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    secret_volumes: tuple[SecretVolume, ...] = field(default=(), repr=False)
+    secrets_dir: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

@@ -3,9 +3,12 @@
 A :class:`NodeLauncher` starts ``shims/kubeless_runtime.js --spare`` with a listening socket and
 one end of a Unix stream socket (the control socket) inherited, stdout and stderr on a pipe, and
 ``setpriv`` in front: as root it drops to the worker identity and then sets the parent-death
-signal, which the kernel clears when credentials change, so the order matters. A
-:class:`NodeProcess` reads the process's reports on the control socket (``hello`` once warm,
-then ``ready`` or ``failed`` once specialised) and awaits its exit through a pidfd.
+signal, which the kernel clears when credentials change, so the order matters. A process that
+mounts Secrets starts one step earlier: ``python -I -S shims/_funcmesh_secrets.py`` reads them
+from an inherited memfd, mounts them in a private mount namespace as root, then executes the
+``setpriv ... node`` command line. A :class:`NodeProcess` reads the process's reports on the
+control socket (``hello`` once warm, then ``ready`` or ``failed`` once specialised) and awaits
+its exit through a pidfd.
 
 Must not: decide which process serves what (``funcmesh.runtime.node`` does), speak HTTP, read
 os.environ, or block the event loop (processes start with vfork; under uvloop, asyncio's own
@@ -21,17 +24,21 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from funcmesh.errors import Unavailable
+from funcmesh.runtime.secret_files import SECRETS_SHIM, payload_fd
 from funcmesh.runtime.zygote import WorkerLoadError
 
 logger = logging.getLogger(__name__)
 
 SHIM_PATH: Final = Path(__file__).parent / "shims" / "kubeless_runtime.js"
+# Modules the runtime shim requires from its own directory: copied beside it.
+SHIM_MODULES: Final = (SHIM_PATH.with_name("funcmesh_names.js"),)
 DAEMON_PID_ENV: Final = "FUNCMESH_DAEMON_PID"
 EXIT_REPORT_WAIT_S: Final = 0.2  # for the last control line of a process that has exited
 LOG_TAIL_BYTES: Final = 2048
@@ -45,15 +52,22 @@ class Launch:
 
     node_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
+    secrets: bytes | None = field(default=None, repr=False)  # payload of _funcmesh_secrets.py
 
 
 def install_shim(directory: Path) -> Path:
-    """A copy of the runtime shim where workers running as another user can read it (the
-    package may live in a private directory); rewritten only when it changed. Blocks."""
+    """A copy of the runtime shim (and the modules it requires) where workers running as
+    another user can read it (the package may live in a private directory); each file is
+    rewritten only when it changed. Blocks."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
-    target = directory / SHIM_PATH.name
-    source = SHIM_PATH.read_bytes()
+    for module in SHIM_MODULES:
+        _copy_if_changed(module, directory / module.name)
+    return _copy_if_changed(SHIM_PATH, directory / SHIM_PATH.name)
+
+
+def _copy_if_changed(source_path: Path, target: Path) -> Path:
+    source = source_path.read_bytes()
     if not target.is_file() or target.read_bytes() != source:
         staged = target.with_name(f".{target.name}.{os.getpid()}")
         staged.write_bytes(source)
@@ -194,11 +208,13 @@ class NodeLauncher:
         uid: int | None = None,
         gid: int | None = None,
         setpriv: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         self._shim = shim
         self._uid = uid
         self._gid = gid
         self._setpriv = setpriv
+        self._python = python  # runs the Secrets step (stdlib only, as root)
 
     async def launch(
         self, executable: str, *, ip: str, listener: socket.socket, launch: Launch
@@ -207,7 +223,8 @@ class NodeLauncher:
         Unavailable."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_read, log_write = os.pipe()
-        fds = (listener.fileno(), theirs.fileno())
+        fds: tuple[int, ...] = (listener.fileno(), theirs.fileno())
+        secrets_fd = -1
         try:
             argv = [
                 *self._wrapper(),
@@ -216,6 +233,10 @@ class NodeLauncher:
                 str(self._shim),
                 *("--spare", "--listen-fd", str(fds[0]), "--control-fd", str(fds[1])),
             ]
+            if launch.secrets is not None:
+                secrets_fd = payload_fd(launch.secrets)
+                fds += (secrets_fd,)
+                argv = [*self._secrets_step(secrets_fd), *argv]
             env = {**_SPARE_ENV, DAEMON_PID_ENV: str(os.getpid()), **launch.env}
             process = _exec(argv, env=env, fds=fds, log=log_write)
         except BaseException:
@@ -225,6 +246,8 @@ class NodeLauncher:
         finally:
             theirs.close()
             os.close(log_write)
+            if secrets_fd >= 0:
+                os.close(secrets_fd)
             listener.close()  # the process has it; a dead one's connections are refused at once
         pidfd = -1
         try:
@@ -245,6 +268,10 @@ class NodeLauncher:
             control=control,
             log_read_fd=log_read,
         )
+
+    def _secrets_step(self, payload_fd: int) -> list[str]:
+        """Mounts the Secrets in a private mount namespace as root, then executes the rest."""
+        return [self._python, "-I", "-S", str(SECRETS_SHIM), "--payload-fd", str(payload_fd), "--"]
 
     def _wrapper(self) -> list[str]:
         """``setpriv`` (util-linux) drops to the worker identity, and then sets the parent-death

@@ -1,11 +1,14 @@
-"""The instance pool of one function: cold starts, concurrency, queueing, scale to zero.
+"""The instance pool of one function: cold starts, concurrency, queueing, autoscaling.
 
 ``acquire`` gives a caller an instance with room (in-flight calls below the target concurrency),
 starts a new one when none has room and ``max-scale`` allows, and otherwise queues the caller
 (bounded; full -> QueueFull). A new instance's socket is bound before its worker starts, so a
 caller can connect at once and the kernel holds the request until the worker accepts: the cold
 start costs one fork (Python) or one message to a pre-started process (Node.js) plus loading the
-handler (``funcmesh.runtime.starters``). The pool never talks HTTP itself.
+handler (``funcmesh.runtime.starters``). For a cpu or qps rule the sweep also samples the load
+(``autoscale``) and starts instances ahead of the calls, off their path; ``reap_idle`` stops idle
+instances beyond what the rule keeps (``funcmesh.runtime.autoscaler``). The pool never talks HTTP
+itself.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
 from funcmesh.runtime.addresses import AddressPool
+from funcmesh.runtime.autoscaler import Autoscaler, Recommendation, Sample, read_cpu_seconds
 from funcmesh.runtime.instances import Instance, Lease, Revision, describe_exit
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LineSplitter, LogBook
@@ -54,6 +58,10 @@ class PoolContext:
     worker_gid: int | None
     on_pod_change: Callable[[str, Instance], None]
     starters: Mapping[str, WorkerStarter] = field(default_factory=dict)
+    # Cluster names for the function's code: the DNS server (HOST:PORT) its shim asks, and
+    # the Kubernetes service variables of a namespace (``HELLO_SERVICE_HOST``...) at start.
+    dns_server: str | None = None
+    service_env: Callable[[str], Mapping[str, str]] | None = None
 
 
 class FunctionPool:
@@ -76,6 +84,8 @@ class FunctionPool:
         self._decided = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._autoscaler: Autoscaler | None = None  # only while the rule is cpu or qps
+        self._recommended: Recommendation | None = None
 
     @property
     def instances(self) -> list[Instance]:
@@ -330,7 +340,11 @@ class FunctionPool:
             function_name=revision.name,
             code_dir=str(revision.code_dir),
             sys_paths=revision.sys_paths,
-            env=worker_environment(instance),
+            env=worker_environment(
+                instance,
+                dns_server=self._context.dns_server,
+                services=self._context.service_env,
+            ),
             timeout_s=revision.timeout_s,
             runtime=revision.runtime.id,
             memory_limit=revision.memory_limit or "0",
@@ -396,12 +410,36 @@ class FunctionPool:
 
         self._guard(enforce())
 
+    def autoscale(self, now: float) -> None:
+        """Sample the load of a cpu or qps rule and recommend counts for ``reap_idle`` (run by
+        the sweep before it); a concurrency rule needs no samples."""
+        revision = self.revision
+        if revision is None or self._closed or revision.scaling.metric == "concurrency":
+            self._autoscaler = self._recommended = None
+            return
+        live = [i for i in self._instances.values() if not i.draining]
+        sample = Sample(
+            at=now,
+            instances=len(live),
+            cpu_seconds=_cpu_seconds(live) if revision.scaling.metric == "cpu" else {},
+            calls=self.stats.calls,
+        )
+        self._autoscaler = self._autoscaler or Autoscaler()
+        self._recommended = self._autoscaler.observe(sample, revision.scaling)
+
     def reap_idle(self, now: float) -> None:
-        """Stop idle instances beyond min-scale; start instances up to min-scale."""
+        """Stop idle instances beyond what the rule keeps; start instances up to what it wants.
+
+        Kept: min-scale, or for cpu/qps the highest count recommended within
+        scale-to-zero-after. Wanted: min-scale, or for cpu/qps the count recommended now.
+        """
         revision = self.revision
         if revision is None or self._closed:
             return
         scaling = revision.scaling
+        recommended = self._recommended
+        keep = max(scaling.min_scale, recommended.keep if recommended else 0)
+        wanted = max(scaling.min_scale, recommended.desired if recommended else 0)
         live = [i for i in self._instances.values() if not i.draining]
         # Only loaded instances count as idle: one still importing its handler is not.
         idle = sorted(
@@ -414,9 +452,9 @@ class FunctionPool:
             ),
             key=lambda i: i.last_active,
         )
-        for instance in idle[: max(0, len(live) - scaling.min_scale)]:
+        for instance in idle[: max(0, len(live) - keep)]:
             self._stop(instance, "stopped after being idle")
-        for _ in range(scaling.min_scale - len(live)):
+        for _ in range(wanted - len(live)):
             self._guard(self._start_quietly(revision))
 
     async def _start_quietly(self, revision: Revision) -> None:
@@ -424,9 +462,15 @@ class FunctionPool:
             await self._start(revision)
         except FuncmeshError as exc:
             logger.warning("could not keep %s warm: %s", self.display_name, exc)
+            return
+        self._serve_waiters()  # calls queued meanwhile can have it at once
 
     def summary(self) -> Mapping[str, object]:
-        return self.stats.summary(instances=len(self._instances))
+        """Call statistics, and for a cpu or qps rule what the autoscaler last measured."""
+        summary = self.stats.summary(instances=len(self._instances))
+        if self._recommended is not None:
+            summary["autoscaling"] = self._recommended.summary()
+        return summary
 
     async def close(self) -> None:
         """Stop every instance (SIGTERM, then SIGKILL after the grace) and fail the waiters."""
@@ -461,14 +505,37 @@ class _Waiter(asyncio.Future[Instance]):
     deadline: float
 
 
+def _cpu_seconds(instances: list[Instance]) -> dict[str, float]:
+    """CPU seconds used so far by each running instance, by pod name."""
+    used = {}
+    for instance in instances:
+        if instance.process is not None and not instance.exited.is_set():
+            seconds = read_cpu_seconds(instance.process.pid)
+            if seconds is not None:
+                used[instance.pod] = seconds
+    return used
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def worker_environment(instance: Instance) -> dict[str, str]:
-    """The process environment of a worker: the user's env first, Kubeless's variables last."""
+def worker_environment(
+    instance: Instance,
+    *,
+    dns_server: str | None = None,
+    services: Callable[[str], Mapping[str, str]] | None = None,
+) -> dict[str, str]:
+    """The process environment of a worker: the namespace's service variables, then the
+    user's env (which wins over them, as in Kubernetes), Kubeless's variables last."""
     revision = instance.revision
-    env = dict(revision.env)
+    env = dict(services(revision.namespace)) if services is not None else {}
+    env.update(revision.env)
+    if dns_server:
+        env.update(
+            FUNCMESH_DNS_SERVER=dns_server,
+            FUNCMESH_DNS_SEARCH=cluster_search_list(revision.namespace),
+        )
     env.update(
         PATH=os.defpath + ":/usr/local/bin",
         LANG="C.UTF-8",
@@ -487,3 +554,8 @@ def worker_environment(instance: Instance) -> dict[str, str]:
         KUBELESS_INSTALL_VOLUME=str(revision.code_dir),
     )
     return env
+
+
+def cluster_search_list(namespace: str, zone: str = "cluster.local") -> str:
+    """The DNS search list of a pod in ``namespace``, as the kubelet writes it."""
+    return f"{namespace}.svc.{zone} svc.{zone} {zone}"

@@ -7,9 +7,10 @@ connections until the worker accepts. ``PendingWorker.start`` then gives the wor
 and returns once the process exists; its ``ready`` future says when the function has loaded.
 
 Python instances are forked from the runtime's zygote (:class:`ZygoteStarter`, here); Node.js
-instances come from pre-started spare processes (``funcmesh.runtime.node``). This module must not
-decide limits or identities (the pool puts them in the ``SpawnRequest``), read worker output, or
-speak HTTP.
+instances come from pre-started spare processes (``funcmesh.runtime.node``). A revision's Secret
+values (env from Secret keys, volumes to mount) go to the worker in a memfd beside the request,
+never in it (``funcmesh.runtime.secret_files``). This module must not decide limits or
+identities (the pool puts them in the ``SpawnRequest``), read worker output, or speak HTTP.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 from funcmesh.errors import Unavailable
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.instances import Revision
+from funcmesh.runtime.secret_files import payload_fd, secrets_payload
 from funcmesh.runtime.zygote import SpawnRequest, WorkerProcess, Zygote
 
 LISTEN_BACKLOG = 1024
@@ -75,30 +77,57 @@ class ZygoteStarter:
     def reserve(self, revision: Revision) -> PendingWorker:
         ip, listener = bind_pod_address(self._addresses, self._port)
         interpreter = str(revision.runtime.executable)
-        return _ZygoteFork(ip=ip, listener=listener, zygotes=self._zygotes, interpreter=interpreter)
+        return _ZygoteFork(
+            ip=ip,
+            listener=listener,
+            zygotes=self._zygotes,
+            interpreter=interpreter,
+            revision=revision,
+        )
 
 
 class _ZygoteFork:
     """A bound pod address waiting for the zygote to fork its worker."""
 
     def __init__(
-        self, *, ip: str, listener: socket.socket, zygotes: ZygoteSource, interpreter: str
+        self,
+        *,
+        ip: str,
+        listener: socket.socket,
+        zygotes: ZygoteSource,
+        interpreter: str,
+        revision: Revision,
     ) -> None:
         self.ip = ip
         self._listener = listener
         self._zygotes = zygotes
         self._interpreter = interpreter
+        self._revision = revision
 
     async def start(self, request: SpawnRequest) -> StartedWorker:
+        revision = self._revision
+        payload = secrets_payload(
+            env=revision.secret_env,
+            directory=revision.secrets_dir,
+            volumes=revision.secret_volumes,
+            uid=request.uid,
+            gid=request.gid,
+        )
+        secrets_fd: int | None = None
         read_fd, write_fd = os.pipe()
         try:
+            secrets_fd = None if payload is None else payload_fd(payload)
             zygote = await self._zygotes.zygote_for(self._interpreter)
-            process = await zygote.spawn(request, listen_socket=self._listener, log_fd=write_fd)
+            process = await zygote.spawn(
+                request, listen_socket=self._listener, log_fd=write_fd, secrets_fd=secrets_fd
+            )
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
+            if secrets_fd is not None:
+                os.close(secrets_fd)
             # The worker holds the socket now; without our copy, connections to a dead
             # worker are refused at once instead of waiting in the backlog.
             self._listener.close()

@@ -2,10 +2,11 @@
 
 A :class:`Zygote` is one warmed interpreter (``shims/_funcmesh_zygote.py``) behind an AF_UNIX
 SOCK_SEQPACKET control socket, one JSON message per packet. :meth:`Zygote.spawn` passes the
-listening socket and the log pipe of a new instance along with a :class:`SpawnRequest` and
-returns a :class:`WorkerProcess` whose futures say when the function is loaded (or why not)
-and when the process exits. If the zygote dies, its workers die with it (PDEATHSIG) and every
-pending future fails with :class:`~funcmesh.errors.Unavailable`; the pool starts a new zygote.
+listening socket and the log pipe of a new instance (and the memfd of its Secrets, if any)
+along with a :class:`SpawnRequest` and returns a :class:`WorkerProcess` whose futures say when
+the function is loaded (or why not) and when the process exits. If the zygote dies, its workers
+die with it (PDEATHSIG) and every pending future fails with :class:`~funcmesh.errors.Unavailable`;
+the pool starts a new zygote.
 
 Must not: create or bind sockets, read worker logs, parse HTTP, decide limits or identities
 (the pool does), read os.environ, or block the event loop.
@@ -227,15 +228,30 @@ class Zygote:
         return zygote
 
     async def spawn(
-        self, request: SpawnRequest, *, listen_socket: socket.socket, log_fd: int
+        self,
+        request: SpawnRequest,
+        *,
+        listen_socket: socket.socket,
+        log_fd: int,
+        secrets_fd: int | None = None,
     ) -> WorkerProcess:
-        """Fork a worker for ``request``; returns once it exists (see ``ready`` for loading)."""
+        """Fork a worker for ``request``; returns once it exists (see ``ready`` for loading).
+
+        ``secrets_fd`` (a memfd, see ``funcmesh.runtime.secret_files``) goes to the worker as a
+        third descriptor that the zygote passes on unread: Secret values never enter the
+        zygote's memory, which every later worker inherits.
+        """
         pod = request.pod_name
         if not self._alive or self._closing:
             raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
         if pod in self._slots:
             raise AlreadyExists(f"pod {pod} already has a worker in zygote {self.pid}")
-        payload = json.dumps(request.to_message()).encode()
+        message = request.to_message()
+        fds: tuple[int, ...] = (listen_socket.fileno(), log_fd)
+        if secrets_fd is not None:
+            message["secrets"] = True
+            fds += (secrets_fd,)
+        payload = json.dumps(message).encode()
         if len(payload) > MAX_MESSAGE_BYTES:
             raise Invalid(
                 f"spawn request for pod {pod} is {len(payload)} bytes, more than "
@@ -244,7 +260,7 @@ class Zygote:
         slot = _Slot.create(self._loop)
         self._slots[pod] = slot
         try:
-            await self._send(payload, fds=(listen_socket.fileno(), log_fd))
+            await self._send(payload, fds=fds)
         except BaseException:
             self._slots.pop(pod, None)
             raise

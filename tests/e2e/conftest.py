@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,6 +32,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def free_dns_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP (the DNS server listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
+            return port
+
+
+def random_service_cidr() -> str:
+    """A /24 of its own for each test daemon's ClusterIPs (its VIPs bind them), away from the
+    default 127.96.0.0/16 and the pod network 127.128.0.0/16."""
+    return f"127.{random.randint(97, 126)}.{random.randint(0, 255)}.0/24"
+
+
 @dataclass
 class Daemon:
     home: Path
@@ -39,6 +59,8 @@ class Daemon:
     process: subprocess.Popen[bytes]
     log_path: Path
     gateway_tls_port: int = 0  # the TLS listener (HTTPTriggers with a tls-secret)
+    service_cidr: str = ""  # where its ClusterIPs come from (FUNCMESH_SERVICE_CIDR)
+    dns_port: int = 0  # its DNS server, UDP and TCP on 127.0.0.1 (--dns-addr)
 
     @property
     def env(self) -> dict[str, str]:
@@ -99,10 +121,12 @@ def _remove_work_dirs() -> Iterator[None]:
 
 def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
     api_port, gateway_port, gateway_tls_port = free_port(), free_port(), free_port()
+    dns_port = free_dns_port()
     env = {
         **os.environ,
         "FUNCMESH_HOME": str(home),
         "FUNCMESH_WORK_DIR": str(work_dir_for(home)),
+        "FUNCMESH_SERVICE_CIDR": random_service_cidr(),
         **(extra_env or {}),
     }
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -116,6 +140,8 @@ def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None
             f"127.0.0.1:{gateway_port}",
             "--gateway-tls-addr",
             f"127.0.0.1:{gateway_tls_port}",
+            "--dns-addr",
+            f"127.0.0.1:{dns_port}",
         ],
         env=env,
         stdout=log,
@@ -130,6 +156,8 @@ def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None
         process=process,
         log_path=log_path,
         gateway_tls_port=gateway_tls_port,
+        service_cidr=env["FUNCMESH_SERVICE_CIDR"],
+        dns_port=dns_port,
     )
     wait_ready(daemon)
     return daemon

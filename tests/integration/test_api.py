@@ -81,6 +81,10 @@ class FakePods:
         await asyncio.Event().wait()  # no pod ever changes here
         yield "ADDED", {}
 
+    async def delete_pod(self, namespace: str, name: str) -> RawObject:
+        self.get_pod(namespace, name)  # NotFound
+        return self.pods.pop((namespace, name))
+
 
 @dataclass
 class FakeLogs:
@@ -328,7 +332,7 @@ async def test_discovery_documents_list_groups_resources_and_subresources(api: A
     assert "watch" in resources["functions"]["verbs"]
     assert {"functions/status", "functions/log", "functions/stats"} <= resources.keys()
     core_resources = {r["name"]: r for r in v1["resources"]}
-    assert core_resources["pods"]["verbs"] == ["get", "list", "watch"]
+    assert core_resources["pods"]["verbs"] == ["delete", "get", "list", "watch"]
     assert core_resources["namespaces"]["shortNames"] == ["ns"]
     assert "pods/log" in core_resources
 
@@ -556,10 +560,49 @@ async def test_pods_come_from_the_provider_and_are_read_only(api: Api) -> None:
     assert [(p["kind"], p["metadata"]["name"]) for p in listing["items"]] == [("Pod", "hello-x1")]
     everywhere = (await api.client.get("/api/v1/pods")).json()
     assert len(everywhere["items"]) == 1
-    write = await api.client.delete("/api/v1/namespaces/default/pods/hello-x1")
+    write = await api.client.put("/api/v1/namespaces/default/pods/hello-x1", json=pod)
     assert "read-only" in assert_status(write, 405, "MethodNotAllowed")["message"]
     missing = await api.client.get("/api/v1/namespaces/default/pods/nope")
     assert_status(missing, 404, "NotFound")
+
+
+async def test_deleting_a_pod_goes_to_the_provider(api: Api) -> None:
+    pod = {"metadata": {"name": "web-x1", "namespace": "default"}, "status": {"phase": "Running"}}
+    api.fakes.pods.pods[("default", "web-x1")] = pod
+    deleted = await api.client.delete("/api/v1/namespaces/default/pods/web-x1")
+    assert deleted.status_code == 200, deleted.text
+    assert (deleted.json()["kind"], deleted.json()["metadata"]["name"]) == ("Pod", "web-x1")
+    assert ("default", "web-x1") not in api.fakes.pods.pods
+    again = await api.client.delete("/api/v1/namespaces/default/pods/web-x1")
+    assert_status(again, 404, "NotFound")
+
+
+async def test_the_scale_subresource_of_a_deployment(api: Api) -> None:
+    deployments = "/apis/apps/v1/namespaces/default/deployments"
+    body = {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}},
+    }
+    assert (await api.client.post(deployments, json=body)).status_code == 201
+    scale = (await api.client.get(f"{deployments}/web/scale")).json()
+    assert (scale["kind"], scale["apiVersion"], scale["spec"]) == (
+        "Scale",
+        "autoscaling/v1",
+        {"replicas": 1},
+    )
+    assert scale["status"]["selector"] == "a=b"
+    patched = await api.client.patch(
+        f"{deployments}/web/scale",
+        content=b'{"spec": {"replicas": 3}}',
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert patched.json()["spec"] == {"replicas": 3}, patched.text
+    stored = (await api.client.get(f"{deployments}/web")).json()
+    assert (stored["spec"]["replicas"], stored["metadata"]["generation"]) == (3, 2)
+    bad = await api.client.put(f"{deployments}/web/scale", json={**scale, "spec": {"replicas": -1}})
+    assert "spec.replicas" in assert_status(bad, 422, "Invalid")["message"]
+    stale = await api.client.put(f"{deployments}/web/scale", json=scale)  # old resourceVersion
+    assert_status(stale, 409, "Conflict")
 
 
 # tables

@@ -71,7 +71,9 @@ HISTOGRAM_BUCKETS_S = (
     10.0,
 )
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-SHIM_MODULES = frozenset({"_funcmesh_worker", "_funcmesh_zygote"})
+SHIM_MODULES = frozenset(
+    {"_funcmesh_worker", "_funcmesh_zygote", "_funcmesh_secrets", "_funcmesh_names"}
+)
 
 TEXT_HTML = b"text/html; charset=UTF-8"
 TEXT_PLAIN = b"text/plain; charset=utf-8"

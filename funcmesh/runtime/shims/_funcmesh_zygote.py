@@ -5,7 +5,8 @@ control socket (fd ``$FUNCMESH_CONTROL_FD``, default 3). One JSON object per pac
 a spawn (listening socket, log pipe) ride along as SCM_RIGHTS. Messages:
 
   zygote -> daemon  {"op": "hello", "pid", "python"}
-  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>} + [listen fd, log fd]
+  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>, "secrets"?} + [listen fd, log fd,
+                    and with "secrets": true a memfd of the function's Secrets]
   zygote -> daemon  {"op": "spawned", "pod", "pid"}  or  {"op": "error", "pod", "error"}
   zygote -> daemon  {"op": "ready", "pod", "pid"}  or  {"op": "failed", "pod", "pid", "error"}
   daemon -> zygote  {"op": "kill", "pid", "signal"}
@@ -19,6 +20,10 @@ child closes its copy of the control socket at once (the handler's import is use
 must not be able to forge messages or shut the socket down for every worker) and reports
 "loaded" or the load error through a pipe of its own, which the zygote relays as "ready" or
 "failed". On EOF of the control socket the zygote SIGKILLs its children and exits 0.
+
+Secret values reach a worker only through the memfd, which the zygote passes on unread: what
+the zygote reads stays in its memory, and every later worker inherits that. As root, the worker
+mounts them in a private mount namespace (``_funcmesh_secrets.py``) before dropping privileges.
 
 Must not: import anything outside the standard library (it runs in the user's interpreter,
 Python 3.8 or newer), import the daemon, or let a forked child return into the zygote loop.
@@ -114,6 +119,8 @@ WARM_MODULES = (
 )
 
 _prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+_secrets: ModuleType | None = None  # _funcmesh_secrets, imported by main() with the worker
+_names: ModuleType | None = None  # _funcmesh_names: cluster names for the handler's code
 
 
 def set_parent_death_signal() -> None:
@@ -225,12 +232,14 @@ class Zygote:
             close_fds(fds)
             self.send({"op": "error", "pod": None, "error": f"unreadable message: {exc}"})
             return True
+        wanted = 3 if op == "spawn" and message.get("secrets") else 2
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             self.send({"op": "error", "pod": pod, "error": "message truncated"})
-        elif op == "spawn" and len(fds) == 2:
+        elif op == "spawn" and len(fds) == wanted:
             self.spawn(pod, data, fds)
         elif op == "spawn":
-            self.send({"op": "error", "pod": pod, "error": f"spawn needs 2 fds, got {len(fds)}"})
+            error = f"spawn needs {wanted} fds, got {len(fds)}"
+            self.send({"op": "error", "pod": pod, "error": error})
         elif op == "kill":
             self.kill(message)
         else:
@@ -386,18 +395,24 @@ class Zygote:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker sets SIGTERM/SIGINT itself
         if not _has_data(channel):
             self.worker.rehearse()  # pages the serving path touches get copied now, not later
-        size, ancdata, _, _ = channel.recvmsg_into([self.buffer], socket.CMSG_SPACE(2 * FD_BYTES))
+        size, ancdata, _, _ = channel.recvmsg_into([self.buffer], socket.CMSG_SPACE(3 * FD_BYTES))
         fds = receive_fds(ancdata)
         channel.close()
-        if not size or len(fds) != 2:
+        if not size or len(fds) not in (2, 3):
             return 0  # the zygote is closing
         request = json.loads(self.buffer[:size])
         request["zygote_pid"] = self.pid
-        return become_worker(self.worker, request, fds[0], fds[1], status_fd)
+        secrets_fd = fds[2] if len(fds) == 3 else None
+        return become_worker(self.worker, request, fds[0], fds[1], status_fd, secrets_fd)
 
 
 def become_worker(
-    worker: ModuleType, request: dict[str, Any], listen_fd: int, log_fd: int, status_fd: int
+    worker: ModuleType,
+    request: dict[str, Any],
+    listen_fd: int,
+    log_fd: int,
+    status_fd: int,
+    secrets_fd: int | None = None,
 ) -> int:
     """Join the cgroup, take the log, load the function, report, and serve."""
     # A SIGTERM that comes before the server can drain waits for it (default: instant death).
@@ -417,10 +432,12 @@ def become_worker(
     handler = None
     if load_error is None:
         try:
-            handler = load(worker, request)
+            handler = load(worker, request, secrets_fd)
         except BaseException as exc:  # noqa: BLE001 -- any failure is reported, then served
             load_error = worker.describe_exception(exc)
             traceback.print_exc()
+    elif secrets_fd is not None:
+        os.close(secrets_fd)
     report_load(status_fd, load_error)
     context = worker.make_context(
         request.get("function_name", ""),
@@ -446,10 +463,19 @@ def report_load(status_fd: int, load_error: str | None) -> None:
         os.close(status_fd)
 
 
-def load(worker: ModuleType, request: dict[str, Any]) -> Any:
-    """Apply limits, identity, environment and paths, then import the handler."""
+def load(worker: ModuleType, request: dict[str, Any], secrets_fd: int | None = None) -> Any:
+    """Apply Secrets, limits, identity, environment and paths, then import the handler."""
     import resource
 
+    secret_env = {}
+    if secrets_fd is not None:  # first: mounting needs root (and memory a limit may deny)
+        if _secrets is None:
+            os.close(secrets_fd)
+            raise RuntimeError("the zygote did not load _funcmesh_secrets")
+        payload = _secrets.read_payload(secrets_fd)
+        if payload.get("mounts"):
+            _secrets.mount_secrets(payload["mounts"])
+        secret_env = payload.get("env") or {}
     limit = request.get("memory_limit_bytes")
     if request.get("use_rlimit") and limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -468,7 +494,11 @@ def load(worker: ModuleType, request: dict[str, Any]) -> Any:
         set_parent_death_signal()
         if os.getppid() != request.get("zygote_pid", os.getppid()):
             os._exit(1)  # the zygote died before the signal was set again
-    os.environ.update(request.get("env") or {})  # empty before: the zygote cleared its own
+    # empty before: the zygote cleared its own. Kubeless's variables (in the request) win.
+    os.environ.update(secret_env)
+    os.environ.update(request.get("env") or {})
+    if _names is not None:
+        _names.install(os.environ)  # a no-op unless FUNCMESH_DNS_SERVER is set
     code_dir = request["code_dir"]
     os.chdir(code_dir)
     sys_paths = list(request.get("sys_paths") or ())
@@ -501,12 +531,16 @@ def _join_cgroup(procs: str, pid: int) -> None:
 
 
 def import_worker(shim_dir: str) -> ModuleType:
-    """Import the worker shim and warm the stdlib, with the shim dir on sys.path only meanwhile."""
+    """Import the worker, secrets and names shims and warm the stdlib, with the shim dir on sys.path
+    only meanwhile (a handler's module of the same name must not shadow them later)."""
     import importlib
 
+    global _secrets, _names
     sys.path.insert(0, shim_dir)
     try:
         worker = importlib.import_module("_funcmesh_worker")
+        _secrets = importlib.import_module("_funcmesh_secrets")
+        _names = importlib.import_module("_funcmesh_names")
         for name in WARM_MODULES:
             # an interpreter built without one (ssl, say) serves without it
             with contextlib.suppress(ImportError):

@@ -32,6 +32,7 @@ const path = require('path');
 const querystring = require('querystring');
 const util = require('util');
 const Module = require('module');
+const names = require('./funcmesh_names.js');
 
 const DEFAULT_BODY_LIMIT_MB = 1; // Kubeless's REQ_MB_LIMIT default
 const MAX_HEADER_BYTES = 64 * 1024;
@@ -743,6 +744,7 @@ function replaceEnvironment(env) {
 async function specialise(message, listenFd, control) {
   if (message.pod_name) process.title = `funcmesh-node ${message.pod_name}`; // for ps and top
   replaceEnvironment(message.env);
+  names.install(process.env); // cluster names for http.get('http://hello:8080'); no-op without DNS
   const app = new FunctionApp(
     makeContext({
       functionName: message.function_name,

@@ -45,7 +45,7 @@ def test_aggregated_discovery_separates_core_and_named_groups() -> None:
     assert [item["metadata"]["name"] for item in core["items"]] == [""]
     assert named["apiVersion"] == "apidiscovery.k8s.io/v2beta1"
     pods = next(r for r in core["items"][0]["versions"][0]["resources"] if r["resource"] == "pods")
-    assert pods["verbs"] == ["get", "list", "watch"]
+    assert pods["verbs"] == ["delete", "get", "list", "watch"]  # deleting a pod stops it
     assert pods["subresources"] == [
         {
             "subresource": "log",

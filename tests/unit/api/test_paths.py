@@ -76,6 +76,7 @@ def test_unknown_paths_are_not_found(group_version: tuple[str, str], path: str) 
         ("PATCH", ResourcePath(rt=FUNCTION, namespace="a", name="f"), False, "patch"),
         ("DELETE", ResourcePath(rt=FUNCTION, namespace="a", name="f"), False, "delete"),
         ("GET", ResourcePath(rt=POD, namespace=None), False, "list"),
+        ("DELETE", ResourcePath(rt=POD, namespace="a", name="p"), False, "delete"),
     ],
 )
 def test_verbs(method: str, path: ResourcePath, watch: bool, verb: str) -> None:
@@ -87,7 +88,8 @@ def test_verbs(method: str, path: ResourcePath, watch: bool, verb: str) -> None:
     [
         ("POST", ResourcePath(rt=FUNCTION, namespace="a", name="f"), "not supported"),
         ("PUT", ResourcePath(rt=FUNCTION, namespace="a"), "not supported"),
-        ("DELETE", ResourcePath(rt=POD, namespace="a", name="p"), "read-only"),
+        ("PUT", ResourcePath(rt=POD, namespace="a", name="p"), "read-only"),
+        ("PATCH", ResourcePath(rt=POD, namespace="a", name="p"), "read-only"),
         ("POST", ResourcePath(rt=FUNCTION, namespace=None), "inside a namespace"),
         (
             "DELETE",

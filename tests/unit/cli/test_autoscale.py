@@ -73,9 +73,10 @@ def test_concurrency_rule_without_value_keeps_the_target_concurrency() -> None:
     assert metric["pods"]["targetAverageValue"] == "4"
 
 
-def test_cpu_rule_is_kubeless_resource_metric_and_stored_as_annotations() -> None:
+def test_cpu_rule_is_kubeless_resource_metric_and_the_annotations_the_pool_reads() -> None:
+    current = function()
     rule = AutoscaleRule(min_scale=1, max_scale=5, metric="cpu", value="70")
-    patch = build_create_patch(function(), rule)
+    patch = build_create_patch(current, rule)
 
     annotations = patch["metadata"]["annotations"]
     assert annotations[P + "metric"] == "cpu"
@@ -83,6 +84,8 @@ def test_cpu_rule_is_kubeless_resource_metric_and_stored_as_annotations() -> Non
     assert patch["spec"]["horizontalPodAutoscaler"]["spec"]["metrics"] == [
         {"type": "Resource", "resource": {"name": "cpu", "targetAverageUtilization": 70}}
     ]
+    scaling = parse_function(apply_merge_patch(current, patch)).scaling
+    assert (scaling.metric, scaling.target, scaling.max_scale) == ("cpu", 70.0, 5)
 
 
 def test_qps_rule_is_kubeless_object_metric_on_function_calls() -> None:
@@ -148,6 +151,18 @@ def test_rule_row_shows_metric_and_value() -> None:
             AutoscaleRule(min_scale=1, max_scale=2, metric="qps", value="x"),
             "--value must be a positive number",
         ),
+        (
+            AutoscaleRule(min_scale=1, max_scale=2, metric="qps", value="inf"),
+            "--value must be a positive number",
+        ),
+        (
+            AutoscaleRule(min_scale=1, max_scale=2, metric="cpu", value="150"),
+            "percentage of one CPU core per instance, at most 100",
+        ),
+        (
+            AutoscaleRule(min_scale=1, max_scale=2, metric="cpu", value="50.5"),
+            "--value must be a whole number",
+        ),
     ],
 )
 def test_bad_rules_are_refused_with_kubeless_messages(rule: AutoscaleRule, message: str) -> None:
@@ -155,5 +170,6 @@ def test_bad_rules_are_refused_with_kubeless_messages(rule: AutoscaleRule, messa
         check_rule(rule)
 
 
-def test_min_zero_is_accepted() -> None:
+def test_min_zero_and_a_full_core_are_accepted() -> None:
     check_rule(AutoscaleRule(min_scale=0, max_scale=1))
+    check_rule(AutoscaleRule(min_scale=0, max_scale=1, metric="cpu", value="100"))

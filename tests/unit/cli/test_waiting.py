@@ -59,6 +59,8 @@ def function(
         (function(2, "BuildFailed", message="pip failed"), "failed", "BuildFailed"),
         (function(2, "LoadFailed"), "failed", "LoadFailed"),
         (function(2, "Invalid"), "failed", "Invalid"),
+        (function(2, "SecretMountRefused"), "failed", "SecretMountRefused"),
+        (function(2, "SecretMissing"), "pending", "SecretMissing"),
     ],
 )
 def test_progress_of_a_generation(obj: dict[str, Any], state: str, reason: str) -> None:

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 from funcmesh.runtime.node import specialisation
-from funcmesh.runtime.node_processes import SHIM_PATH, install_shim
+from funcmesh.runtime.node_processes import SHIM_MODULES, SHIM_PATH, install_shim
 from funcmesh.runtime.zygote import SpawnRequest
 
 
@@ -48,4 +48,7 @@ def test_the_shim_copy_is_readable_by_all_and_follows_the_package(tmp_path: Path
     assert stat.S_IMODE(target.parent.stat().st_mode) == 0o755
     target.write_text("// an older version")
     assert install_shim(tmp_path / "runtime").read_bytes() == SHIM_PATH.read_bytes()
-    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging debris
+    names = sorted(p.name for p in target.parent.iterdir())  # no staging debris
+    assert names == sorted([target.name, *(module.name for module in SHIM_MODULES)])
+    for module in SHIM_MODULES:  # what the shim requires from its own directory is beside it
+        assert (target.parent / module.name).read_bytes() == module.read_bytes()

@@ -1,0 +1,331 @@
+"""Service virtual IPs: the kube-proxy of funcmesh.
+
+``VipListeners`` follows a ``ServiceTable`` and keeps one listening socket per (cluster IP,
+port) of each Service, changed in the table's own change callback so that the sockets always
+match the table:
+
+- a TCP port listens only while the Service has a ready endpoint for it, so a connection to a
+  VIP without one is refused by the kernel at once; when the last endpoint goes, the socket
+  closes and established connections carry on. Each accepted connection is forwarded to an
+  endpoint (``splicing``) chosen by the port's ``Balancer`` (round robin; ClientIP affinity
+  when the Service asks for it), the next endpoint being tried when one refuses;
+- a UDP port forwards datagrams the same way (``datagrams``);
+- the ports of a function's Service always listen (a function can start from zero), and every
+  HTTP request on them is a call of the function through the gateway (``FunctionEntrances``).
+
+Headless and ExternalName Services have no VIP; SCTP ports are not forwarded. A port that cannot
+be bound (taken by another process, below 1024 without root) is logged and tried again at the
+Service's next change. Does no HTTP itself and never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from funcmesh.discovery.services import Key, ServiceTable, ServiceView
+from funcmesh.gateway.balancing import Balancer, ClientIpAffinity, Endpoint, RoundRobin
+from funcmesh.gateway.datagrams import DatagramPort
+from funcmesh.gateway.splicing import Splices, forward, reset
+
+logger = logging.getLogger(__name__)
+
+CLIENT_IP_AFFINITY = "ClientIP"
+BACKLOG = 1024
+_ACCEPTS_PER_WAKE = 64
+_ACCEPT_PAUSE_S = 0.1  # out of file descriptors: stop accepting this long, then try again
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+VipAddress = tuple[str, int, str]  # (cluster IP, port, protocol)
+BalancerFactory = Callable[[], Balancer]
+
+
+class FunctionEntrances(Protocol):
+    """The gateway, as the VIP of a function's Service needs it."""
+
+    def function_entrance(self, namespace: str, name: str) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for connections whose every HTTP request calls the function."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Wanted:
+    """What one VIP port should be: forwarding to endpoints, or the entrance of a function."""
+
+    endpoints: tuple[Endpoint, ...] = ()
+    function: tuple[str, str] | None = None  # (namespace, name)
+    affinity_timeout_s: float | None = None  # ClientIP affinity, else None
+
+    def same_kind(self, other: _Wanted) -> bool:
+        return (self.function, self.affinity_timeout_s) == (
+            other.function,
+            other.affinity_timeout_s,
+        )
+
+
+class VipListeners:
+    """Listens on the VIPs of every Service in ``table`` while it should; ``close`` stops."""
+
+    def __init__(
+        self,
+        table: ServiceTable,
+        *,
+        functions: FunctionEntrances | None = None,
+        balancer: BalancerFactory = RoundRobin,
+        backlog: int = BACKLOG,
+    ) -> None:
+        self._table = table
+        self._functions = functions
+        self._new_balancer = balancer
+        self._backlog = backlog
+        self._ports: dict[Key, dict[VipAddress, _Port]] = {}
+        self._splices = Splices()
+        self._setups: set[asyncio.Task[None]] = set()
+        self._failed: set[tuple[VipAddress, int]] = set()  # bind failures logged already
+        self._unsubscribe: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Listen for every Service in the table now and follow its changes."""
+        self._loop = asyncio.get_running_loop()
+        self._unsubscribe = self._table.subscribe(self._changed)
+        for view in self._table.services():
+            self._changed(view.key)
+
+    async def close(self) -> None:
+        """Stop listening, cut the forwarded connections (function calls drain in the gateway)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for ports in self._ports.values():
+            for port in ports.values():
+                port.close()
+        self._ports.clear()
+        for task in self._setups:
+            task.cancel()
+        await asyncio.gather(*self._setups, return_exceptions=True)
+        self._splices.abort_all()
+
+    @property
+    def listening(self) -> set[VipAddress]:
+        """Every (cluster IP, port, protocol) bound now."""
+        return {address for ports in self._ports.values() for address in ports}
+
+    @property
+    def forwarded_connections(self) -> int:
+        """TCP connections being forwarded now."""
+        return len(self._splices)
+
+    # following the table
+
+    def _changed(self, key: Key) -> None:
+        wanted = _wanted_ports(
+            self._table, self._table.service(*key), functions=bool(self._functions)
+        )
+        ports = self._ports.setdefault(key, {})
+        for address, bound in list(ports.items()):
+            want = wanted.get(address)
+            if want is None or not want.same_kind(bound.wanted):
+                bound.close()
+                del ports[address]
+        for address, want in wanted.items():
+            if (existing := ports.get(address)) is not None:
+                existing.update(want)
+            elif (opened := self._open(address, want)) is not None:
+                ports[address] = opened
+        if not ports:
+            del self._ports[key]
+
+    def _open(self, address: VipAddress, want: _Wanted) -> _Port | None:
+        port = self._port_for(address, want)
+        try:
+            port.open(self._backlog)
+        except OSError as exc:
+            if (address, exc.errno or 0) not in self._failed:
+                self._failed.add((address, exc.errno or 0))
+                logger.warning("cannot listen on VIP %s:%d/%s: %s", *address, exc.strerror or exc)
+            return None
+        if self._failed:
+            self._failed = {failed for failed in self._failed if failed[0] != address}
+        logger.debug("VIP %s:%d/%s listening", *address)
+        return port
+
+    def _port_for(self, address: VipAddress, want: _Wanted) -> _Port:
+        if want.function is not None:
+            assert self._functions is not None
+            entrance = self._functions.function_entrance(*want.function)
+            return _Port(address, want, on_accept=self._adopter(entrance))
+        balancer = self._balancer(want)
+        if address[2] == "UDP":
+            return _Port(address, want, datagrams=DatagramPort(address[:2], balancer))
+        return _Port(address, want, balancer=balancer, on_accept=self._forwarder(balancer))
+
+    def _balancer(self, want: _Wanted) -> Balancer:
+        balancer = self._new_balancer()
+        if want.affinity_timeout_s is not None:
+            assert self._loop is not None
+            timeout_s = want.affinity_timeout_s
+            balancer = ClientIpAffinity(balancer, timeout_s=timeout_s, clock=self._loop.time)
+        balancer.update(want.endpoints)
+        return balancer
+
+    # accepted connections
+
+    def _forwarder(self, balancer: Balancer) -> Callable[[socket.socket, str], None]:
+        def accepted(client: socket.socket, client_ip: str) -> None:
+            self._spawn(
+                forward(client, client_ip, balancer=balancer, splices=self._splices), client
+            )
+
+        return accepted
+
+    def _adopter(
+        self, entrance: Callable[[], asyncio.Protocol]
+    ) -> Callable[[socket.socket, str], None]:
+        async def adopt(client: socket.socket) -> None:
+            assert self._loop is not None
+            await self._loop.connect_accepted_socket(entrance, client)
+
+        def accepted(client: socket.socket, client_ip: str) -> None:
+            self._spawn(adopt(client), client)
+
+        return accepted
+
+    def _spawn(self, setup: Coroutine[Any, Any, object], client: socket.socket) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(_guarded(setup, client))
+        self._setups.add(task)
+        task.add_done_callback(self._setups.discard)
+
+
+class _Port:
+    """One bound VIP port: a TCP listening socket with its accept callback, or a UDP port."""
+
+    def __init__(
+        self,
+        address: VipAddress,
+        wanted: _Wanted,
+        *,
+        balancer: Balancer | None = None,
+        on_accept: Callable[[socket.socket, str], None] | None = None,
+        datagrams: DatagramPort | None = None,
+    ) -> None:
+        self.address = address
+        self.wanted = wanted
+        self._balancer = balancer
+        self._on_accept = on_accept
+        self._datagrams = datagrams
+        self._loop = asyncio.get_running_loop()
+        self._sock: socket.socket | None = None
+        self._resume: asyncio.TimerHandle | None = None
+
+    def open(self, backlog: int = BACKLOG) -> None:
+        if self._datagrams is not None:
+            self._datagrams.open()
+            return
+        ip, port, _ = self.address
+        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setblocking(False)
+            sock.bind((ip, port))
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._accept)
+
+    def update(self, wanted: _Wanted) -> None:
+        if wanted.endpoints != self.wanted.endpoints:
+            if self._datagrams is not None:
+                self._datagrams.update(list(wanted.endpoints))
+            elif self._balancer is not None:
+                self._balancer.update(wanted.endpoints)
+        self.wanted = wanted
+
+    def close(self) -> None:
+        if self._datagrams is not None:
+            self._datagrams.close()
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()  # new connections are refused from now on; accepted ones go on
+        logger.debug("VIP %s:%d/%s closed", *self.address)
+
+    def _accept(self) -> None:
+        sock, on_accept = self._sock, self._on_accept
+        if sock is None or on_accept is None:
+            return
+        for _ in range(_ACCEPTS_PER_WAKE):
+            try:
+                client, peer = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                return
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvloop does; asyncio not
+            on_accept(client, str(peer[0]))
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        logger.warning("VIP %s:%d/%s cannot accept: %s", *self.address, exc.strerror or exc)
+        sock = self._sock
+        if sock is None:
+            return
+        self._loop.remove_reader(sock.fileno())
+        self._resume = self._loop.call_later(
+            _ACCEPT_PAUSE_S, self._loop.add_reader, sock.fileno(), self._accept
+        )
+
+
+async def _guarded(setup: Coroutine[Any, Any, object], client: socket.socket) -> None:
+    """A task boundary: a connection whose set-up failed unexpectedly is reset, and logged."""
+    try:
+        await setup
+    except asyncio.CancelledError:
+        reset(client)
+        raise
+    except Exception:
+        logger.exception("setting up a VIP connection failed")
+        with contextlib.suppress(OSError):
+            reset(client)
+
+
+def _wanted_ports(
+    table: ServiceTable, view: ServiceView | None, *, functions: bool
+) -> dict[VipAddress, _Wanted]:
+    """What each VIP port of the Service should be now; absent ports do not listen."""
+    if view is None or not view.cluster_ip or view.headless:
+        return {}
+    if view.function is not None:
+        if not functions:
+            return {}
+        function = (view.namespace, view.function)
+        return {
+            (view.cluster_ip, port.port, port.protocol): _Wanted(function=function)
+            for port in view.ports
+            if port.protocol == "TCP"
+        }
+    endpoints = table.endpoints(view.namespace, view.name)
+    affinity_s = view.affinity_timeout_s if view.session_affinity == CLIENT_IP_AFFINITY else None
+    wanted: dict[VipAddress, _Wanted] = {}
+    for port in view.ports:
+        # each endpoint once, in the Endpoints' order (so an unchanged list compares equal)
+        ready = tuple(dict.fromkeys(endpoints.backends(port.name))) if endpoints else ()
+        if ready and port.protocol in ("TCP", "UDP"):
+            wanted[(view.cluster_ip, port.port, port.protocol)] = _Wanted(
+                endpoints=ready, affinity_timeout_s=affinity_s
+            )
+    return wanted

@@ -1,0 +1,189 @@
+"""Launcher of one workload process (a Deployment's container), run by the daemon.
+
+The daemon starts this script (with its own interpreter, ``-I -S``) in a new session, with the
+container's environment as this process's environment, and gives it the command to run. This
+script then:
+
+- sets its parent-death signal, so it learns when the daemon dies, even of SIGKILL, and becomes
+  a child subreaper, so processes the command leaves behind are re-parented to it;
+- starts the command in its own process group (the session's), dropping to the worker identity
+  first when one is given, with a parent-death signal of SIGKILL on the command itself;
+- reports ``{"pid": N}`` or ``{"error": "..."}`` as one JSON line on the status descriptor;
+- forwards SIGTERM and SIGINT to the process group (the daemon's graceful stop);
+- when the command exits, kills whatever it left behind (as a container runtime kills a
+  container's cgroup) and exits the same way the command did;
+- when the daemon dies, kills the whole process tree at once.
+
+Hook for cluster DNS (a later task): a private mount namespace with the pod's own
+``/etc/resolv.conf`` belongs in ``_enter_pod`` before the identity drop, where root still can.
+
+Standard library only, Python 3.8 compatible: it runs in whatever interpreter runs the daemon.
+Must not import the daemon, and must not outlive the daemon.
+"""
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+START_ERROR_EXIT_CODE = 128  # what Kubernetes reports for a container that could not start
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option, value):
+    if _libc.prctl(option, value, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl({option}): {os.strerror(errno)}")
+
+
+def _parse(argv):
+    """``--status-fd N --parent PID [--uid U --gid G] [--cwd DIR] -- COMMAND...``"""
+    options = {"uid": None, "gid": None, "cwd": None}
+    words = list(argv)
+    while words and words[0] != "--":
+        key, value = words[0].lstrip("-").replace("-", "_"), words[1]
+        options[key] = value
+        words = words[2:]
+    if not words or len(words) < 2:
+        raise SystemExit("usage: _funcmesh_workload.py --status-fd N --parent PID -- COMMAND...")
+    return options, words[1:]
+
+
+def _report(fd, message):
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(message) + "\n").encode())
+    os.close(fd)
+
+
+def _enter_pod(uid, gid):
+    """Runs in the child between fork and exec: the worker identity, then death with us."""
+    if gid is not None:
+        if os.getuid() == 0:
+            os.setgroups([])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+    # After the identity change: the kernel clears the parent-death signal when it changes.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _descendants():
+    """Every process below this one (children list each task's direct children)."""
+    found = []
+    frontier = [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    children = [int(word) for word in handle.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            frontier.extend(children)
+    return found
+
+
+def _kill_everything():
+    """The daemon is gone: every process of the pod dies now, this one last."""
+    for pid in _descendants():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
+
+
+def _kill_leftovers():
+    for pid in _descendants():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except OSError:  # ChildProcessError: none left
+            return
+
+
+def _exit_like(status):
+    """Exit with the command's exit code, or die of the signal that killed it."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler
+            signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+        os._exit(128 + number)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def main(argv):
+    options, command = _parse(argv)
+    status_fd, parent = int(options["status_fd"]), int(options["parent"])
+    os.set_inheritable(status_fd, False)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        _kill_everything()  # the daemon died before the death signal was set
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+    def on_terminate(number, _frame):
+        if os.getppid() != parent:
+            _kill_everything()
+        # Pass the signal on to the whole group; ignored here meanwhile, so that the kernel
+        # drops our own copy instead of calling this handler again.
+        signal.signal(number, signal.SIG_IGN)
+        with contextlib.suppress(OSError):
+            os.killpg(0, number)
+        signal.signal(number, on_terminate)
+
+    signal.signal(signal.SIGTERM, on_terminate)
+    signal.signal(signal.SIGINT, on_terminate)
+    uid = None if options["uid"] is None else int(options["uid"])
+    gid = None if options["gid"] is None else int(options["gid"])
+    try:
+        child = subprocess.Popen(
+            command,
+            cwd=options["cwd"],
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            preexec_fn=lambda: _enter_pod(uid, gid),
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        _report(status_fd, {"error": _start_error(command, options["cwd"], exc)})
+        os._exit(START_ERROR_EXIT_CODE)
+    _report(status_fd, {"pid": child.pid})
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == child.pid:
+            break
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _kill_leftovers()
+    _exit_like(status)
+
+
+def _start_error(command, cwd, exc):
+    """The reason a command did not start, in the words of a container runtime."""
+    if isinstance(exc, FileNotFoundError) and exc.filename == cwd and cwd:
+        return f'chdir to cwd ("{cwd}") set in config.json failed: no such file or directory'
+    if isinstance(exc, FileNotFoundError):
+        return f'exec: "{command[0]}": executable file not found in $PATH'
+    if isinstance(exc, PermissionError):
+        return f'exec: "{command[0]}": permission denied'
+    reason = exc.strerror if isinstance(exc, OSError) else exc
+    return f'exec: "{command[0]}": {reason}'
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

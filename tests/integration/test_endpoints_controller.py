@@ -1,0 +1,211 @@
+"""The endpoints controller against a real store, fed by a pod source written here (the input,
+as the function pools and the workloads give it): Endpoints follow readiness, named ports,
+deletes; user Endpoints of selector-less Services are left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from funcmesh.controllers.endpoints import EndpointsController
+from funcmesh.controllers.service_ips import ClusterIPs
+from funcmesh.errors import NotFound
+from funcmesh.model.kinds import ENDPOINTS, SERVICE
+from funcmesh.model.objects import RawObject
+from funcmesh.store.sqlite import Store
+
+
+class Pods:
+    """Pods in a dict; every change is told to every watcher, as a PodSource does."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self._watchers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+
+    def list_pods(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(p)
+            for p in self.pods.values()
+            if namespace is None or p["metadata"]["namespace"] == namespace
+        ]
+
+    async def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)
+
+    def put(self, pod: dict[str, Any]) -> None:
+        kind = "MODIFIED" if pod["metadata"]["name"] in self.pods else "ADDED"
+        self.pods[pod["metadata"]["name"]] = pod
+        self._tell(kind, pod)
+
+    def remove(self, name: str) -> None:
+        self._tell("DELETED", self.pods.pop(name))
+
+    def _tell(self, kind: str, pod: dict[str, Any]) -> None:
+        for queue in self._watchers:
+            queue.put_nowait((kind, copy.deepcopy(pod)))
+
+
+def pod(
+    name: str, ip: str, *, ready: bool = True, app: str = "web", port: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    ports = [port] if port else []
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": name, "labels": {"app": app}},
+        "spec": {"containers": [{"name": "main", "ports": ports}]},
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def service(name: str, **spec: Any) -> RawObject:
+    return {"metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.005)
+
+
+class World:
+    def __init__(self, store: Store, pods: Pods, ips: ClusterIPs) -> None:
+        self.store, self.pods, self.ips = store, pods, ips
+
+    async def create_service(self, obj: RawObject) -> None:
+        await self.store.create(SERVICE, self.ips.admit(obj, None))
+
+    async def endpoints(self, name: str) -> RawObject | None:
+        try:
+            return await self.store.get(ENDPOINTS, "default", name)
+        except NotFound:
+            return None
+
+    async def ips_of(self, name: str, field: str = "addresses") -> list[str] | None:
+        found = await self.endpoints(name)
+        if found is None:
+            return None
+        return [a["ip"] for s in found.get("subsets") or () for a in s.get(field) or ()]
+
+    async def wait_ips(self, name: str, wanted: list[str], field: str = "addresses") -> float:
+        started = time.monotonic()
+
+        async def check() -> bool:
+            return await self.ips_of(name, field) == wanted
+
+        await eventually(check, f"Endpoints {name} {field} are {wanted}")
+        return time.monotonic() - started
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    store = await Store.open(tmp_path / "state.db")
+    pods = Pods()
+    controller = EndpointsController(store=store, pods=pods)
+    await controller.start()
+    try:
+        yield World(store, pods, ClusterIPs("127.99.8.0/24"))
+    finally:
+        await controller.close()
+        await store.close()
+
+
+async def test_endpoints_follow_pod_readiness(world: World) -> None:
+    await world.create_service(service("web", selector={"app": "web"}, ports=[{"port": 80}]))
+    await world.wait_ips("web", [])  # no pod yet: an Endpoints object without subsets
+    world.pods.put(pod("a", "127.128.9.1"))
+    world.pods.put(pod("b", "127.128.9.2", ready=False))
+    world.pods.put(pod("other", "127.128.9.3", app="db"))
+    await world.wait_ips("web", ["127.128.9.1"])
+    await world.wait_ips("web", ["127.128.9.2"], field="notReadyAddresses")
+
+    world.pods.put(pod("b", "127.128.9.2"))  # becomes ready
+    elapsed = await world.wait_ips("web", ["127.128.9.1", "127.128.9.2"])
+    print(f"readiness change reached the Endpoints after {elapsed * 1000:.1f} ms")
+    world.pods.remove("a")
+    await world.wait_ips("web", ["127.128.9.2"])
+    world.pods.put(pod("b", "127.128.9.2", ready=False))
+    await world.wait_ips("web", [])
+    endpoints = await world.endpoints("web")
+    assert endpoints is not None
+    assert endpoints["subsets"][0]["ports"] == [{"port": 80, "protocol": "TCP"}]
+
+
+async def test_a_named_target_port_leaves_out_pods_without_it(world: World) -> None:
+    world.pods.put(pod("named", "127.128.9.4", port={"name": "http", "containerPort": 8000}))
+    world.pods.put(pod("unnamed", "127.128.9.5", port={"containerPort": 8000}))
+    await world.create_service(
+        service("named", selector={"app": "web"}, ports=[{"port": 80, "targetPort": "http"}])
+    )
+    await world.wait_ips("named", ["127.128.9.4"])
+    endpoints = await world.endpoints("named")
+    assert endpoints is not None
+    assert endpoints["subsets"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert endpoints["subsets"][0]["addresses"][0]["targetRef"]["name"] == "named"
+
+
+async def test_a_selector_matching_nothing_gives_empty_endpoints(world: World) -> None:
+    world.pods.put(pod("a", "127.128.9.6"))
+    await world.create_service(service("lonely", selector={"app": "none"}, ports=[{"port": 80}]))
+    await world.wait_ips("lonely", [])
+
+
+async def test_user_endpoints_of_a_service_without_selector_are_left_alone(world: World) -> None:
+    await world.create_service(service("db", ports=[{"port": 5432}]))
+    user = {
+        "metadata": {"name": "db", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 5432}]}],
+    }
+    await world.store.create(ENDPOINTS, user)
+    world.pods.put(pod("a", "127.128.9.7"))
+    await world.create_service(service("web", selector={"app": "web"}, ports=[{"port": 80}]))
+    await world.wait_ips("web", ["127.128.9.7"])  # the controller has been at work meanwhile
+    assert await world.ips_of("db") == ["127.0.0.1"]
+
+
+async def test_managed_endpoints_are_put_right_and_go_with_their_service(world: World) -> None:
+    world.pods.put(pod("a", "127.128.9.8"))
+    await world.create_service(service("web", selector={"app": "web"}, ports=[{"port": 80}]))
+    await world.wait_ips("web", ["127.128.9.8"])
+    tampered = await world.endpoints("web")
+    assert tampered is not None
+    tampered["subsets"][0]["addresses"] = [{"ip": "127.0.0.9"}]
+    await world.store.update(ENDPOINTS, tampered)
+    await world.wait_ips("web", ["127.128.9.8"])
+    await world.store.delete(ENDPOINTS, "default", "web")
+    await world.wait_ips("web", ["127.128.9.8"])
+
+    await world.store.delete(SERVICE, "default", "web")
+
+    async def gone() -> bool:
+        return await world.endpoints("web") is None
+
+    await eventually(gone, "the Endpoints go with their Service")
+
+
+async def test_orphan_endpoints_are_deleted_at_start(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "state.db")
+    orphan = {"metadata": {"name": "gone"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}]}]}
+    await store.create(ENDPOINTS, orphan)
+    controller = EndpointsController(store=store, pods=Pods())
+    try:
+        await controller.start()
+        assert not await store.exists(ENDPOINTS, "default", "gone")
+    finally:
+        await controller.close()
+        await store.close()
