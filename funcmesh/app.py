@@ -1,9 +1,9 @@
 """The composition root: builds every part of ``funcmesh up``, starts them, stops them.
 
 This is the only place that knows all the parts. Start order: state directory and lock, store,
-ClusterIPs and the service table, runtimes, PKI and kubeconfig, pools, controllers, then the
-servers (gateway, API); ``/readyz``
-turns 200 when all serve. Stop order is the reverse, draining in-flight calls first and killing
+ClusterIPs and the service table, the DNS server (workloads' resolv.conf names it), runtimes,
+PKI and kubeconfig, pools, controllers, then the servers (gateway, API); ``/readyz`` turns 200
+when all serve. Stop order is the reverse, draining in-flight calls first and killing
 every worker last, so a SIGTERM loses no accepted call and leaves no process behind.
 """
 
@@ -66,6 +66,7 @@ from funcmesh.runtime.replicas import WorkloadContext
 from funcmesh.runtime.secret_files import SecretFiles
 from funcmesh.runtime.starters import WorkerStarter
 from funcmesh.runtime.stats import Metrics
+from funcmesh.runtime.workload_dns import ClusterDns, pod_nameserver
 from funcmesh.runtime.workloads import Workloads
 from funcmesh.settings import DNS_PORT, DaemonSettings
 from funcmesh.store.calls import CallStore
@@ -152,6 +153,14 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         service_feed = ServiceFeed(store, service_table)
         stack.push_async_callback(service_feed.close)
         await service_feed.start()
+        nameserver = await _serving_dns(  # before the workloads: their resolv.conf names it
+            settings, service_table, kube_dns_ip=service_ips.range.dns_ip
+        )
+        stack.push_async_callback(nameserver.close)
+        dns_addresses = tuple(f"{_url_host(host)}:{port}" for host, port in nameserver.addresses)
+        cluster_dns = await asyncio.to_thread(
+            _cluster_dns, nameserver, kube_dns_ip=service_ips.range.dns_ip, work_dir=work_dir
+        )
         catalog = await asyncio.to_thread(
             RuntimeCatalog.discover, path_env=env.get("PATH", os.defpath)
         )
@@ -199,7 +208,14 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         stack.push_async_callback(pools.close)
         pools.start()
         workloads = Workloads(  # Deployments' replicas: processes on pod IPs of the same pool
-            _workload_context(settings, logbook, pod_events, addresses=addresses, work_dir=work_dir)
+            _workload_context(
+                settings,
+                logbook,
+                pod_events,
+                addresses=addresses,
+                work_dir=work_dir,
+                dns=cluster_dns,
+            )
         )
         stack.push_async_callback(workloads.close)
         pods = PodDirectory(functions=pools, workloads=workloads, events=pod_events)
@@ -258,11 +274,6 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
         vips = VipListeners(service_table, functions=gateway)  # kube-proxy: the ClusterIPs
         vips.start()
         stack.push_async_callback(vips.close)  # before the gateway drains its connections
-        nameserver = await _serving_dns(
-            settings, service_table, kube_dns_ip=service_ips.range.dns_ip
-        )
-        stack.push_async_callback(nameserver.close)
-        dns_addresses = tuple(f"{_url_host(host)}:{port}" for host, port in nameserver.addresses)
         invoker = Invoker(gateway_url)  # how every trigger calls functions
         stack.push_async_callback(invoker.close)
         async_calls.start(invoker)
@@ -313,6 +324,7 @@ def _workload_context(
     *,
     addresses: AddressPool,
     work_dir: Path,
+    dns: ClusterDns,
 ) -> WorkloadContext:
     """Replicas run as the workers do (nobody under a root daemon), at home in work_dir/pods."""
     uid, gid = _worker_identity()
@@ -327,7 +339,32 @@ def _workload_context(
         worker_uid=uid,
         worker_gid=gid,
         restart_backoff_s=settings.runtime.restart_backoff_s,
+        dns=dns,
     )
+
+
+def _cluster_dns(nameserver: NameServer, *, kube_dns_ip: str, work_dir: Path) -> ClusterDns:
+    """How workloads find Services by name. A root daemon gives each pod a resolv.conf naming
+    where the DNS server answers on port 53 (the kube-dns Service's address) and keeps the pods'
+    /etc files in work_dir/pod-etc (emptied here: pods of an earlier run are gone). With no
+    such address pods keep the machine's resolv.conf, as they do under any other user."""
+    host, port = nameserver.addresses[0]
+    server = f"{_url_host(host)}:{port}"
+    if os.geteuid() != 0:
+        return ClusterDns(server=server)
+    address = pod_nameserver(nameserver.addresses, kube_dns_ip=kube_dns_ip)
+    if address is None:
+        logger.warning(
+            "workloads keep the machine's /etc/resolv.conf: the DNS server answers on no "
+            "port 53 (the kube-dns address %s:%d is not served)",
+            kube_dns_ip,
+            DNS_PORT,
+        )
+        return ClusterDns(server=server)
+    etc_root = work_dir / "pod-etc"
+    shutil.rmtree(etc_root, ignore_errors=True)
+    etc_root.mkdir(mode=0o700)
+    return ClusterDns(server=server, nameserver=address, etc_root=etc_root)
 
 
 def _pool_context(

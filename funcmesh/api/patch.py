@@ -1,10 +1,10 @@
-"""PATCH bodies: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+"""PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch.
 
-Strategic merge patch is served as a merge patch without its ``$`` directives: funcmesh kinds
-have no list merge keys (Kubernetes refuses strategic merge for custom resources altogether).
-A malformed patch document is a BadRequest; a well-formed one that cannot be applied (missing
-path, failed ``test``) is Invalid, as in Kubernetes. The functions never change their
-arguments. This module is pure.
+Strategic merge patch (what ``kubectl apply`` and ``kubectl patch`` send for built-in kinds)
+lives in ``strategic_merge``; which lists it merges depends on the kind, which the patched
+document names (stored objects carry ``apiVersion`` and ``kind``). A malformed patch document
+is a BadRequest; a well-formed one that cannot be applied (missing path, failed ``test``) is
+Invalid, as in Kubernetes. The functions never change their arguments. This module is pure.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from funcmesh.api.status import BadRequest, UnsupportedMediaType
+from funcmesh.api.strategic_merge import json_equal, merge_keys_for, strategic_merge_patch
 from funcmesh.errors import Invalid
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -24,12 +25,16 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 def apply_patch(content_type: str, document: Any, patch: Any) -> Any:
     """Apply a decoded patch body of the given content type to ``document``."""
-    if content_type in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
+    if content_type == MERGE_PATCH:
         if not isinstance(patch, dict):
             raise BadRequest("a merge patch must be a JSON object")
-        if content_type == STRATEGIC_MERGE_PATCH:
-            patch = without_directives(patch)
         return merge_patch(document, patch)
+    if content_type == STRATEGIC_MERGE_PATCH:
+        if not isinstance(patch, dict):
+            raise BadRequest("a strategic merge patch must be a JSON object")
+        kind = document if isinstance(document, dict) else {}
+        merge_keys = merge_keys_for(kind.get("apiVersion"), kind.get("kind"))
+        return strategic_merge_patch(document, patch, merge_keys=merge_keys)
     if content_type == JSON_PATCH:
         return json_patch(document, patch)
     if content_type == APPLY_PATCH:
@@ -54,16 +59,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-def without_directives(patch: Any) -> Any:
-    """A strategic merge patch without its ``$``-keys (``$setElementOrder/...``, ``$patch``,
-    ``$retainKeys``): the ordering and list-merge hints have no meaning in a merge patch."""
-    if isinstance(patch, dict):
-        return {k: without_directives(v) for k, v in patch.items() if not str(k).startswith("$")}
-    if isinstance(patch, list):
-        return [without_directives(item) for item in patch]
-    return patch
 
 
 def json_patch(document: Any, operations: Any) -> Any:
@@ -140,7 +135,7 @@ def _copy(document: Any, operation: dict[str, Any]) -> Any:
 
 def _test(document: Any, operation: dict[str, Any]) -> Any:
     actual = _resolve(document, _pointer(operation["path"]))
-    if not _json_equal(actual, operation["value"]):
+    if not json_equal(actual, operation["value"]):
         raise Invalid(
             f'JSON patch test failed at "{operation["path"]}": '
             f"expected {operation['value']!r}, found {actual!r}"
@@ -215,16 +210,3 @@ def _list_index(items: list[Any], key: str, tokens: list[str], *, insert: bool) 
 
 def _render(tokens: list[str]) -> str:
     return "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """Equality in JSON terms: ``true`` is not ``1``, ``1`` equals ``1.0``."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return type(left) is type(right) and left == right
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_json_equal, left, right))
-    if isinstance(left, int | float) and isinstance(right, int | float):
-        return left == right
-    return type(left) is type(right) and left == right

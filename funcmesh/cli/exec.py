@@ -6,17 +6,23 @@ the service links and the container's own variables) in the pod's working direct
 with CMD's exit code (128 + N when a signal N ended it), like ``kubectl exec``. Standard input,
 output and error are the terminal's, so ``-i``/``-t`` are accepted and change nothing.
 
-Cluster DNS for exec'd commands (the pod's resolv.conf in a private mount namespace) is a later
-step: it belongs in ``_run``, around the ``subprocess.run``.
+When the pod has its own resolv.conf (its ``spec.dnsConfig``: a root daemon's workloads) and
+``exec`` runs as root, CMD gets the same DNS settings as the pod's process: ``exec`` writes the
+pod's resolv.conf and hosts again from the Pod object, and CMD runs in a mount namespace of its
+own where they are bind-mounted over ``/etc``'s (private: the machine never sees them), with
+the pod's host name in a UTS namespace, as the launcher of the pod's process does.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -25,9 +31,23 @@ from funcmesh.cli.session import session_of
 from funcmesh.errors import Invalid, Unavailable
 from funcmesh.model.kinds import POD
 from funcmesh.model.objects import RawObject
+from funcmesh.model.pod_dns import pod_hostname, pod_hosts, resolv_conf
 
 EXIT_CANNOT_RUN = 126  # the command exists but cannot run (as a shell reports it)
 EXIT_NOT_FOUND = 127
+CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWUTS: Final = 0x04000000
+MS_BIND: Final = 0x1000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 0x40000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodFiles:
+    """The pod's own /etc files (name -> content) and host name."""
+
+    files: dict[str, str]
+    hostname: str
 
 
 @click.command(
@@ -50,7 +70,13 @@ def exec_command(
     name = pod.removeprefix("pod/").removeprefix("pods/")
     obj = session.client().get(POD, session.namespace, name)
     env, cwd = pod_environment(obj), pod_working_dir(obj)
-    ctx.exit(_run(words, env=env, cwd=cwd))
+    etc = pod_files(obj)
+    if etc is not None and os.geteuid() != 0:
+        click.echo(
+            "note: CMD keeps this machine's /etc/resolv.conf (the pod's needs root)", err=True
+        )
+        etc = None
+    ctx.exit(_run(words, env=env, cwd=cwd, etc=etc))
 
 
 def pod_environment(pod: RawObject) -> dict[str, str]:
@@ -67,16 +93,59 @@ def pod_working_dir(pod: RawObject) -> str | None:
     return str(working_dir) if working_dir else None
 
 
+def pod_files(pod: RawObject) -> PodFiles | None:
+    """The resolv.conf (and hosts) the pod's process sees; None when it has the machine's."""
+    spec, metadata = pod.get("spec") or {}, pod.get("metadata") or {}
+    dns_config = spec.get("dnsConfig")
+    if not isinstance(dns_config, dict) or spec.get("dnsPolicy", "ClusterFirst") == "Default":
+        return None
+    name = str(metadata.get("name") or "")
+    hostname = spec.get("hostname") if isinstance(spec.get("hostname"), str) else None
+    files = {"resolv.conf": resolv_conf(dns_config)}
+    ip = (pod.get("status") or {}).get("podIP")
+    if isinstance(ip, str) and ip and name:
+        subdomain = spec.get("subdomain") if isinstance(spec.get("subdomain"), str) else None
+        files["hosts"] = pod_hosts(
+            ip=ip,
+            pod_name=name,
+            namespace=str(metadata.get("namespace") or "default"),
+            hostname=hostname,
+            subdomain=subdomain,
+        )
+    return PodFiles(files=files, hostname=pod_hostname(name, hostname) if name else "")
+
+
 def _container(pod: RawObject) -> dict[str, Any]:
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     return containers[0] if isinstance(containers[0], dict) else {}
 
 
-def _run(words: list[str], *, env: dict[str, str], cwd: str | None) -> int:
+def _run(
+    words: list[str], *, env: dict[str, str], cwd: str | None, etc: PodFiles | None = None
+) -> int:
     if cwd is not None and not Path(cwd).is_dir():
         raise Unavailable(f"the pod's working directory {cwd} is gone: is the pod still running?")
+    if etc is None:
+        return _run_here(words, env=env, cwd=cwd)
+    with tempfile.TemporaryDirectory(prefix="funcmesh-exec-") as directory:
+        for name, text in etc.files.items():
+            path = Path(directory, name)
+            path.write_text(text)
+            path.chmod(0o644)
+        files = {f"/etc/{name}": str(Path(directory, name)) for name in etc.files}
+        enter = _entering_pod(files, etc.hostname)
+        return _run_here(words, env=env, cwd=cwd, before_exec=enter)
+
+
+def _run_here(
+    words: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str | None,
+    before_exec: Callable[[], None] | None = None,
+) -> int:
     try:
-        completed = subprocess.run(words, env=env, cwd=cwd, check=False)
+        completed = subprocess.run(words, env=env, cwd=cwd, check=False, preexec_fn=before_exec)
     except FileNotFoundError:
         click.echo(f'error: exec: "{words[0]}": executable file not found in $PATH', err=True)
         return EXIT_NOT_FOUND
@@ -87,3 +156,33 @@ def _run(words: list[str], *, env: dict[str, str], cwd: str | None) -> int:
         raise Invalid(f'exec: "{words[0]}": {exc.strerror or exc}') from exc
     code = completed.returncode
     return 128 - code if code < 0 else code
+
+
+def _entering_pod(files: dict[str, str], hostname: str) -> Callable[[], None]:
+    """What the child runs before the exec: a private mount namespace with ``files`` (target
+    -> source) bind-mounted, and ``hostname`` in a UTS namespace. Runs between fork and exec,
+    so a failure is written to stderr, not raised: CMD runs on with what is in place."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    mounts = [(source.encode(), target.encode()) for target, source in files.items()]
+    name = hostname.encode()
+
+    def enter() -> None:
+        try:
+            _check(libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+            _check(libc.mount(b"none", b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None), "/")
+            for source, target in mounts:
+                _check(libc.mount(source, target, None, ctypes.c_ulong(MS_BIND), None), target)
+            if name:
+                _check(libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
+        except OSError as exc:
+            message = f"note: not all of the pod's DNS settings apply to CMD: {exc.strerror}\n"
+            os.write(2, message.encode())
+
+    return enter
+
+
+def _check(result: int, what: str | bytes) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        label = what.decode() if isinstance(what, bytes) else what
+        raise OSError(errno, f"{label}: {os.strerror(errno)}")

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 from typing import cast
 
 from funcmesh.gateway.balancing import Balancer, Endpoint
@@ -75,8 +75,10 @@ class Half(asyncio.Protocol):
         peer = self._peer
         assert peer is not None
         if self._early:
-            peer.transport.write(b"".join(self._early))
+            early = b"".join(self._early)
             self._early.clear()
+            if not peer.transport.is_closing():  # else it is gone, and this side follows it
+                peer.transport.write(early)
         if self._lost and self._failed:
             peer.transport.abort()
         elif self._lost:
@@ -89,6 +91,11 @@ class Half(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    @property
+    def gone_silently(self) -> bool:
+        """The connection ended before this side read anything: trying elsewhere is safe."""
+        return self._lost and not self._early and self._peer is None
 
     # asyncio.Protocol
 
@@ -150,19 +157,26 @@ async def forward(
     """Forward the accepted ``client`` to an endpoint; the endpoint, or None when every
     candidate failed (the client is then reset)."""
     loop = asyncio.get_running_loop()
-    candidates = balancer.candidates(client_ip)
+    candidates = iter(balancer.candidates(client_ip))
     upstream = await _connect_first(loop, candidates, splices, connect_timeout_s)
     if upstream is None:
         reset(client)
         return None
-    endpoint, backend = upstream
-    balancer.connected(client_ip, endpoint)
     try:
         _, front = await loop.connect_accepted_socket(lambda: Half(splices), client)
     except BaseException:
-        backend.abort()
+        upstream[1].abort()
         reset(client)
         raise
+    while upstream is not None and upstream[1].gone_silently:
+        # The endpoint closed before a byte went either way (a pod killed just as it accepted):
+        # the client has lost nothing yet, so the next endpoint may take it.
+        upstream = await _connect_first(loop, candidates, splices, connect_timeout_s)
+    if upstream is None:
+        front.abort()
+        return None
+    endpoint, backend = upstream
+    balancer.connected(client_ip, endpoint)
     front.link(backend)
     backend.link(front)
     front.start()
@@ -172,10 +186,11 @@ async def forward(
 
 async def _connect_first(
     loop: asyncio.AbstractEventLoop,
-    candidates: Sequence[Endpoint],
+    candidates: Iterator[Endpoint],
     splices: Splices,
     timeout_s: float,
 ) -> tuple[Endpoint, Half] | None:
+    """A connection to the first of the remaining ``candidates`` that takes one."""
     factory: Callable[[], Half] = lambda: Half(splices)  # noqa: E731
     for endpoint in candidates:
         try:

@@ -38,6 +38,7 @@ from funcmesh.model.objects import RawObject, rfc3339
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.logs import LogBook
 from funcmesh.runtime.probes import ProbeCounter, ProbeResult, check
+from funcmesh.runtime.workload_dns import ClusterDns
 from funcmesh.runtime.workload_pods import workload_pod
 from funcmesh.runtime.workload_processes import LaunchSpec, StartFailed, WorkloadProcess, launch
 
@@ -65,6 +66,7 @@ class WorkloadContext:
     worker_gid: int | None = None
     restart_backoff_s: float = 10.0
     python: str = sys.executable  # the interpreter of the launcher shim
+    dns: ClusterDns | None = None  # how pods find Services by name
 
 
 def deployment_log_name(deployment: str) -> str:
@@ -117,6 +119,17 @@ class Replica:
         self.ip = take_pod_address(context.addresses, self.port)
         self.home = context.scratch_root / f"{self.namespace}_{name}"
         self.cwd = self.template.container.working_dir or str(self.home)
+        self.etc = (  # its own resolv.conf and hosts: None when it keeps the machine's
+            None
+            if context.dns is None
+            else context.dns.pod_etc(
+                namespace=self.namespace,
+                pod=name,
+                ip=self.ip,
+                hostname=self.template.hostname,
+                subdomain=self.template.subdomain,
+            )
+        )
         self.env: dict[str, str] = {}
         self.ready = False
         self.ready_since: float | None = None  # monotonic: for minReadySeconds
@@ -193,13 +206,7 @@ class Replica:
         """Start the process and supervise it until it ends; a restart counts once started
         (or once it failed to start)."""
         self.env = self._environment()
-        spec = LaunchSpec(
-            argv=command_line(self.template.container, self.env),
-            env=self.env,
-            cwd=self.cwd,
-            uid=self._context.worker_uid,
-            gid=self._context.worker_gid,
-        )
+        spec = self._launch_spec(command_line(self.template.container, self.env))
         began = time.time()
         try:
             self.process = await launch(spec, output=self._sink, python=self._context.python)
@@ -272,6 +279,7 @@ class Replica:
             "PYTHONUNBUFFERED": "1",
             "HOSTNAME": self.template.hostname or self.name,
             **self._service_env(),
+            **(self._context.dns.environment(self.namespace) if self._context.dns else {}),
             "HOST": self.ip,
             "PORT": str(self.port),
             "POD_IP": self.ip,
@@ -321,16 +329,11 @@ class Replica:
             await asyncio.sleep(probe.period_s)
 
     async def _exec(self, command: tuple[str, ...], timeout_s: float) -> ProbeResult:
-        """An exec probe: the command in the container's environment and directory."""
-        spec = LaunchSpec(
-            argv=command,
-            env=self.env,
-            cwd=self.cwd,
-            uid=self._context.worker_uid,
-            gid=self._context.worker_gid,
-        )
+        """An exec probe: the command in the container's environment, directory and /etc."""
         try:
-            process = await launch(spec, output=None, python=self._context.python)
+            process = await launch(
+                self._launch_spec(command), output=None, python=self._context.python
+            )
         except StartFailed as exc:
             return ProbeResult(ok=False, message=str(exc))
         try:
@@ -344,6 +347,18 @@ class Replica:
         if code is None:
             return ProbeResult(ok=False, message=f"command timed out after {timeout_s:g}s")
         return ProbeResult(ok=code == 0, message="" if code == 0 else f"exit code {code}")
+
+    def _launch_spec(self, argv: tuple[str, ...]) -> LaunchSpec:
+        """``argv`` to run as the container runs: environment, directory, user, /etc files."""
+        return LaunchSpec(
+            argv=argv,
+            env=self.env,
+            cwd=self.cwd,
+            uid=self._context.worker_uid,
+            gid=self._context.worker_gid,
+            etc_dir=None if self.etc is None else str(self.etc.directory),
+            hostname=None if self.etc is None else self.etc.hostname,
+        )
 
     # state
 
@@ -359,6 +374,8 @@ class Replica:
         self._on_change(self)
 
     def _prepare_home(self) -> None:
+        if self.etc is not None:
+            self.etc.write()
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._context.worker_uid is not None:
             gid = self._context.worker_gid if self._context.worker_gid is not None else -1
@@ -372,6 +389,8 @@ class Replica:
         self._context.addresses.give_back(self.ip)
         self._context.logbook.forget_pod(self.namespace, self.name)
         await asyncio.to_thread(shutil.rmtree, self.home, ignore_errors=True)
+        if self.etc is not None:
+            await asyncio.to_thread(self.etc.remove)
         self.gone.set()
         self._changed()
 

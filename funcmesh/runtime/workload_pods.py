@@ -3,7 +3,8 @@ read it.
 
 The container carries the template's fields and the process's complete environment in ``env``
 (what funcmesh set, the service links and the user's variables), so ``funcmesh exec`` can run a
-command the way the pod's process runs; ``workingDir`` is where it runs. The status has the
+command the way the pod's process runs; ``workingDir`` is where it runs, and ``dnsConfig``
+(present when the pod has its own resolv.conf) what that resolv.conf says. The status has the
 fields Kubernetes clients read: phase, podIP(s), conditions (Ready, ContainersReady), and a
 container status with ``ready``, ``restartCount``, ``state`` and ``lastState``. Pure: no I/O.
 """
@@ -73,6 +74,8 @@ def _spec(replica: Replica) -> dict[str, Any]:
         spec["hostname"] = template.hostname
     if template.subdomain:
         spec["subdomain"] = template.subdomain
+    if replica.etc is not None:  # the resolv.conf its processes see: also what exec gives
+        spec["dnsConfig"] = copy.deepcopy(dict(replica.etc.dns_config))
     return spec
 
 

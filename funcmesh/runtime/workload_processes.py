@@ -1,11 +1,13 @@
 """Starting one workload process through the launcher shim, and following it until it exits.
 
 A workload's command runs below ``shims/_funcmesh_workload.py``, which the daemon starts in a
-new session with the pod's environment: the shim drops to the worker identity, ties the process
-tree's life to the daemon's (even a SIGKILL of the daemon ends every process of the pod), and
-reports on a pipe whether the command started (``{"pid": N}``) or why not (``{"error": ...}``:
-the "executable file not found" a user must see). A graceful stop is SIGTERM to the shim, which
-passes it on to the process group; ``kill`` is SIGKILL to the whole group.
+new session with the pod's environment: the shim gives the pod its own ``/etc/resolv.conf``,
+``/etc/hosts`` and host name when asked to (cluster DNS: ``funcmesh.runtime.workload_dns``),
+drops to the worker identity, ties the process tree's life to the daemon's (even a SIGKILL of
+the daemon ends every process of the pod), and reports on a pipe whether the command started
+(``{"pid": N}``) or why not (``{"error": ...}``: the "executable file not found" a user must
+see). A graceful stop is SIGTERM to the shim, which passes it on to the process group; ``kill``
+is SIGKILL to the whole group.
 
 Must not: decide what runs or when (``funcmesh.runtime.workloads`` does), read os.environ, or
 block the event loop (processes start with vfork: see ``node_processes._exec``).
@@ -46,6 +48,10 @@ class LaunchSpec:
     cwd: str
     uid: int | None = None  # the worker identity (a root daemon's workers run as nobody)
     gid: int | None = None
+    # The pod's own resolv.conf and hosts (a directory with both), bind-mounted over /etc's in
+    # a private mount namespace, and its host name (a UTS namespace): root only.
+    etc_dir: str | None = None
+    hostname: str | None = None
 
 
 class WorkloadProcess:
@@ -141,6 +147,8 @@ def _exec(python: str, spec: LaunchSpec, *, status_fd: int, log: int) -> subproc
         argv += ["--uid", str(spec.uid)]
     if spec.gid is not None:
         argv += ["--gid", str(spec.gid)]
+    if spec.etc_dir is not None:
+        argv += ["--etc", spec.etc_dir, "--hostname", spec.hostname or ""]
     try:
         return subprocess.Popen(
             [*argv, "--", *spec.argv],

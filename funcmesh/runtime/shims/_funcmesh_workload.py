@@ -6,6 +6,11 @@ script then:
 
 - sets its parent-death signal, so it learns when the daemon dies, even of SIGKILL, and becomes
   a child subreaper, so processes the command leaves behind are re-parented to it;
+- with ``--etc DIR`` (a root daemon, cluster DNS), enters a mount namespace and a UTS namespace
+  of its own, where DIR's ``resolv.conf`` and ``hosts`` are bind-mounted over ``/etc``'s and the
+  host name is the pod's, as a container sees them; the mounts are private, so the machine never
+  sees them, and they go away with the pod's last process. When that fails, the pod runs with
+  the machine's files and its log says why;
 - starts the command in its own process group (the session's), dropping to the worker identity
   first when one is given, with a parent-death signal of SIGKILL on the command itself;
 - reports ``{"pid": N}`` or ``{"error": "..."}`` as one JSON line on the status descriptor;
@@ -13,9 +18,6 @@ script then:
 - when the command exits, kills whatever it left behind (as a container runtime kills a
   container's cgroup) and exits the same way the command did;
 - when the daemon dies, kills the whole process tree at once.
-
-Hook for cluster DNS (a later task): a private mount namespace with the pod's own
-``/etc/resolv.conf`` belongs in ``_enter_pod`` before the identity drop, where root still can.
 
 Standard library only, Python 3.8 compatible: it runs in whatever interpreter runs the daemon.
 Must not import the daemon, and must not outlive the daemon.
@@ -31,6 +33,12 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+ETC_FILES = ("resolv.conf", "hosts")
 START_ERROR_EXIT_CODE = 128  # what Kubernetes reports for a container that could not start
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -42,9 +50,16 @@ def _prctl(option, value):
         raise OSError(errno, f"prctl({option}): {os.strerror(errno)}")
 
 
+def _check(result, what):
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
 def _parse(argv):
-    """``--status-fd N --parent PID [--uid U --gid G] [--cwd DIR] -- COMMAND...``"""
-    options = {"uid": None, "gid": None, "cwd": None}
+    """``--status-fd N --parent PID [--uid U --gid G] [--cwd DIR] [--etc DIR --hostname NAME]
+    -- COMMAND...``"""
+    options = {"uid": None, "gid": None, "cwd": None, "etc": None, "hostname": None}
     words = list(argv)
     while words and words[0] != "--":
         key, value = words[0].lstrip("-").replace("-", "_"), words[1]
@@ -59,6 +74,38 @@ def _report(fd, message):
     with contextlib.suppress(OSError):
         os.write(fd, (json.dumps(message) + "\n").encode())
     os.close(fd)
+
+
+def _enter_private_etc(etc_dir, hostname):
+    """The pod's own /etc/resolv.conf, /etc/hosts and host name, for this process and all it
+    starts. Whatever fails is said on stderr (the pod's log); the pod runs on regardless."""
+    try:
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+        # Private, recursively: on a systemd machine "/" is shared, and the bind mounts below
+        # would otherwise show up in the machine's /etc.
+        flags = ctypes.c_ulong(MS_REC | MS_PRIVATE)
+        _check(_libc.mount(b"none", b"/", None, flags, None), "making / private")
+    except OSError as exc:
+        _warn(f"no private /etc/resolv.conf, /etc/hosts or host name: {exc.strerror}")
+        return
+    for name in ETC_FILES:
+        source = os.path.join(etc_dir, name)
+        try:
+            flags = ctypes.c_ulong(MS_BIND)
+            _check(_libc.mount(source.encode(), f"/etc/{name}".encode(), None, flags, None), source)
+        except OSError as exc:
+            _warn(f"the pod keeps the machine's /etc/{name}: {exc.strerror}")
+    if hostname:
+        encoded = hostname.encode()
+        try:
+            _check(_libc.sethostname(encoded, ctypes.c_size_t(len(encoded))), "sethostname")
+        except OSError as exc:
+            _warn(f"the pod keeps the machine's host name: {exc.strerror}")
+
+
+def _warn(message):
+    with contextlib.suppress(OSError):
+        os.write(2, f"funcmesh: {message}\n".encode())
 
 
 def _enter_pod(uid, gid):
@@ -147,6 +194,8 @@ def main(argv):
 
     signal.signal(signal.SIGTERM, on_terminate)
     signal.signal(signal.SIGINT, on_terminate)
+    if options["etc"] is not None:
+        _enter_private_etc(options["etc"], options["hostname"])
     uid = None if options["uid"] is None else int(options["uid"])
     gid = None if options["gid"] is None else int(options["gid"])
     try:

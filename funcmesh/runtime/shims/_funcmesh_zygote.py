@@ -79,6 +79,7 @@ WARM_MODULES = (
     "email.parser",
     "email.policy",
     "email.utils",
+    "encodings.idna",  # every getaddrinfo of a host name needs it; nobody may not read it later
     "enum",
     "functools",
     "gzip",

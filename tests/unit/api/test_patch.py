@@ -108,13 +108,19 @@ def test_malformed_json_patch_is_a_bad_request(operations: Any, message: str) ->
         json_patch(DOC, operations)
 
 
-def test_strategic_merge_patch_is_a_merge_patch_without_directives() -> None:
-    patch = {
-        "$setElementOrder/finalizers": [{"name": "x"}],
-        "metadata": {"labels": {"a": "b"}, "$retainKeys": ["labels"]},
-    }
-    result = apply_patch(STRATEGIC_MERGE_PATCH, {"metadata": {"name": "n"}}, patch)
-    assert result == {"metadata": {"name": "n", "labels": {"a": "b"}}}
+def test_strategic_merge_patch_merges_lists_by_the_kind_of_the_document() -> None:
+    """The same patch: a Pod merges its containers by name, a kind without merge keys (an
+    HTTPTrigger) takes the list as it is, as a merge patch would."""
+    patch = {"spec": {"containers": [{"name": "web", "image": "b"}], "paused": None}}
+    containers = [{"name": "web", "image": "a", "command": ["run"]}]
+    for kind, merged in (
+        (("v1", "Pod"), [{"name": "web", "image": "b", "command": ["run"]}]),
+        (("kubeless.io/v1beta1", "HTTPTrigger"), [{"name": "web", "image": "b"}]),
+    ):
+        document = {"apiVersion": kind[0], "kind": kind[1], "spec": {"containers": containers}}
+        document["spec"]["paused"] = True
+        result = apply_patch(STRATEGIC_MERGE_PATCH, document, patch)
+        assert result == {**document, "spec": {"containers": merged}}
 
 
 def test_apply_patch_dispatches_on_the_content_type() -> None:
@@ -122,6 +128,8 @@ def test_apply_patch_dispatches_on_the_content_type() -> None:
     assert apply_patch(JSON_PATCH, {"a": 1}, [{"op": "remove", "path": "/a"}]) == {}
     with pytest.raises(BadRequest, match="JSON object"):
         apply_patch(MERGE_PATCH, {"a": 1}, [1])
+    with pytest.raises(BadRequest, match="strategic merge patch must be a JSON object"):
+        apply_patch(STRATEGIC_MERGE_PATCH, {"a": 1}, [1])
     with pytest.raises(UnsupportedMediaType, match="server-side apply"):
         apply_patch(APPLY_PATCH, {}, {})
     with pytest.raises(UnsupportedMediaType, match="text/plain"):
