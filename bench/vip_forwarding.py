@@ -307,12 +307,12 @@ def running(args: argparse.Namespace, pods: int) -> Iterator[tuple[list[Part], V
 
 
 def established_to(ip: str, port: int) -> int:
-    """TCP connections now established to ``ip:port`` (from /proc/net/tcp)."""
+    """TCP connections now established (or being opened) to ``ip:port`` (/proc/net/tcp)."""
     wanted = f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[2] == wanted and fields[3] == "01":  # remote address, TCP_ESTABLISHED
+        if fields[2] == wanted and fields[3] in ("01", "02"):  # ESTABLISHED, SYN_SENT
             count += 1
     return count
 

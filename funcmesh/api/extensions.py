@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import re
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -35,6 +36,8 @@ from funcmesh.store.sqlite import Store
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 MAX_SCALE_BODY_BYTES = 64 * 1024
+# The time the log book puts before each line; shown with ?timestamps=true, as Kubernetes does.
+_LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z ")
 _TRUE = frozenset({"true", "1"})
 
 
@@ -146,6 +149,8 @@ class Extensions:
         follow: Callable[[], AsyncIterator[str]],
     ) -> web.StreamResponse:
         tail_lines = _tail_lines(request.query.get("tailLines"))
+        if request.query.get("timestamps", "").lower() not in _TRUE:  # kubectl's default
+            read, follow = _unstamped_read(read), _unstamped_follow(follow)
         if request.query.get("follow", "").lower() not in _TRUE:
             return web.Response(text=_text(read(tail_lines)), content_type="text/plain")
         live = StartedIterator(follow())
@@ -219,6 +224,18 @@ def _tail_lines(text: str | None) -> int | None:
         raise BadRequest(f'tailLines must be a number, got "{text}"')
     number = int(text)
     return None if number < 0 else number
+
+
+def _unstamped_read(read: Callable[[int | None], list[str]]) -> Callable[[int | None], list[str]]:
+    return lambda tail: [_LOG_STAMP.sub("", line, count=1) for line in read(tail)]
+
+
+def _unstamped_follow(follow: Callable[[], AsyncIterator[str]]) -> Callable[[], AsyncIterator[str]]:
+    async def lines() -> AsyncIterator[str]:
+        async for line in follow():
+            yield _LOG_STAMP.sub("", line, count=1)
+
+    return lines
 
 
 def _text(lines: list[str]) -> str:

@@ -144,9 +144,12 @@ def _read_data_file(path: str) -> bytes:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=int, metavar="N", help="Only the last N lines.")
 @click.option("--build", is_flag=True, help="The dependency build's log instead.")
+@click.option("--timestamps", is_flag=True, help="Put the time each line came before it.")
 @global_options
 @click.pass_context
-def logs(ctx: click.Context, name: str, follow: bool, tail: int | None, build: bool) -> None:
+def logs(
+    ctx: click.Context, name: str, follow: bool, tail: int | None, build: bool, timestamps: bool
+) -> None:
     """Print a function's log (its instances', or its dependency build's)."""
     session = session_of(ctx)
     lines = session.client().function_log(
@@ -155,6 +158,7 @@ def logs(ctx: click.Context, name: str, follow: bool, tail: int | None, build: b
         follow=follow,
         tail_lines=tail if tail is not None and tail >= 0 else None,
         build=build,
+        timestamps=timestamps,
     )
     for line in lines:
         click.echo(line)

@@ -20,9 +20,10 @@ from funcmesh.model.objects import RawObject, metadata_of, name_of
 @click.argument("pod", metavar="POD|deployment/NAME")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", type=int, metavar="N", help="Only the last N lines (-1: all).")
+@click.option("--timestamps", is_flag=True, help="Put the time each line came before it.")
 @global_options
 @click.pass_context
-def logs(ctx: click.Context, /, pod: str, follow: bool, tail: int | None) -> None:
+def logs(ctx: click.Context, /, pod: str, follow: bool, tail: int | None, timestamps: bool) -> None:
     """Print a pod's output."""
     session = session_of(ctx)
     name = _pod_name(ctx, pod)
@@ -31,6 +32,7 @@ def logs(ctx: click.Context, /, pod: str, follow: bool, tail: int | None) -> Non
         name,
         follow=follow,
         tail_lines=tail if tail is not None and tail >= 0 else None,
+        timestamps=timestamps,
     )
     for line in lines:
         click.echo(line)

@@ -225,10 +225,13 @@ class ApiClient:
         follow: bool = False,
         tail_lines: int | None = None,
         build: bool = False,
+        timestamps: bool = False,
     ) -> Iterator[str]:
         """Log lines of a function's instances, or of its dependency build with ``build``."""
         path = object_path(FUNCTION, namespace, name) + "/log"
         params = {"follow": "true" if follow else "false"}
+        if timestamps:
+            params["timestamps"] = "true"
         if tail_lines is not None:
             params["tailLines"] = str(tail_lines)
         if build:
@@ -237,11 +240,19 @@ class ApiClient:
         yield from self._stream_lines(path, params=params, read_timeout_s=read_timeout_s)
 
     def pod_log(
-        self, namespace: str, name: str, *, follow: bool = False, tail_lines: int | None = None
+        self,
+        namespace: str,
+        name: str,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        timestamps: bool = False,
     ) -> Iterator[str]:
         """Output lines of one pod (every restart of its process), as ``kubectl logs``."""
         path = object_path(POD, namespace, name) + "/log"
         params = {"follow": "true" if follow else "false"}
+        if timestamps:
+            params["timestamps"] = "true"
         if tail_lines is not None:
             params["tailLines"] = str(tail_lines)
         read_timeout_s = None if follow else self._timeout_s

@@ -1,14 +1,15 @@
 """TCP forwarding for Service VIPs: connect an accepted client to an endpoint, then splice bytes.
 
 ``forward`` runs once per accepted connection, as a short task: it connects to the first endpoint
-the balancer offers that accepts (a refused or unreachable endpoint costs a try, not the
-client's connection), then wraps the client socket in a transport and links the two sides. From
-then on the connection costs no task and no timer: each side is an ``asyncio.Protocol`` whose
-``data_received`` writes straight into the other side's transport (uvloop sends at once when it
-can, TCP_NODELAY is on, reads are up to 256 KiB). Back-pressure: a side whose write buffer fills
-pauses the reading of the other side until it drains. Half-close: an EOF from one side becomes a
-``write_eof`` on the other, and the pair closes when both sides ended. An error on one side
-(reset, timeout) aborts the other. Knows nothing about Services or HTTP.
+the balancer offers that accepts (a refused or unreachable endpoint, or one that closes before a
+byte went either way, costs a try, not the client's connection), then wraps the client socket in
+a transport and links the two sides. From then on the connection costs no task and no timer:
+each side is an ``asyncio.Protocol`` whose ``data_received`` writes straight into the other
+side's transport (uvloop sends at once when it can, TCP_NODELAY is on, reads are up to 256 KiB).
+Back-pressure: a side whose write buffer fills pauses the reading of the other side until it
+drains. Half-close: an EOF from one side becomes a ``write_eof`` on the other, and the pair
+closes when both sides ended. An error on one side (reset, timeout) aborts the other. Knows
+nothing about Services or HTTP.
 """
 
 from __future__ import annotations

@@ -133,8 +133,7 @@ def rolled_out_pods(kubectl: Kubectl, name: str, count: int) -> list[str]:
 
 
 def started_with(kubectl: Kubectl, pod: str) -> str:
-    """What the pod printed first: its environment and arguments (without the timestamp that
-    funcmesh's pod logs carry)."""
+    """What the pod printed first: its environment and arguments."""
 
     def line() -> str:
         found = [entry for entry in kubectl.ok("logs", pod).splitlines() if "greeting=" in entry]

@@ -213,7 +213,7 @@ def test_a_workload_resolves_services_with_its_own_resolv_conf(
 
     log = wait_for(lambda: "host=" in (text := pod_log(daemon, pod)) and text, "its output")
 
-    lines = [line.split()[1:] for line in log.splitlines()]  # after the timestamp
+    lines = [line.split() for line in log.splitlines()]
     assert [web, "web.default.svc.cluster.local"] in lines
     assert ["short:", web, "web.default.svc.cluster.local"] in lines
     assert ["answer:", "web", running_pod(daemon, "web")["metadata"]["name"]] in lines

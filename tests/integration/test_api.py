@@ -774,6 +774,22 @@ async def test_pod_log_for_kubectl_logs(api: Api) -> None:
     assert_status(await api.client.get("/api/v1/namespaces/default/pods/x/log"), 404, "NotFound")
 
 
+async def test_log_lines_carry_their_time_only_when_asked(api: Api) -> None:
+    """As ``kubectl logs``: bare lines, ``--timestamps`` (timestamps=true) puts the time first."""
+    await create_function(api)
+    api.fakes.logs.append("default", "hello", "2026-11-27T04:00:00.123Z hello-x1 started")
+    plain = await api.client.get(f"{FUNCTIONS}/hello/log")
+    stamped = await api.client.get(f"{FUNCTIONS}/hello/log", params={"timestamps": "true"})
+    assert plain.text == "hello-x1 started\n"
+    assert stamped.text == "2026-11-27T04:00:00.123Z hello-x1 started\n"
+    params = {"follow": "true"}
+    async with api.client.stream("GET", f"{FUNCTIONS}/hello/log", params=params) as response:
+        lines = response.aiter_lines()
+        assert await anext_line(lines) == "hello-x1 started"
+        api.fakes.logs.append("default", "hello", "2026-11-27T04:00:01.000Z hello-x1 more")
+        assert await anext_line(lines) == "hello-x1 more"
+
+
 async def test_function_stats(api: Api) -> None:
     await create_function(api)
     stats = (await api.client.get(f"{FUNCTIONS}/hello/stats")).json()
