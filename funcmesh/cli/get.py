@@ -49,22 +49,54 @@ def get(
     all_namespaces: bool,
     watch: bool,
 ) -> None:
-    """Show objects of one kind (functions, pods, namespaces, events)."""
-    rt = find_resource(kind)
+    """Show objects of one kind (functions, pods, namespaces, events), of several
+    (``deployments,services``), or named as KIND/NAME (``pod/web-x2k``), as kubectl does."""
+    groups = _requested(kind, names)
     if selector:
         parse_selector(selector)  # a syntax error is reported here, not by the server
-    if names and all_namespaces:
+    if any(wanted for _, wanted in groups) and all_namespaces:
         raise Invalid("a name cannot be looked up across all namespaces: drop -A or the names")
-    all_namespaces = all_namespaces and rt.namespaced
     if watch:
-        _watch(ctx, rt, names, output, selector, all_namespaces=all_namespaces)
+        if len(groups) > 1:
+            raise Invalid("watch is only supported on one kind of object at a time")
+        rt, wanted = groups[0]
+        _watch(ctx, rt, wanted, output, selector, all_namespaces=all_namespaces and rt.namespaced)
         return
-    if output in ("yaml", "json", "name"):
-        failed = _print_objects(ctx, rt, names, output, selector, all_namespaces=all_namespaces)
-    else:
-        failed = _print_tables(ctx, rt, names, output == "wide", selector, all_namespaces)
+    failed = False
+    for index, (rt, wanted) in enumerate(groups):
+        every_namespace = all_namespaces and rt.namespaced
+        if index and output not in ("yaml", "json", "name"):
+            click.echo()  # kubectl parts the tables of several kinds with a blank line
+        if output in ("yaml", "json", "name"):
+            failed |= _print_objects(
+                ctx, rt, wanted, output, selector, all_namespaces=every_namespace
+            )
+        else:
+            failed |= _print_tables(ctx, rt, wanted, output == "wide", selector, every_namespace)
     if failed:
         ctx.exit(1)
+
+
+def _requested(kind: str, names: Sequence[str]) -> list[tuple[ResourceType, tuple[str, ...]]]:
+    """The kinds and names of ``get KIND [NAME...]``, ``get K1,K2`` or ``get KIND/NAME...``."""
+    if "/" not in kind:
+        kinds = [find_resource(part) for part in kind.split(",") if part]
+        if not kinds:
+            raise Invalid("name a kind of object, e.g. functions")
+        if len(kinds) > 1 and names:
+            raise Invalid("names cannot be given with several kinds: use KIND/NAME for each")
+        return [(rt, tuple(names)) for rt in kinds]
+    groups: dict[str, tuple[ResourceType, list[str]]] = {}
+    for argument in (kind, *names):
+        type_name, slash, name = argument.partition("/")
+        if not slash or not type_name or not name:
+            raise Invalid(
+                f"{argument!r}: with KIND/NAME every argument must be KIND/NAME "
+                "(there is no need to give the kind on its own)"
+            )
+        rt = find_resource(type_name)
+        groups.setdefault(rt.key, (rt, []))[1].append(name)
+    return [(rt, tuple(wanted)) for rt, wanted in groups.values()]
 
 
 def _watch(

@@ -144,3 +144,15 @@ def test_server_config_and_version(daemon: Daemon) -> None:
     version = daemon.run("version").stdout.splitlines()
     assert version[0].startswith("Client Version: ")
     assert version[1].startswith("Server Version: ")
+
+
+def test_get_takes_kind_slash_name_and_several_kinds(daemon: Daemon, tmp_path: Path) -> None:
+    deploy(daemon, tmp_path, "named", HELLO)
+    named = daemon.run("get", "function/named", "service/named", "-o", "name").stdout
+    assert named.splitlines() == ["function.kubeless.io/named", "service/named"]
+
+    tables = daemon.run("get", "functions,services").stdout
+    functions, services = tables.split("\n\n")
+    assert functions.splitlines()[0].split()[:2] == ["NAME", "RUNTIME"]
+    assert services.splitlines()[0].split()[:3] == ["NAME", "TYPE", "CLUSTER-IP"]
+    assert "named" in [line.split()[0] for line in services.splitlines()[1:]]

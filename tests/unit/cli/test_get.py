@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from funcmesh.cli.get import render_tables
+import pytest
+
+from funcmesh.cli.get import _requested, render_tables
 from funcmesh.client.responses import Table, TableColumn, TableRow
+from funcmesh.errors import Invalid
+from funcmesh.model.kinds import DEPLOYMENT, FUNCTION, POD, SERVICE
 
 COLUMNS = (
     TableColumn(name="Name"),
@@ -46,3 +50,25 @@ def test_rows_of_several_tables_share_the_headers() -> None:
         "a        Ready    1s",
         "bbbbbb   Ready    10s",
     ]
+
+
+def test_kinds_and_names_as_kubectl_takes_them() -> None:
+    assert _requested("functions", ("a", "b")) == [(FUNCTION, ("a", "b"))]
+    assert _requested("deploy,svc", ()) == [(DEPLOYMENT, ()), (SERVICE, ())]
+    assert _requested("pod/web-1", ("svc/web", "po/web-2")) == [
+        (POD, ("web-1", "web-2")),
+        (SERVICE, ("web",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "names", "message"),
+    [
+        ("pod/web", ("web-2",), "every argument must be KIND/NAME"),
+        ("pod/", (), "every argument must be KIND/NAME"),
+        ("deploy,svc", ("web",), "names cannot be given with several kinds"),
+    ],
+)
+def test_mixed_forms_are_refused(kind: str, names: tuple[str, ...], message: str) -> None:
+    with pytest.raises(Invalid, match=message):
+        _requested(kind, names)
