@@ -33,6 +33,7 @@ from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LineSplitter, LogBook
 from funcmesh.runtime.starters import PendingWorker, WorkerStarter, ZygoteSource, ZygoteStarter
 from funcmesh.runtime.stats import FunctionStats
+from funcmesh.runtime.worker_env import worker_environment
 from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError
 
 logger = logging.getLogger(__name__)
@@ -518,44 +519,3 @@ def _cpu_seconds(instances: list[Instance]) -> dict[str, float]:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def worker_environment(
-    instance: Instance,
-    *,
-    dns_server: str | None = None,
-    services: Callable[[str], Mapping[str, str]] | None = None,
-) -> dict[str, str]:
-    """The process environment of a worker: the namespace's service variables, then the
-    user's env (which wins over them, as in Kubernetes), Kubeless's variables last."""
-    revision = instance.revision
-    env = dict(services(revision.namespace)) if services is not None else {}
-    env.update(revision.env)
-    if dns_server:
-        env.update(
-            FUNCMESH_DNS_SERVER=dns_server,
-            FUNCMESH_DNS_SEARCH=cluster_search_list(revision.namespace),
-        )
-    env.update(
-        PATH=os.defpath + ":/usr/local/bin",
-        LANG="C.UTF-8",
-        HOME="/tmp",
-        PYTHONUNBUFFERED="1",
-        HOSTNAME=instance.pod,
-        POD_NAME=instance.pod,
-        POD_NAMESPACE=revision.namespace,
-        POD_IP=instance.ip,
-        FUNC_HANDLER=revision.handler,
-        MOD_NAME=revision.module,
-        FUNC_TIMEOUT=f"{revision.timeout_s:g}",
-        FUNC_RUNTIME=revision.runtime.id,
-        FUNC_MEMORY_LIMIT=revision.memory_limit or "0",
-        FUNC_PORT=str(instance.port),
-        KUBELESS_INSTALL_VOLUME=str(revision.code_dir),
-    )
-    return env
-
-
-def cluster_search_list(namespace: str, zone: str = "cluster.local") -> str:
-    """The DNS search list of a pod in ``namespace``, as the kubelet writes it."""
-    return f"{namespace}.svc.{zone} svc.{zone} {zone}"
