@@ -6,7 +6,10 @@ default, or ``--pod-kind uvloop``: a small httptools server on uvloop), and a Se
 front of them: by default a real ``funcmesh up`` (its own service CIDR and DNS port) with a
 Service and hand-written Endpoints created through the API, or with ``--vip-in process`` the VIP
 listeners alone (``funcmesh.gateway.vips.VipListeners`` on uvloop, as in the daemon) in a
-process of their own over a ``ServiceTable`` filled directly. Then:
+process of their own over a ``ServiceTable`` filled directly. ``--vip-nat on`` (the default)
+lets the VIP take the kernel NAT path where it may (root and ``nft``: an nftables DNAT rule, as
+kube-proxy's iptables mode), ``off`` keeps it in the daemon (``FUNCMESH_VIP_NAT=off``); each
+measure says which path served. Then:
 
 1. throughput: ``wrk -t2 -c50`` on the pod directly, then through the VIP (one endpoint);
 2. latency: the same at one connection (``wrk -t1 -c1``); the p50 difference is what the VIP
@@ -21,11 +24,12 @@ process of their own over a ``ServiceTable`` filled directly. Then:
    controller, the workload supervisor and the VIP all take part.
 
     .venv/bin/python bench/vip_forwarding.py [--duration-s 10] [--pod-kind node|uvloop]
-        [--vip-in daemon|process] [--rounds 1]
+        [--vip-in daemon|process] [--vip-nat on|off] [--rounds 1]
 
 wrk (``apt-get install -y wrk``), the pods and the VIP share the machine's cores: compare the
 rows of one run. The VIP CPU column is the daemon's (or the VIP process's) CPU time over the run,
-in percent of one core and per request. It prints; it asserts nothing.
+in percent of one core and per request (near zero on the kernel path: the kernel's NAT work is
+counted to the client and the pod). It prints; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -60,7 +65,8 @@ from funcmesh.discovery.services import (
     ServiceTable,
     ServiceView,
 )
-from funcmesh.errors import NotFound
+from funcmesh.errors import NotFound, Unavailable
+from funcmesh.gateway.vip_nat import TOOLS_PATH, NatTable, open_nat_table, table_name
 from funcmesh.gateway.vips import VipListeners
 from funcmesh.model.kinds import DEPLOYMENT, ENDPOINTS, SERVICE
 from funcmesh.model.objects import RawObject
@@ -80,6 +86,8 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = 75000;
 server.listen(+process.env.PORT, process.env.HOST, () => console.log('ready'));
 """
+PROCESS_CIDR = "127.96.77.0/24"  # --vip-in process: the NAT table's, holding VIP
+SEARCH_PATH = f"{os.environ.get('PATH', os.defpath)}:{TOOLS_PATH}"
 KILL_AFTER_FRACTION = 1 / 3
 ENDPOINT_REMOVAL_DELAY_S = 0.1
 
@@ -130,7 +138,7 @@ def endpoints_view(pods: list[str]) -> EndpointsView:
     return EndpointsView(namespace="default", name=SERVICE_NAME, subsets=(subset,))
 
 
-async def serve_vip(pods: list[str]) -> None:
+async def serve_vip(pods: list[str], *, nat: bool) -> None:
     table = ServiceTable()
     port = ServicePortView(name="http", protocol="TCP", port=VIP_PORT, target_port=POD_PORT)
     service = ServiceView(
@@ -143,9 +151,16 @@ async def serve_vip(pods: list[str]) -> None:
     )
     table.put_service(service)
     table.put_endpoints(endpoints_view(pods))
-    vips = VipListeners(table)
+    kernel: NatTable | None = None
+    if nat:
+        with contextlib.suppress(Unavailable):
+            kernel = await open_nat_table(PROCESS_CIDR, search_path=SEARCH_PATH)
+    vips = VipListeners(table, kernel=kernel)
     vips.start()
+    if kernel is not None:
+        await kernel.settled()
     loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)  # stdin's end stops: clean up first
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)
@@ -153,8 +168,12 @@ async def serve_vip(pods: list[str]) -> None:
         if line[0] == "remove":  # remove IP: that pod's endpoint goes
             pods = [ip for ip in pods if ip != line[1]]
             table.put_endpoints(endpoints_view(pods))
+            if kernel is not None:
+                await kernel.settled()
             print(f"removed; {vips.forwarded_connections} connections open", flush=True)
     await vips.close()
+    if kernel is not None:
+        await kernel.close()
 
 
 # ---- running the parts ----
@@ -209,6 +228,7 @@ class Vip(Protocol):
 
     address: tuple[str, int]
     pid: int  # the process that forwards (its CPU time is measured)
+    service_cidr: str  # whose nftables table says whether the kernel serves the VIP
 
     def remove(self, pod_ip: str) -> None: ...
 
@@ -218,10 +238,12 @@ class Vip(Protocol):
 class StandaloneVip:
     """The VIP listeners alone, in a process of their own."""
 
-    def __init__(self, pods: list[str]) -> None:
-        self._part = Part([sys.executable, __file__, "--role=vip", *(f"--pod={ip}" for ip in pods)])
+    def __init__(self, pods: list[str], *, nat: str) -> None:
+        command = [sys.executable, __file__, "--role=vip", f"--vip-nat={nat}"]
+        self._part = Part([*command, *(f"--pod={ip}" for ip in pods)])
         self.address = (VIP, VIP_PORT)
         self.pid = self._part.process.pid
+        self.service_cidr = PROCESS_CIDR
 
     def remove(self, pod_ip: str) -> None:
         self._part.say(f"remove {pod_ip}")
@@ -233,9 +255,10 @@ class StandaloneVip:
 class DaemonVip:
     """A Service with hand-written Endpoints in a real ``funcmesh up``."""
 
-    def __init__(self, pods: list[str], scratch: Path) -> None:
+    def __init__(self, pods: list[str], scratch: Path, *, nat: str) -> None:
         self._pods = list(pods)
-        self._daemon = h.Daemon(scratch, extra_env=daemon_env())
+        self._daemon = h.Daemon(scratch, extra_env=daemon_env(nat))
+        self.service_cidr = self._daemon.env["FUNCMESH_SERVICE_CIDR"]
         self._daemon.start()
         self._api = self._daemon.api()
         try:
@@ -252,6 +275,12 @@ class DaemonVip:
         self._pods.remove(pod_ip)
         patch = {"subsets": endpoints_object(self._pods)["subsets"]}
         self._api.merge_patch(ENDPOINTS, "default", SERVICE_NAME, patch)
+        h.wait_for(
+            lambda: pod_ip not in nat_rules(self.service_cidr),
+            timeout_s=10,
+            what="the endpoint to leave the kernel rule",
+            interval_s=0.005,
+        )
 
     def stop(self) -> None:
         self._api.close()
@@ -297,7 +326,10 @@ def running(args: argparse.Namespace, pods: int) -> Iterator[tuple[list[Part], V
             for ip in POD_IPS[:pods]:
                 started.append(start_pod(args.pod_kind, ip))
             ips = list(POD_IPS[:pods])
-            vip = DaemonVip(ips, scratch) if args.vip_in == "daemon" else StandaloneVip(ips)
+            if args.vip_in == "daemon":
+                vip = DaemonVip(ips, scratch, nat=args.vip_nat)
+            else:
+                vip = StandaloneVip(ips, nat=args.vip_nat)
             yield started, vip
     finally:
         if vip is not None:
@@ -306,13 +338,31 @@ def running(args: argparse.Namespace, pods: int) -> Iterator[tuple[list[Part], V
             part.stop()
 
 
+def nat_rules(service_cidr: str) -> str:
+    """The kernel NAT rules of the daemon with this service CIDR ("" when it has none)."""
+    nft = shutil.which("nft", path=SEARCH_PATH)
+    if nft is None:
+        return ""
+    command = [nft, "list", "table", "ip", table_name(service_cidr)]
+    listed = subprocess.run(command, capture_output=True, text=True, check=False)
+    return listed.stdout if listed.returncode == 0 else ""
+
+
+def served_by(vip: Vip) -> str:
+    """Which path forwards the VIP now: kernel NAT (an nftables rule names it) or a listener."""
+    if f"ip daddr {vip.address[0]} tcp dport {vip.address[1]} " in nat_rules(vip.service_cidr):
+        return "kernel NAT (nftables DNAT)"
+    return "VIP listener in the daemon"
+
+
 def established_to(ip: str, port: int) -> int:
-    """TCP connections now established (or being opened) to ``ip:port`` (/proc/net/tcp)."""
+    """TCP connections the pod at ``ip:port`` has now (/proc/net/tcp: its accepted sockets,
+    whichever path brought them: the daemon's second hop or a kernel-translated client)."""
     wanted = f"{socket.inet_aton(ip)[::-1].hex().upper()}:{port:04X}"
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[2] == wanted and fields[3] in ("01", "02"):  # ESTABLISHED, SYN_SENT
+        if fields[1] == wanted and fields[3] == "01":  # the pod's side, ESTABLISHED
             count += 1
     return count
 
@@ -324,6 +374,7 @@ def compare(args: argparse.Namespace) -> None:
     rows = []
     results: dict[tuple[str, int], list[h.LoadResult]] = {}
     with running(args, 1) as (_, vip):
+        print(f"the VIP is served by: {served_by(vip)}", flush=True)
         urls = {
             "direct": f"http://{POD_IPS[0]}:{POD_PORT}/",
             "VIP": f"http://{vip.address[0]}:{vip.address[1]}/",
@@ -382,10 +433,11 @@ def pod_deleted_under_load(args: argparse.Namespace) -> None:
         deleter = threading.Thread(target=delete_pod)
         deleter.start()
         url = f"http://{vip.address[0]}:{vip.address[1]}/"
+        path = served_by(vip)
         result = h.run_wrk(url, connections=50, threads=2, duration_s=args.duration_s)
         deleter.join()
     print(
-        f"pod deleted under load: {result.requests_per_s:,.0f} req/s over the run, "
+        f"pod deleted under load ({path}): {result.requests_per_s:,.0f} req/s over the run, "
         f"{result.errors} failed requests; {in_flight[0]} connections (each with a request in "
         "flight) were open on the killed pod\n",
         flush=True,
@@ -430,7 +482,8 @@ def ready_pods(api: ApiClient) -> dict[str, str]:
 
 
 def deployment_pod_deleted_under_load(args: argparse.Namespace) -> None:
-    with h.scratch_dir() as scratch, h.Daemon(scratch, extra_env=daemon_env()) as daemon:
+    env = daemon_env(args.vip_nat)
+    with h.scratch_dir() as scratch, h.Daemon(scratch, extra_env=env) as daemon:
         api = daemon.api()
         try:
             api.create(DEPLOYMENT, deployment_object())
@@ -451,13 +504,16 @@ def deployment_pod_deleted_under_load(args: argparse.Namespace) -> None:
             deleter = threading.Thread(target=delete_pod)
             deleter.start()
             url = f"http://{ip}:{VIP_PORT}/"
+            rules = nat_rules(env["FUNCMESH_SERVICE_CIDR"])
+            path = "kernel NAT" if f"ip daddr {ip} tcp" in rules else "VIP listener"
             result = h.run_wrk(url, connections=50, threads=2, duration_s=args.duration_s)
             deleter.join()
             after = ready_pods(api)
         finally:
             api.close()
     print(
-        f"Deployment pod deleted under load (funcmesh delete pod): {result.requests_per_s:,.0f} "
+        f"Deployment pod deleted under load (funcmesh delete pod, {path}): "
+        f"{result.requests_per_s:,.0f} "
         f"req/s over the run, {result.errors} failed requests; {in_flight[0]} connections were "
         f"open on the deleted pod; ready pods after the run: {len(after)} "
         f"({'a new one' if killed_ip not in after else 'the deleted one still listed'})\n",
@@ -465,11 +521,12 @@ def deployment_pod_deleted_under_load(args: argparse.Namespace) -> None:
     )
 
 
-def daemon_env() -> dict[str, str]:
+def daemon_env(nat: str) -> dict[str, str]:
     """A service CIDR and a DNS port of its own, so that the bench meets no other daemon."""
     return {
         "FUNCMESH_SERVICE_CIDR": f"127.{random.randint(97, 126)}.{random.randint(0, 255)}.0/24",
         "FUNCMESH_DNS_ADDR": f"127.0.0.1:{h.free_port()}",
+        "FUNCMESH_VIP_NAT": nat,
     }
 
 
@@ -480,16 +537,20 @@ def main() -> None:
     parser.add_argument("--pod", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--pod-kind", choices=["node", "uvloop"], default="node")
     parser.add_argument("--vip-in", choices=["daemon", "process"], default="daemon")
+    parser.add_argument("--vip-nat", choices=["on", "off"], default="on")
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     if args.role == "pod":
         uvloop.run(serve_pod(args.host, POD_PORT))
     elif args.role == "vip":
-        uvloop.run(serve_vip(args.pod))
+        uvloop.run(serve_vip(args.pod, nat=args.vip_nat == "on"))
     else:
         print(h.describe_machine())
-        print(f"pods: {args.pod_kind} on {', '.join(POD_IPS)}:{POD_PORT}; VIP in {args.vip_in}\n")
+        print(
+            f"pods: {args.pod_kind} on {', '.join(POD_IPS)}:{POD_PORT}; VIP in {args.vip_in}, "
+            f"kernel NAT {args.vip_nat}\n"
+        )
         compare(args)
         pod_deleted_under_load(args)
         if args.vip_in == "daemon":

@@ -49,7 +49,9 @@ from funcmesh.discovery.services import ServiceTable
 from funcmesh.discovery.tls import Certificates
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.gateway.server import Gateway
+from funcmesh.gateway.vip_nat import TOOLS_PATH, NatTable, open_nat_table
 from funcmesh.gateway.vips import VipListeners
+from funcmesh.model.objects import RawObject
 from funcmesh.nameserver.server import NameServer, start_nameserver
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.builds import DependencyBuilder
@@ -73,6 +75,7 @@ from funcmesh.store.calls import CallStore
 from funcmesh.store.sqlite import Store
 
 logger = logging.getLogger(__name__)
+POD_DRAIN_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +106,32 @@ class ServerConfig:
             for runtime in self._catalog.runtimes
         ]
         return {"runtimes": runtimes, "version": __version__, "dnsAddress": self._dns_address}
+
+
+class PodsDrainedFirst:
+    """The API's pods: deleting one first takes its address out of the kernel's VIP rules, as
+    a terminating pod leaves kube-proxy's before its SIGTERM, so that no new connection through
+    a VIP meets the dying process (bounded: a slow kernel update never holds up the delete)."""
+
+    def __init__(self, pods: PodDirectory, vips: VipListeners) -> None:
+        self._pods = pods
+        self._vips = vips
+
+    def list_pods(self, namespace: str | None) -> list[RawObject]:
+        return self._pods.list_pods(namespace)
+
+    def get_pod(self, namespace: str, name: str) -> RawObject:
+        return self._pods.get_pod(namespace, name)
+
+    def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, RawObject]]:
+        return self._pods.watch_pods(namespace)
+
+    async def delete_pod(self, namespace: str, name: str) -> RawObject:
+        ip = (self._pods.get_pod(namespace, name).get("status") or {}).get("podIP")
+        if ip:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vips.drain(str(ip)), POD_DRAIN_WAIT_S)
+        return await self._pods.delete_pod(namespace, name)
 
 
 def run(settings: DaemonSettings, env: Mapping[str, str]) -> int:
@@ -271,7 +300,10 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             "--gateway-tls-addr",
         )
         gateway_url = f"http://{_url_host(settings.gateway_addr.host)}:{gateway.address[1]}"
-        vips = VipListeners(service_table, functions=gateway)  # kube-proxy: the ClusterIPs
+        nat = await _kernel_nat(settings, env)  # plain Services' VIPs in the kernel, if it may
+        if nat is not None:
+            stack.push_async_callback(nat.close)  # after the listeners: the table goes last
+        vips = VipListeners(service_table, functions=gateway, kernel=nat)  # kube-proxy
         vips.start()
         stack.push_async_callback(vips.close)  # before the gateway drains its connections
         invoker = Invoker(gateway_url)  # how every trigger calls functions
@@ -290,7 +322,7 @@ async def serve(settings: DaemonSettings, env: Mapping[str, str]) -> AsyncIterat
             store=store,
             providers=ApiProviders(
                 admission=Admission(catalog, objects=StoreLookup(store), service_ips=service_ips),
-                pods=pods,
+                pods=PodsDrainedFirst(pods, vips),  # no new VIP connection meets a dying pod
                 logs=logbook,
                 stats=pools,
                 config=ServerConfig(catalog, dns_address=dns_addresses[0]),
@@ -526,6 +558,29 @@ async def _serving_dns(
             f"cannot listen for the DNS server on {settings.dns_addr}: {exc.strerror or exc} "
             "(see --dns-addr)"
         ) from exc
+
+
+async def _kernel_nat(settings: DaemonSettings, env: Mapping[str, str]) -> NatTable | None:
+    """The nftables table that forwards plain Services' VIPs by kernel NAT (a leftover of a
+    killed predecessor replaced), where the daemon may: root, nft working, FUNCMESH_VIP_NAT not
+    off. Else None: every VIP is a listener in the daemon."""
+    if not settings.vip_nat:
+        logger.info("Service VIPs are forwarded by the daemon (FUNCMESH_VIP_NAT=off)")
+        return None
+    try:
+        nat = await open_nat_table(
+            settings.runtime.service_cidr,
+            search_path=f"{env.get('PATH', os.defpath)}:{TOOLS_PATH}",
+        )
+    except Unavailable as exc:
+        logger.info("Service VIPs are forwarded by the daemon: %s", exc)
+        return None
+    logger.info(
+        "plain Service VIPs (%s) are forwarded by kernel NAT: nft list table ip %s",
+        "/".join(sorted(nat.protocols)),
+        nat.name,
+    )
+    return nat
 
 
 async def _listening(start: Any, what: str, flag: str) -> None:

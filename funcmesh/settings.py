@@ -64,6 +64,8 @@ class DaemonSettings:
     dns_addr: Address = field(default_factory=lambda: parse_address(DEFAULT_DNS_ADDR, what=""))
     # where names outside cluster.local go: None: the machine's resolv.conf; (): refused
     dns_upstream: tuple[Address, ...] | None = None
+    # plain Services' VIPs by kernel NAT (nftables) when root and nft work; FUNCMESH_VIP_NAT=off
+    vip_nat: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -136,7 +138,19 @@ def load_daemon_settings(
         nats_url=parse_nats_url(nats) if nats else None,
         dns_addr=parse_address(dns, what="--dns-addr"),
         dns_upstream=parse_dns_upstream(upstream),
+        vip_nat=parse_switch(env.get("FUNCMESH_VIP_NAT", ""), what="FUNCMESH_VIP_NAT"),
     )
+
+
+def parse_switch(text: str, *, what: str) -> bool:
+    """``on`` (the default, also ``auto``, ``1``, ``true``, ``yes``) or ``off`` (``0``,
+    ``false``, ``no``)."""
+    value = text.strip().lower()
+    if value in ("", "on", "auto", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise Invalid(f"{what} must be on or off, got {text!r}")
 
 
 def parse_dns_upstream(values: Sequence[str]) -> tuple[Address, ...] | None:

@@ -13,6 +13,11 @@ match the table:
 - the ports of a function's Service always listen (a function can start from zero), and every
   HTTP request on them is a call of the function through the gateway (``FunctionEntrances``).
 
+Given a ``KernelForwarding`` (``vip_nat.NatTable``: root, nftables), the ports of plain Services
+are forwarded by kernel NAT instead, as kube-proxy's iptables mode does: no socket is bound for
+them, a rule is asked for while they have ready endpoints. ``served_by_kernel`` decides which
+ports, in one place; every port is served by one path, never both.
+
 Headless and ExternalName Services have no VIP; SCTP ports are not forwarded. A port that cannot
 be bound (taken by another process, below 1024 without root) is logged and tried again at the
 Service's next change. Does no HTTP itself and never blocks.
@@ -25,7 +30,7 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +59,34 @@ class FunctionEntrances(Protocol):
         ...
 
 
+class KernelForwarding(Protocol):
+    """Kernel NAT (``vip_nat.NatTable``), as the VIPs use it."""
+
+    def can_serve(self, ip: str, protocol: str) -> bool:
+        """Whether this VIP address and protocol can be given a rule at all."""
+        ...
+
+    def put(self, key: Key, rules: Mapping[VipAddress, tuple[Endpoint, ...]]) -> None:
+        """Make the rules of the Service ``key`` these (none: no rule)."""
+        ...
+
+    async def drain(self, ip: str) -> None:
+        """Send the pod address ``ip`` no new connection; return once the kernel does so."""
+        ...
+
+
+def served_by_kernel(view: ServiceView, protocol: str) -> bool:
+    """Whether kernel NAT, where there is one, serves this Service's ``protocol`` ports rather
+    than a VIP listener: plain Services only. A function's Service calls the function (HTTP in
+    the gateway), and ClientIP affinity remembers clients, which a stateless random DNAT rule
+    cannot. Services with L7 rules (the mesh) will stay in the daemon too: decide that here."""
+    return (
+        view.function is None
+        and view.session_affinity != CLIENT_IP_AFFINITY
+        and protocol in ("TCP", "UDP")
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Wanted:
     """What one VIP port should be: forwarding to endpoints, or the entrance of a function."""
@@ -77,14 +110,17 @@ class VipListeners:
         table: ServiceTable,
         *,
         functions: FunctionEntrances | None = None,
+        kernel: KernelForwarding | None = None,
         balancer: BalancerFactory = RoundRobin,
         backlog: int = BACKLOG,
     ) -> None:
         self._table = table
         self._functions = functions
+        self._kernel = kernel
         self._new_balancer = balancer
         self._backlog = backlog
         self._ports: dict[Key, dict[VipAddress, _Port]] = {}
+        self._kernel_served: dict[Key, set[VipAddress]] = {}
         self._splices = Splices()
         self._setups: set[asyncio.Task[None]] = set()
         self._failed: set[tuple[VipAddress, int]] = set()  # bind failures logged already
@@ -99,10 +135,12 @@ class VipListeners:
             self._changed(view.key)
 
     async def close(self) -> None:
-        """Stop listening, cut the forwarded connections (function calls drain in the gateway)."""
+        """Stop listening, cut the forwarded connections (function calls drain in the gateway).
+        The kernel's rules stay until their owner closes the NAT table."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._kernel_served.clear()
         for ports in self._ports.values():
             for port in ports.values():
                 port.close()
@@ -117,6 +155,18 @@ class VipListeners:
         """Every (cluster IP, port, protocol) bound now."""
         return {address for ports in self._ports.values() for address in ports}
 
+    async def drain(self, ip: str) -> None:
+        """Before the pod at ``ip`` stops: send it no new connection, and return when none goes
+        to it. Only kernel NAT needs this (a refused DNAT connection is not tried elsewhere);
+        the listeners try the next endpoint when one refuses."""
+        if self._kernel is not None:
+            await self._kernel.drain(ip)
+
+    @property
+    def kernel_served(self) -> set[VipAddress]:
+        """Every (cluster IP, port, protocol) handed to kernel NAT now (with ready endpoints)."""
+        return {address for addresses in self._kernel_served.values() for address in addresses}
+
     @property
     def forwarded_connections(self) -> int:
         """TCP connections being forwarded now."""
@@ -125,9 +175,10 @@ class VipListeners:
     # following the table
 
     def _changed(self, key: Key) -> None:
-        wanted = _wanted_ports(
-            self._table, self._table.service(*key), functions=bool(self._functions)
-        )
+        view = self._table.service(*key)
+        wanted = _wanted_ports(self._table, view, functions=bool(self._functions))
+        if self._kernel is not None:
+            self._hand_to_kernel(key, view, wanted)
         ports = self._ports.setdefault(key, {})
         for address, bound in list(ports.items()):
             want = wanted.get(address)
@@ -141,6 +192,27 @@ class VipListeners:
                 ports[address] = opened
         if not ports:
             del self._ports[key]
+
+    def _hand_to_kernel(
+        self, key: Key, view: ServiceView | None, wanted: dict[VipAddress, _Wanted]
+    ) -> None:
+        """Move the ports the kernel serves out of ``wanted`` (so no socket binds them) into
+        the Service's NAT rules."""
+        assert self._kernel is not None
+        rules = {
+            address: want.endpoints
+            for address, want in wanted.items()
+            if view is not None
+            and served_by_kernel(view, address[2])
+            and self._kernel.can_serve(address[0], address[2])
+        }
+        for address in rules:
+            del wanted[address]
+        self._kernel.put(key, rules)
+        if rules:
+            self._kernel_served[key] = set(rules)
+        else:
+            self._kernel_served.pop(key, None)
 
     def _open(self, address: VipAddress, want: _Wanted) -> _Port | None:
         port = self._port_for(address, want)

@@ -23,6 +23,8 @@ import httpx
 import pytest
 import yaml
 
+from funcmesh.gateway.vip_nat import table_name
+
 FUNCMESH = str(Path(sys.executable).with_name("funcmesh"))
 
 
@@ -49,6 +51,15 @@ def random_service_cidr() -> str:
     """A /24 of its own for each test daemon's ClusterIPs (its VIPs bind them), away from the
     default 127.96.0.0/16 and the pod network 127.128.0.0/16."""
     return f"127.{random.randint(97, 126)}.{random.randint(0, 255)}.0/24"
+
+
+# One service CIDR per home: a daemon restarted on the same home keeps its ClusterIPs (and
+# replaces the nftables table its predecessor left when it was killed with SIGKILL).
+SERVICE_CIDRS: dict[Path, str] = {}
+
+
+def service_cidr_for(home: Path) -> str:
+    return SERVICE_CIDRS.setdefault(home, random_service_cidr())
 
 
 @dataclass
@@ -119,6 +130,22 @@ def _remove_work_dirs() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_nat_tables() -> Iterator[None]:
+    """Delete the nftables tables of daemons the tests killed with SIGKILL (a daemon deletes
+    its own at a normal stop): nothing of the tests stays in the machine's firewall."""
+    yield
+    nft = shutil.which("nft")
+    if nft is None or os.geteuid() != 0:
+        return
+    listed = subprocess.run([nft, "list", "tables"], capture_output=True, text=True, check=False)
+    names = {table_name(cidr) for cidr in SERVICE_CIDRS.values()}
+    for line in listed.stdout.splitlines():
+        family, _, name = line.removeprefix("table ").partition(" ")
+        if name in names:
+            subprocess.run([nft, "delete", "table", family, name], check=False)
+
+
 def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
     api_port, gateway_port, gateway_tls_port = free_port(), free_port(), free_port()
     dns_port = free_dns_port()
@@ -126,7 +153,7 @@ def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None
         **os.environ,
         "FUNCMESH_HOME": str(home),
         "FUNCMESH_WORK_DIR": str(work_dir_for(home)),
-        "FUNCMESH_SERVICE_CIDR": random_service_cidr(),
+        "FUNCMESH_SERVICE_CIDR": service_cidr_for(home),
         **(extra_env or {}),
     }
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child

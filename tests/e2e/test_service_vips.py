@@ -2,14 +2,23 @@
 the test runs, and the VIP of a function's Service.
 
 The daemon allocates ClusterIPs from its own /24 (``FUNCMESH_SERVICE_CIDR``, see conftest), so
-VIPs of parallel test daemons never meet; ports are above 1024 so that no root is needed.
+VIPs of parallel test daemons never meet; ports are above 1024 so that no root is needed. Run as
+root with ``nft`` installed, the daemon forwards plain Services by kernel NAT (an nftables table
+of its own) and the tests here check that path, its table's life, and the daemon path too
+(``FUNCMESH_VIP_NAT=off``); elsewhere every VIP is a listener in the daemon.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import os
 import random
+import re
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -20,10 +29,37 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Daemon
+from tests.e2e.conftest import Daemon, start_daemon
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 VIP_PORT = 8088
+NFT = shutil.which("nft", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+KERNEL_NAT = os.geteuid() == 0 and NFT is not None
+needs_kernel_nat = pytest.mark.skipif(
+    not KERNEL_NAT, reason="kernel NAT needs root and nft (apt-get install nftables)"
+)
+
+
+@pytest.fixture(scope="module")
+def userspace_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A daemon whose every VIP is a listener in the daemon, root or not."""
+    home = tmp_path_factory.mktemp("funcmesh-userspace")
+    running = start_daemon(
+        home / "home", log_path=home / "daemon.log", extra_env={"FUNCMESH_VIP_NAT": "off"}
+    )
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0, running.log_tail()
+
+
+def nat_table(service_cidr: str) -> str | None:
+    """``nft list table ip funcmesh_<cidr>`` (the name docs/service-vips.md gives), or None."""
+    if NFT is None:
+        return None
+    name = "funcmesh_" + re.sub(r"[./]", "_", service_cidr)
+    listed = subprocess.run([NFT, "list", "table", "ip", name], capture_output=True, text=True)
+    return listed.stdout if listed.returncode == 0 else None
 
 
 class Backend:
@@ -268,21 +304,57 @@ def calls_through(url: str, stop: threading.Event, answers: list[str], failures:
     while not stop.is_set():
         try:
             answers.append(get(url))
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # refused, cut, or a broken answer
             failures.append(repr(exc))
 
 
-@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason=f"needs {SYSTEM_PYTHON}")
-def test_a_deployment_pod_deleted_under_load_costs_at_most_the_call_in_flight(
-    daemon: Daemon, tmp_path: Path
-) -> None:
-    manifest = DEPLOYMENT_YAML.format(
+def deployment_manifest() -> str:
+    return DEPLOYMENT_YAML.format(
         python=SYSTEM_PYTHON, server=json.dumps(POD_SERVER), port=VIP_PORT
     )
-    apply(daemon, tmp_path, manifest)
-    url = f"http://{cluster_ip(daemon, 'names')}:{VIP_PORT}/"
+
+
+def pod_ips(daemon: Daemon, service: str) -> set[str]:
+    """The ready addresses of the Service's Endpoints."""
+    result = daemon.run("get", "endpoints", service, "-o", "json", check=False)
+    if result.returncode != 0:
+        return set()
+    subsets = json.loads(result.stdout).get("subsets") or []
+    return {a["ip"] for subset in subsets for a in subset.get("addresses") or []}
+
+
+needs_system_python = pytest.mark.skipif(
+    not Path(SYSTEM_PYTHON).exists(), reason=f"needs {SYSTEM_PYTHON}"
+)
+
+
+@pytest.fixture(scope="module", params=["kernel NAT", "VIP listener"])
+def either_path(request: pytest.FixtureRequest) -> tuple[str, Daemon]:
+    """The module's daemon (kernel NAT when root and nft), and one with FUNCMESH_VIP_NAT=off."""
+    if request.param == "kernel NAT" and not KERNEL_NAT:
+        pytest.skip("kernel NAT needs root and nft (apt-get install nftables)")
+    fixture = "daemon" if request.param == "kernel NAT" else "userspace_daemon"
+    return request.param, request.getfixturevalue(fixture)
+
+
+@needs_system_python
+def test_a_deployment_pod_deleted_under_load_costs_at_most_the_call_in_flight(
+    either_path: tuple[str, Daemon], tmp_path: Path
+) -> None:
+    path, daemon = either_path
+    apply(daemon, tmp_path, deployment_manifest())
+    ip = cluster_ip(daemon, "names")
+    url = f"http://{ip}:{VIP_PORT}/"
     wait_until(lambda: answers(url) and len({get(url) for _ in range(4)}) == 2, "both pods")
     first_pods = {get(url) for _ in range(4)}
+    table = nat_table(daemon.service_cidr)
+    if path == "kernel NAT":  # the Service's port is a DNAT rule to both pods
+        assert table is not None
+        assert re.search(
+            rf"ip daddr {re.escape(ip)} tcp dport {VIP_PORT} dnat .*random mod 2", table
+        )
+    else:
+        assert table is None  # FUNCMESH_VIP_NAT=off: the daemon changes no firewall
 
     stop, seen, failures = threading.Event(), list[str](), list[str]()
     caller = threading.Thread(target=calls_through, args=(url, stop, seen, failures))
@@ -302,3 +374,41 @@ def test_a_deployment_pod_deleted_under_load_costs_at_most_the_call_in_flight(
     assert deleted not in seen[-20:]
     daemon.run("delete", "deployment", "names")
     daemon.run("delete", "service", "names")
+
+
+@needs_kernel_nat
+@needs_system_python
+def test_the_kernel_rules_live_with_the_daemon_and_a_restart_after_sigkill_replaces_them(
+    tmp_path: Path,
+) -> None:
+    cidr = f"127.{random.randint(97, 126)}.{random.randint(0, 255)}.0/24"
+    home, env = tmp_path / "home", {"FUNCMESH_SERVICE_CIDR": cidr}
+    first = start_daemon(home, log_path=tmp_path / "first.log", extra_env=env)
+    try:
+        apply(first, tmp_path, deployment_manifest())
+        ip = cluster_ip(first, "names")
+        wait_until(lambda: answers(f"http://{ip}:{VIP_PORT}/"), "the VIP to answer", 30)
+        wait_until(lambda: len(pod_ips(first, "names")) == 2, "two ready pods", 30)
+        old_pods = pod_ips(first, "names")
+        table = nat_table(cidr)
+        assert table is not None
+        assert f"ip daddr {ip} tcp dport {VIP_PORT} dnat" in table
+        assert old_pods <= set(re.findall(r"127\.128\.\d+\.\d+", table))
+    finally:
+        first.stop(signal.SIGKILL)  # no chance to clean up: the table stays behind
+    leftover = nat_table(cidr)
+    assert leftover is not None
+    assert f"ip daddr {ip} tcp dport" in leftover
+
+    second = start_daemon(home, log_path=tmp_path / "second.log", extra_env=env)
+    try:
+        wait_until(lambda: len(pod_ips(second, "names") - old_pods) == 2, "two new pods", 30)
+        wait_until(lambda: answers(f"http://{ip}:{VIP_PORT}/"), "the VIP to answer", 30)
+        table = nat_table(cidr)
+        assert table is not None
+        assert f"ip daddr {ip} tcp dport {VIP_PORT} dnat" in table
+        assert not old_pods & set(re.findall(r"127\.128\.\d+\.\d+", table))  # replaced
+    finally:
+        assert second.stop() == 0, second.log_tail()
+    assert nat_table(cidr) is None  # SIGTERM: the table went with the daemon
+    assert refuses(ip, VIP_PORT)
