@@ -6,11 +6,10 @@ Node.js starters, kernel NAT for Service VIPs, and what the API shows of the dae
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,6 @@ from funcmesh.controllers.deployments import service_environment
 from funcmesh.discovery.services import ServiceTable
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.vip_nat import TOOLS_PATH, NatTable, open_nat_table
-from funcmesh.gateway.vips import VipListeners
-from funcmesh.model.objects import RawObject
 from funcmesh.nameserver.server import NameServer, start_nameserver
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.catalog import RuntimeCatalog
@@ -30,7 +27,6 @@ from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
 from funcmesh.runtime.node import NodeStarter
 from funcmesh.runtime.node_processes import install_shim
-from funcmesh.runtime.pod_sources import PodDirectory
 from funcmesh.runtime.pool import PoolContext
 from funcmesh.runtime.pools import PodEvents, Zygotes
 from funcmesh.runtime.replicas import WorkloadContext
@@ -39,7 +35,6 @@ from funcmesh.runtime.workload_dns import ClusterDns, pod_nameserver
 from funcmesh.settings import DNS_PORT, DaemonSettings
 
 logger = logging.getLogger(__name__)
-POD_DRAIN_WAIT_S = 1.0
 
 
 class ServerConfig:
@@ -61,32 +56,6 @@ class ServerConfig:
         return {"runtimes": runtimes, "version": __version__, "dnsAddress": self._dns_address}
 
 
-class PodsDrainedFirst:
-    """The API's pods: deleting one first takes its address out of the kernel's VIP rules, as
-    a terminating pod leaves kube-proxy's before its SIGTERM, so that no new connection through
-    a VIP meets the dying process (bounded: a slow kernel update never holds up the delete)."""
-
-    def __init__(self, pods: PodDirectory, vips: VipListeners) -> None:
-        self._pods = pods
-        self._vips = vips
-
-    def list_pods(self, namespace: str | None) -> list[RawObject]:
-        return self._pods.list_pods(namespace)
-
-    def get_pod(self, namespace: str, name: str) -> RawObject:
-        return self._pods.get_pod(namespace, name)
-
-    def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, RawObject]]:
-        return self._pods.watch_pods(namespace)
-
-    async def delete_pod(self, namespace: str, name: str) -> RawObject:
-        ip = (self._pods.get_pod(namespace, name).get("status") or {}).get("podIP")
-        if ip:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._vips.drain(str(ip)), POD_DRAIN_WAIT_S)
-        return await self._pods.delete_pod(namespace, name)
-
-
 def workload_context(
     settings: DaemonSettings,
     logbook: LogBook,
@@ -95,6 +64,7 @@ def workload_context(
     addresses: AddressPool,
     work_dir: Path,
     dns: ClusterDns,
+    before_stop: Callable[[str], Awaitable[None]],
 ) -> WorkloadContext:
     """Replicas run as the workers do (nobody under a root daemon), at home in work_dir/pods."""
     uid, gid = worker_identity()
@@ -110,6 +80,7 @@ def workload_context(
         worker_gid=gid,
         restart_backoff_s=settings.runtime.restart_backoff_s,
         dns=dns,
+        before_stop=before_stop,
     )
 
 

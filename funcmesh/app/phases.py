@@ -26,7 +26,6 @@ from funcmesh.app.host import (
     worker_identity,
 )
 from funcmesh.app.parts import (
-    PodsDrainedFirst,
     ServerConfig,
     cluster_dns,
     kernel_nat,
@@ -109,6 +108,7 @@ class Daemon:
         self.env = env
         self.stack = stack
         self.ready = False  # /readyz: true once every server listens
+        self._vips: VipListeners | None = None  # once the data plane runs
 
     async def start(self) -> None:
         for phase in (
@@ -218,6 +218,7 @@ class Daemon:
                 addresses=addresses,
                 work_dir=self.work_dir,
                 dns=self.pod_dns,
+                before_stop=self._leave_vips,
             )
         )
         stack.push_async_callback(self.workloads.close)
@@ -282,7 +283,13 @@ class Daemon:
         self.vips = VipListeners(self.service_table, functions=self.gateway, kernel=nat)
         self.vips.start()
         stack.push_async_callback(self.vips.close)  # before the gateway drains its connections
+        self._vips = self.vips
         await self._start_triggers()
+
+    async def _leave_vips(self, ip: str) -> None:
+        """A replica about to stop: its address leaves the VIPs' kernel rules first."""
+        if self._vips is not None:
+            await self._vips.drain(ip)
 
     async def _start_triggers(self) -> None:
         settings, stack = self.settings, self.stack
@@ -309,7 +316,7 @@ class Daemon:
             store=self.store,
             providers=ApiProviders(
                 admission=admission,
-                pods=PodsDrainedFirst(self.pods, self.vips),  # no VIP connection meets a dying pod
+                pods=self.pods,
                 logs=self.logbook,
                 stats=self.pools,
                 config=ServerConfig(self.catalog, dns_address=self.dns_addresses[0]),

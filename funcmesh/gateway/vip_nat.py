@@ -343,16 +343,22 @@ def _ipv4(text: str) -> bool:
 
 async def _run(argv: list[str], *, stdin: str | None = None) -> None:
     """Run a program to its end without blocking the loop; NatFailed with its error output
-    when it fails."""
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        # no pipe unless there is input: uvloop fails writing to one the program closed unread
-        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    when it fails. Its input comes from an in-memory file written before it starts, not a pipe
+    fed meanwhile: a program that exits without reading it (a failing nft) is then no error of
+    ours (uvloop raises writing to a pipe the program closed unread)."""
+    source = None if stdin is None else _memory_file(stdin.encode())
     try:
-        _, errors = await process.communicate(None if stdin is None else stdin.encode())
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL if source is None else source,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        if source is not None:
+            os.close(source)
+    try:
+        _, errors = await process.communicate()
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -361,3 +367,15 @@ async def _run(argv: list[str], *, stdin: str | None = None) -> None:
     if process.returncode != 0:
         message = " ".join(errors.decode(errors="replace").split())[-500:]
         raise NatFailed(f"{os.path.basename(argv[0])} exited {process.returncode}: {message}")
+
+
+def _memory_file(data: bytes) -> int:
+    """A descriptor of an anonymous in-memory file holding ``data``, read from its start."""
+    fd = os.memfd_create("funcmesh-nft", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)  # memory: never blocks, whatever the size
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

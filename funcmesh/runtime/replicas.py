@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +67,10 @@ class WorkloadContext:
     restart_backoff_s: float = 10.0
     python: str = sys.executable  # the interpreter of the launcher shim
     dns: ClusterDns | None = None  # how pods find Services by name
+    # Awaited with a pod's IP before a replica that is going away gets SIGTERM: takes the
+    # address out of the Service VIPs first, as a terminating pod leaves kube-proxy's rules.
+    before_stop: Callable[[str], Awaitable[None]] | None = None
+    before_stop_wait_s: float = 1.0
 
 
 def deployment_log_name(deployment: str) -> str:
@@ -236,6 +240,8 @@ class Replica:
                 task.cancel()
             await asyncio.gather(*probes, stopping, return_exceptions=True)
             if not process.exited.done():
+                if self._stop.is_set():
+                    await asyncio.shield(self._leave_services())
                 await asyncio.shield(process.stop(self.template.termination_grace_s))
         self.process = None
         self._set_ready(False)
@@ -246,6 +252,23 @@ class Replica:
         self._record_exit(code, began=self.started_at or time.time(), message=message)
         self.state = {"terminated": self.last_state["terminated"]}
         self._changed()
+
+    async def _leave_services(self) -> None:
+        """Before the SIGTERM of a replica going away: no new connection through a VIP may
+        reach it (bounded: a slow update never holds the stop up for long)."""
+        hook = self._context.before_stop
+        if hook is None:
+            return
+        try:
+            await asyncio.wait_for(hook(self.ip), self._context.before_stop_wait_s)
+        except TimeoutError:
+            logger.warning(
+                "pod %s/%s: its VIP rules did not update in time", self.namespace, self.name
+            )
+        except Exception:  # the hook's failure must not keep a pod from stopping
+            logger.exception(
+                "pod %s/%s: leaving the Service VIPs failed", self.namespace, self.name
+            )
 
     def _record_exit(self, code: int, *, began: float, reason: str = "", message: str = "") -> None:
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128 + N

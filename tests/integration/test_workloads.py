@@ -167,8 +167,27 @@ def random_pod_cidr() -> str:
     return f"127.{random.randint(130, 250)}.{random.randint(0, 255)}.0/24"
 
 
+class LeavingServices:
+    """A before_stop hook that notes each address and whether its pod still answered then."""
+
+    def __init__(self) -> None:
+        self.left: list[tuple[str, bool]] = []
+
+    async def __call__(self, ip: str) -> None:
+        try:
+            await asyncio.to_thread(fetch, {"status": {"podIP": ip}})
+            self.left.append((ip, True))
+        except OSError:
+            self.left.append((ip, False))
+
+
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+def leaving() -> LeavingServices:
+    return LeavingServices()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, leaving: LeavingServices) -> AsyncIterator[Rig]:
     events, logbook = PodEvents(), LogBook()
     seen: list[tuple[str, RawObject]] = []
     context = WorkloadContext(
@@ -177,6 +196,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         scratch_root=tmp_path / "pods",
         on_pod_change=lambda kind, pod: (seen.append((kind, pod)), events.publish(kind, pod)),
         restart_backoff_s=0.2,
+        before_stop=leaving,
     )
     workloads = Workloads(context)
     directory = tmp_path / "app"
@@ -346,6 +366,25 @@ async def test_scaling_up_and_down_stops_the_newest_first(rig: Rig) -> None:
     assert kept["metadata"]["name"] == first["metadata"]["name"]
     rig.apply(rig.deployment(replicas=0))
     await rig.until(lambda: not rig.pods(), "no pods")
+
+
+async def test_a_replica_leaves_the_services_before_its_sigterm(
+    rig: Rig, leaving: LeavingServices
+) -> None:
+    """Scaled down, deleted or replaced: the VIPs drop its address while it still serves."""
+    rig.apply(rig.deployment(replicas=2))
+    first, second = await rig.ready_pods(2)
+    for pod in (first, second):
+        await fetch_when_listening(pod)
+    rig.apply(rig.deployment(replicas=1))
+    await rig.ready_pods(1)
+    replica = rig.workloads.find_pod("default", rig.pods()[0]["metadata"]["name"])
+    assert replica is not None
+    replica.terminate()  # what `delete pod` does
+    await rig.ready_pods(1)
+    addresses = {first["status"]["podIP"], second["status"]["podIP"]}
+    assert {ip for ip, _ in leaving.left} == addresses
+    assert all(answered for _, answered in leaving.left), leaving.left  # before SIGTERM: still serving
 
 
 async def test_a_new_template_replaces_the_pods(rig: Rig) -> None:
