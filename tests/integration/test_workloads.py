@@ -384,7 +384,9 @@ async def test_a_replica_leaves_the_services_before_its_sigterm(
     await rig.ready_pods(1)
     addresses = {first["status"]["podIP"], second["status"]["podIP"]}
     assert {ip for ip, _ in leaving.left} == addresses
-    assert all(answered for _, answered in leaving.left), leaving.left  # before SIGTERM: still serving
+    assert all(
+        answered for _, answered in leaving.left
+    ), leaving.left  # before SIGTERM: still serving
 
 
 async def test_a_new_template_replaces_the_pods(rig: Rig) -> None:
