@@ -63,6 +63,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different free TCP ports (the probes stay bound until all are chosen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_udp_and_tcp_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP (the daemon's DNS server listens on both)."""
     while True:
@@ -109,8 +121,7 @@ class Daemon:
         self.log_path = scratch / "daemon.log"
         self.launcher = list(launcher)
         self.extra_env = dict(extra_env or {})
-        self.api_port = free_port()
-        self.gateway_port = free_port()
+        self.api_port, self.gateway_port, self.gateway_tls_port = free_ports(3)
         self.api_url = f"https://127.0.0.1:{self.api_port}"
         self.gateway_address = ("127.0.0.1", self.gateway_port)
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
@@ -142,7 +153,7 @@ class Daemon:
         addresses = [
             *("up", "--api-addr", f"127.0.0.1:{self.api_port}"),
             *("--gateway-addr", f"127.0.0.1:{self.gateway_port}"),
-            *("--gateway-tls-addr", f"127.0.0.1:{free_port()}"),
+            *("--gateway-tls-addr", f"127.0.0.1:{self.gateway_tls_port}"),
         ]
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(

@@ -34,6 +34,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` different free TCP ports: the probes stay bound until all are chosen, so the
+    kernel cannot hand the same port out twice (one port for two listeners: a flaky start)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_dns_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP (the DNS server listens on both)."""
     while True:
@@ -147,8 +160,10 @@ def _remove_nat_tables() -> Iterator[None]:
 
 
 def start_daemon(home: Path, *, log_path: Path, extra_env: dict[str, str] | None = None) -> Daemon:
-    api_port, gateway_port, gateway_tls_port = free_port(), free_port(), free_port()
+    api_port, gateway_port, gateway_tls_port = free_ports(3)
     dns_port = free_dns_port()
+    while dns_port in (api_port, gateway_port, gateway_tls_port):
+        dns_port = free_dns_port()
     env = {
         **os.environ,
         "FUNCMESH_HOME": str(home),

@@ -19,7 +19,7 @@ import dns.query
 import pytest
 import yaml
 
-from tests.e2e.conftest import FUNCMESH, Daemon, free_port, work_dir_for
+from tests.e2e.conftest import FUNCMESH, Daemon, free_ports, work_dir_for
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 DIG = shutil.which("dig")
@@ -171,11 +171,12 @@ def test_a_busy_dns_address_names_its_flag(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
+        api_port, gateway_port, tls_port = free_ports(3)
         result = subprocess.run(
             [
-                FUNCMESH, "up", "--api-addr", f"127.0.0.1:{free_port()}",
-                "--gateway-addr", f"127.0.0.1:{free_port()}",
-                "--gateway-tls-addr", f"127.0.0.1:{free_port()}",
+                FUNCMESH, "up", "--api-addr", f"127.0.0.1:{api_port}",
+                "--gateway-addr", f"127.0.0.1:{gateway_port}",
+                "--gateway-tls-addr", f"127.0.0.1:{tls_port}",
                 "--dns-addr", f"127.0.0.1:{port}",
             ],
             env={

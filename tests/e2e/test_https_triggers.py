@@ -19,7 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.conftest import FUNCMESH, Daemon, api_client, free_port, work_dir_for
+from tests.e2e.conftest import (
+    FUNCMESH,
+    Daemon,
+    api_client,
+    free_dns_port,
+    free_ports,
+    service_cidr_for,
+    work_dir_for,
+)
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 PROTO = (
@@ -145,16 +153,19 @@ def test_a_busy_tls_address_names_its_flag(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         tls_port = busy.getsockname()[1]
+        api_port, gateway_port = free_ports(2)
         result = subprocess.run(
             [
-                FUNCMESH, "up", "--api-addr", f"127.0.0.1:{free_port()}",
-                "--gateway-addr", f"127.0.0.1:{free_port()}",
+                FUNCMESH, "up", "--api-addr", f"127.0.0.1:{api_port}",
+                "--gateway-addr", f"127.0.0.1:{gateway_port}",
                 "--gateway-tls-addr", f"127.0.0.1:{tls_port}",
+                "--dns-addr", f"127.0.0.1:{free_dns_port()}",
             ],
             env={
                 **os.environ,
                 "FUNCMESH_HOME": str(tmp_path / "home"),
                 "FUNCMESH_WORK_DIR": str(work_dir_for(tmp_path / "home")),
+                "FUNCMESH_SERVICE_CIDR": service_cidr_for(tmp_path / "home"),
             },
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
