@@ -176,7 +176,8 @@ def serve_instrumented(funcmesh_args: list[str], record_path: Path) -> None:
     from funcmesh.cli.main import main as funcmesh_main
     from funcmesh.runtime.instances import Lease
     from funcmesh.runtime.pool import FunctionPool
-    from funcmesh.runtime.zygote import SpawnRequest, WorkerProcess, Zygote
+    from funcmesh.runtime.workers import SpawnRequest, WorkerProcess
+    from funcmesh.runtime.zygote import Zygote
 
     records: dict[str, dict[str, Any]] = {}
     original_acquire = FunctionPool.acquire

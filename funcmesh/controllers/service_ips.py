@@ -25,14 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from funcmesh.errors import AlreadyExists, Cause, Conflict, Invalid, NotFound, Unavailable
 from funcmesh.model.kinds import SERVICE
 from funcmesh.model.objects import RawObject, name_of, namespace_of
-from funcmesh.model.services import (
-    EXTERNAL_NAME,
-    HEADLESS,
-    as_json,
-    cluster_ip_of,
-    normalise_service,
-    type_of,
-)
+from funcmesh.model.service_specs import EXTERNAL_NAME, HEADLESS, as_json
+from funcmesh.model.services import cluster_ip_of, normalise_service, type_of
 from funcmesh.store.feed import Change
 from funcmesh.store.sqlite import Store
 

@@ -29,7 +29,8 @@ from funcmesh.model.objects import (
     namespace_of,
     raise_if_causes,
 )
-from funcmesh.model.services import PROTOCOLS, ServicePort, ServiceSpec, as_json
+from funcmesh.model.service_specs import PROTOCOLS, as_json
+from funcmesh.model.services import ServicePort, ServiceSpec
 
 ENDED_PHASES = ("Succeeded", "Failed")
 

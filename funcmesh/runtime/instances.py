@@ -24,7 +24,7 @@ from funcmesh.runtime.secret_files import SecretVolume
 
 if TYPE_CHECKING:
     from funcmesh.runtime.pool import FunctionPool
-    from funcmesh.runtime.zygote import WorkerProcess
+    from funcmesh.runtime.workers import WorkerProcess
 
 MEMORY_ERROR_EXIT_CODE = 213  # the worker shim exits with this after answering a MemoryError
 

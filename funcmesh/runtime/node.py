@@ -48,7 +48,7 @@ from funcmesh.runtime.instances import Revision
 from funcmesh.runtime.node_processes import SHIM_PATH, Launch, NodeLauncher, NodeProcess
 from funcmesh.runtime.secret_files import secrets_payload
 from funcmesh.runtime.starters import PendingWorker, StartedWorker, bind_pod_address
-from funcmesh.runtime.zygote import SpawnRequest, WorkerProcess
+from funcmesh.runtime.workers import SpawnRequest, WorkerProcess
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from funcmesh.errors import Unavailable
 from funcmesh.runtime.secret_files import SECRETS_SHIM, payload_fd
-from funcmesh.runtime.zygote import WorkerLoadError
+from funcmesh.runtime.workers import WorkerLoadError
 
 logger = logging.getLogger(__name__)
 

@@ -7,38 +7,32 @@ caller can connect at once and the kernel holds the request until the worker acc
 start costs one fork (Python) or one message to a pre-started process (Node.js) plus loading the
 handler (``funcmesh.runtime.starters``). For a cpu or qps rule the sweep also samples the load
 (``autoscale``) and starts instances ahead of the calls, off their path; ``reap_idle`` stops idle
-instances beyond what the rule keeps (``funcmesh.runtime.autoscaler``). The pool never talks HTTP
-itself.
+instances beyond what the rule keeps (``funcmesh.runtime.autoscaler``). Starting, supervising
+and stopping the instances themselves is ``funcmesh.runtime.lifecycle``'s. The pool never talks
+HTTP itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import signal
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.autoscaler import Autoscaler, Recommendation, Sample, read_cpu_seconds
-from funcmesh.runtime.instances import Instance, Lease, Revision, describe_exit
+from funcmesh.runtime.instances import Instance, Lease, Revision
+from funcmesh.runtime.lifecycle import InstanceLifecycle
 from funcmesh.runtime.limits import MemoryLimiter
-from funcmesh.runtime.logs import LineSplitter, LogBook
-from funcmesh.runtime.starters import PendingWorker, WorkerStarter, ZygoteSource, ZygoteStarter
+from funcmesh.runtime.logs import LogBook
+from funcmesh.runtime.starters import WorkerStarter, ZygoteSource
 from funcmesh.runtime.stats import FunctionStats
-from funcmesh.runtime.worker_env import worker_environment
-from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError
+from funcmesh.runtime.workers import WorkerLoadError
 
 logger = logging.getLogger(__name__)
-
-STOP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,14 +70,12 @@ class FunctionPool:
         self.revision: Revision | None = None
         self.failure: str | None = None
         self._context = context
-        python = ZygoteStarter(
-            addresses=context.addresses, zygotes=context.zygotes, port=context.worker_port
+        self._lifecycle = InstanceLifecycle(
+            namespace, name, context=context, stats=stats, on_exit=self._serve_waiters
         )
-        self._starters: dict[str, WorkerStarter] = {"python": python, **context.starters}
-        self._instances: dict[str, Instance] = {}
+        self._instances = self._lifecycle.instances  # read here, changed only by the lifecycle
         self._waiters: deque[_Waiter] = deque()
         self._decided = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._autoscaler: Autoscaler | None = None  # only while the rule is cpu or qps
         self._recommended: Recommendation | None = None
@@ -111,7 +103,7 @@ class FunctionPool:
                 continue
             instance.draining = True
             if instance.in_flight == 0:
-                self._stop(instance, "replaced by a new revision")
+                self._lifecycle.stop(instance, "replaced by a new revision")
         self._serve_waiters()
 
     def fail(self, message: str) -> None:
@@ -141,8 +133,8 @@ class FunctionPool:
             for i in self._instances.values()
             if i.revision is revision and i.process and not i.draining
         ]
-        instance = current[0] if current else await self._start(revision)
-        if instance.process is None:  # pragma: no cover - _start sets it
+        instance = current[0] if current else await self._lifecycle.start(revision)
+        if instance.process is None:  # pragma: no cover - start sets it
             return "instance did not start"
         try:
             await asyncio.wait_for(asyncio.shield(instance.process.ready), timeout_s)
@@ -174,7 +166,7 @@ class FunctionPool:
         if instance is not None:
             instance.in_flight += 1
         elif self.revision is not None and self._live_count() < self._max_scale():
-            instance = await self._start(self.revision, reserved=True)
+            instance = await self._lifecycle.start(self.revision, reserved=True)
         else:
             instance = await self._queue()
         return Lease(self, instance)
@@ -249,7 +241,7 @@ class FunctionPool:
         self.stats.record_call(ok=ok, duration_s=duration_s)
         if instance.draining:
             if instance.in_flight == 0:
-                self._stop(instance, "replaced by a new revision")
+                self._lifecycle.stop(instance, "replaced by a new revision")
             self._serve_waiters()
         elif self._waiters:
             self._serve_waiters()
@@ -270,7 +262,7 @@ class FunctionPool:
     def _spawn_for_waiters(self, revision: Revision) -> None:
         async def start() -> None:
             try:
-                await self._start(revision)
+                await self._lifecycle.start(revision)
             except FuncmeshError as exc:
                 waiter = self._waiters.popleft() if self._waiters else None
                 if waiter is not None and not waiter.done():
@@ -278,138 +270,11 @@ class FunctionPool:
                 return
             self._serve_waiters()
 
-        self._guard(start())
+        self._lifecycle.guard(start())
 
     def kill(self, instance: Instance, reason: str) -> None:
         """Stop an instance at once (after a timeout); its calls fail, new ones go elsewhere."""
-        instance.draining = True
-        instance.stop_reason = reason
-        instance.signal(signal.SIGKILL)
-
-    # instances
-
-    async def _start(self, revision: Revision, *, reserved: bool = False) -> Instance:
-        """Start a new instance; ``reserved`` counts the caller's call on it from the start."""
-        context = self._context
-        pending = self._starter(revision).reserve(revision)
-        pod = f"{revision.name}-{revision.template_hash[:8]}-{secrets.token_hex(3)[:5]}"
-        instance = Instance(
-            pod=pod,
-            ip=pending.ip,
-            port=context.worker_port,
-            revision=revision,
-            uid=str(uuid.uuid4()),
-            in_flight=1 if reserved else 0,
-        )
-        self._instances[pod] = instance
-        self.stats.record_cold_start()
-        try:
-            await self._launch(instance, pending)
-        except BaseException:
-            self._forget(instance)
-            raise
-        self.stats.set_instances(len(self._instances))
-        context.on_pod_change("ADDED", instance)
-        return instance
-
-    def _starter(self, revision: Revision) -> WorkerStarter:
-        starter = self._starters.get(revision.runtime.language)
-        if starter is None:
-            raise Unavailable(f"funcmesh cannot start {revision.runtime.id} instances here")
-        return starter
-
-    async def _launch(self, instance: Instance, pending: PendingWorker) -> None:
-        context, revision = self._context, instance.revision
-        fence = context.limiter.fence(instance.pod, revision.memory_limit_bytes)
-        request = self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit)
-        started = await pending.start(request)
-        instance.process = started.process
-        sink = context.logbook.instance_sink(revision.namespace, revision.name, instance.pod)
-        loop = asyncio.get_running_loop()
-        pipe = os.fdopen(started.log_read_fd, "rb", buffering=0)
-        await loop.connect_read_pipe(lambda: LineSplitter(sink), pipe)
-        self._guard(self._supervise(instance))
-
-    def _spawn_request(
-        self, instance: Instance, cgroup_procs: str | None, use_rlimit: bool
-    ) -> SpawnRequest:
-        revision = instance.revision
-        return SpawnRequest(
-            pod_name=instance.pod,
-            module=revision.module,
-            function=revision.handler,
-            function_name=revision.name,
-            code_dir=str(revision.code_dir),
-            sys_paths=revision.sys_paths,
-            env=worker_environment(
-                instance,
-                dns_server=self._context.dns_server,
-                services=self._context.service_env,
-            ),
-            timeout_s=revision.timeout_s,
-            runtime=revision.runtime.id,
-            memory_limit=revision.memory_limit or "0",
-            memory_limit_bytes=revision.memory_limit_bytes,
-            use_rlimit=use_rlimit,
-            cgroup_procs=cgroup_procs,
-            uid=self._context.worker_uid,
-            gid=self._context.worker_gid,
-        )
-
-    async def _supervise(self, instance: Instance) -> None:
-        process = instance.process
-        assert process is not None
-        try:
-            await process.ready
-            instance.ready = True
-            instance.last_active = time.monotonic()  # idle time counts from being loaded
-        except WorkerLoadError as exc:
-            instance.load_error = str(exc)
-            instance.last_active = time.monotonic()
-            self._context.logbook.note(self.namespace, self.name, f"{instance.pod}: {exc}")
-        except FuncmeshError:
-            pass
-        self._context.on_pod_change("MODIFIED", instance)
-        try:
-            returncode = await asyncio.shield(process.exited)
-        except FuncmeshError:  # the zygote died, and the worker with it
-            returncode = -signal.SIGKILL
-        instance.exit_reason = describe_exit(
-            returncode,
-            stop_reason=instance.stop_reason,
-            oom=self._context.limiter.breached(instance.pod),
-            memory_limit=instance.revision.memory_limit,
-        )
-        self._context.logbook.note(
-            self.namespace, self.name, f"instance {instance.pod} {instance.exit_reason}"
-        )
-        self._forget(instance)
-        self._serve_waiters()
-
-    def _forget(self, instance: Instance) -> None:
-        if self._instances.pop(instance.pod, None) is None:
-            return
-        instance.exited.set()
-        self._context.addresses.give_back(instance.ip)
-        self._context.limiter.release(instance.pod)
-        self._context.logbook.forget_pod(self.namespace, instance.pod)
-        self.stats.set_instances(len(self._instances))
-        if instance.process is not None:
-            self._context.on_pod_change("DELETED", instance)
-
-    def _stop(self, instance: Instance, reason: str) -> None:
-        """Ask an instance to finish (SIGTERM), and SIGKILL it if it does not in time."""
-        instance.draining = True
-        instance.stop_reason = instance.stop_reason or reason
-        instance.signal(signal.SIGTERM)
-
-        async def enforce() -> None:
-            try:
-                await asyncio.wait_for(instance.exited.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                instance.signal(signal.SIGKILL)
-
-        self._guard(enforce())
+        self._lifecycle.kill(instance, reason)
 
     def autoscale(self, now: float) -> None:
         """Sample the load of a cpu or qps rule and recommend counts for ``reap_idle`` (run by
@@ -454,13 +319,13 @@ class FunctionPool:
             key=lambda i: i.last_active,
         )
         for instance in idle[: max(0, len(live) - keep)]:
-            self._stop(instance, "stopped after being idle")
+            self._lifecycle.stop(instance, "stopped after being idle")
         for _ in range(wanted - len(live)):
-            self._guard(self._start_quietly(revision))
+            self._lifecycle.guard(self._start_quietly(revision))
 
     async def _start_quietly(self, revision: Revision) -> None:
         try:
-            await self._start(revision)
+            await self._lifecycle.start(revision)
         except FuncmeshError as exc:
             logger.warning("could not keep %s warm: %s", self.display_name, exc)
             return
@@ -483,21 +348,9 @@ class FunctionPool:
         self._waiters.clear()
         instances = list(self._instances.values())
         for instance in instances:
-            self._stop(instance, "stopped")
+            self._lifecycle.stop(instance, "stopped")
         await asyncio.gather(*(i.exited.wait() for i in instances if i.process))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("task of %s failed", self.display_name, exc_info=task.exception())
+        await self._lifecycle.cancel_tasks()
 
 
 class _Waiter(asyncio.Future[Instance]):

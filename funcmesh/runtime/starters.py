@@ -24,7 +24,8 @@ from funcmesh.errors import Unavailable
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.instances import Revision
 from funcmesh.runtime.secret_files import payload_fd, secrets_payload
-from funcmesh.runtime.zygote import SpawnRequest, WorkerProcess, Zygote
+from funcmesh.runtime.workers import SpawnRequest, WorkerProcess
+from funcmesh.runtime.zygote import Zygote
 
 LISTEN_BACKLOG = 1024
 BIND_ATTEMPTS = 16

@@ -4,7 +4,8 @@ A :class:`Zygote` is one warmed interpreter (``shims/_funcmesh_zygote.py``) behi
 SOCK_SEQPACKET control socket, one JSON message per packet. :meth:`Zygote.spawn` passes the
 listening socket and the log pipe of a new instance (and the memfd of its Secrets, if any)
 along with a :class:`SpawnRequest` and returns a :class:`WorkerProcess` whose futures say when
-the function is loaded (or why not) and when the process exits. If the zygote dies, its workers
+the function is loaded (or why not) and when the process exits (both in
+``funcmesh.runtime.workers``, shared with the Node.js starter). If the zygote dies, its workers
 die with it (PDEATHSIG) and every pending future fails with :class:`~funcmesh.errors.Unavailable`;
 the pool starts a new zygote.
 
@@ -23,12 +24,13 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from funcmesh.errors import AlreadyExists, FuncmeshError, Invalid, Unavailable
+from funcmesh.errors import AlreadyExists, Invalid, Unavailable
+from funcmesh.runtime.workers import SpawnRequest, WorkerLoadError, WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -41,84 +43,6 @@ SPAWN_TIMEOUT_S: Final = 5.0
 CLOSE_GRACE_S: Final = 2.0
 EXIT_TIMEOUT_S: Final = 5.0
 STDERR_TAIL_LINES: Final = 20
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpawnRequest:
-    """Everything a forked worker needs to load one function instance."""
-
-    pod_name: str
-    module: str
-    function: str
-    function_name: str  # the Kubeless Function's name, shown as context["function-name"]
-    code_dir: str
-    sys_paths: tuple[str, ...]
-    env: Mapping[str, str]
-    timeout_s: float
-    runtime: str
-    memory_limit: str  # as shown in context["memory-limit"]; "0" if none
-    memory_limit_bytes: int | None = None
-    use_rlimit: bool = False
-    cgroup_procs: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-
-    def to_message(self) -> dict[str, Any]:
-        return {
-            "op": "spawn",
-            "pod_name": self.pod_name,
-            "module": self.module,
-            "function": self.function,
-            "function_name": self.function_name,
-            "code_dir": self.code_dir,
-            "sys_paths": list(self.sys_paths),
-            "env": dict(self.env),
-            "timeout_s": self.timeout_s,
-            "runtime": self.runtime,
-            "memory_limit": self.memory_limit,
-            "memory_limit_bytes": self.memory_limit_bytes,
-            "use_rlimit": self.use_rlimit,
-            "cgroup_procs": self.cgroup_procs,
-            "uid": self.uid,
-            "gid": self.gid,
-        }
-
-
-class WorkerLoadError(FuncmeshError):
-    """The function's code did not load; ``error`` is the worker's one-line reason."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-class WorkerProcess:
-    """One forked worker: its pid and two futures that follow it."""
-
-    __slots__ = ("_signal", "exited", "pid", "pod_name", "ready")
-
-    def __init__(
-        self,
-        *,
-        pod_name: str,
-        pid: int,
-        ready: asyncio.Future[None],
-        exited: asyncio.Future[int],
-        signal_worker: Callable[[int, int], None],
-    ) -> None:
-        self.pod_name = pod_name
-        self.pid = pid
-        self.ready = ready  # None once loaded; WorkerLoadError or Unavailable if not
-        self.exited = exited  # the return code (-N for signal N); Unavailable if the zygote died
-        self._signal = signal_worker
-
-    def __repr__(self) -> str:
-        return f"<WorkerProcess {self.pod_name} pid={self.pid}>"
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the worker; nothing happens if it is gone already."""
-        if not self.exited.done():
-            self._signal(self.pid, sig)
 
 
 @dataclass(slots=True, eq=False)

@@ -29,7 +29,7 @@ from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.node import NodeStarter
 from funcmesh.runtime.node_processes import install_shim
 from funcmesh.runtime.starters import StartedWorker
-from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError
+from funcmesh.runtime.workers import SpawnRequest, WorkerLoadError
 
 NODE = shutil.which("node")
 SETPRIV = shutil.which("setpriv")

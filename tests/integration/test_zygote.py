@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from funcmesh.errors import Unavailable
-from funcmesh.runtime.zygote import SpawnRequest, WorkerLoadError, WorkerProcess, Zygote
+from funcmesh.runtime.workers import SpawnRequest, WorkerLoadError, WorkerProcess
+from funcmesh.runtime.zygote import Zygote
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zygote"
 PYTHON_3_8 = sorted(Path.home().glob(".pyenv/versions/3.8.*/bin/python3.8"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from funcmesh.runtime.node import specialisation
 from funcmesh.runtime.node_processes import SHIM_MODULES, SHIM_PATH, install_shim
-from funcmesh.runtime.zygote import SpawnRequest
+from funcmesh.runtime.workers import SpawnRequest
 
 
 def test_specialisation_carries_what_the_shim_loads() -> None:

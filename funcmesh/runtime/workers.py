@@ -1,0 +1,97 @@
+"""What every worker starter shares: the spawn request, the started process, its load error.
+
+A pool describes a new instance in a :class:`SpawnRequest`; a starter (the Python zygote,
+``funcmesh.runtime.zygote``, or a Node.js spare, ``funcmesh.runtime.node``) turns it into a
+:class:`WorkerProcess` whose futures say when the function has loaded (or why not, as a
+:class:`WorkerLoadError`) and when the process exits.
+
+Must not: start or signal processes itself, create sockets, read os.environ, or block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from funcmesh.errors import FuncmeshError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpawnRequest:
+    """Everything a forked worker needs to load one function instance."""
+
+    pod_name: str
+    module: str
+    function: str
+    function_name: str  # the Kubeless Function's name, shown as context["function-name"]
+    code_dir: str
+    sys_paths: tuple[str, ...]
+    env: Mapping[str, str]
+    timeout_s: float
+    runtime: str
+    memory_limit: str  # as shown in context["memory-limit"]; "0" if none
+    memory_limit_bytes: int | None = None
+    use_rlimit: bool = False
+    cgroup_procs: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "op": "spawn",
+            "pod_name": self.pod_name,
+            "module": self.module,
+            "function": self.function,
+            "function_name": self.function_name,
+            "code_dir": self.code_dir,
+            "sys_paths": list(self.sys_paths),
+            "env": dict(self.env),
+            "timeout_s": self.timeout_s,
+            "runtime": self.runtime,
+            "memory_limit": self.memory_limit,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "use_rlimit": self.use_rlimit,
+            "cgroup_procs": self.cgroup_procs,
+            "uid": self.uid,
+            "gid": self.gid,
+        }
+
+
+class WorkerLoadError(FuncmeshError):
+    """The function's code did not load; ``error`` is the worker's one-line reason."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class WorkerProcess:
+    """One forked worker: its pid and two futures that follow it."""
+
+    __slots__ = ("_signal", "exited", "pid", "pod_name", "ready")
+
+    def __init__(
+        self,
+        *,
+        pod_name: str,
+        pid: int,
+        ready: asyncio.Future[None],
+        exited: asyncio.Future[int],
+        signal_worker: Callable[[int, int], None],
+    ) -> None:
+        self.pod_name = pod_name
+        self.pid = pid
+        self.ready = ready  # None once loaded; WorkerLoadError or Unavailable if not
+        self.exited = exited  # the return code (-N for signal N); Unavailable if the zygote died
+        self._signal = signal_worker
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess {self.pod_name} pid={self.pid}>"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the worker; nothing happens if it is gone already."""
+        if not self.exited.done():
+            self._signal(self.pid, sig)
