@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -192,10 +193,17 @@ def serve_instrumented(funcmesh_args: list[str], record_path: Path) -> None:
         return lease
 
     async def timed_spawn(
-        self: Zygote, request: SpawnRequest, *, listen_socket: Any, log_fd: int
+        self: Zygote,
+        request: SpawnRequest,
+        *,
+        listen_socket: socket.socket,
+        log_fd: int,
+        secrets_fd: int | None = None,
     ) -> WorkerProcess:
         started = time.monotonic()
-        process = await original_spawn(self, request, listen_socket=listen_socket, log_fd=log_fd)
+        process = await original_spawn(
+            self, request, listen_socket=listen_socket, log_fd=log_fd, secrets_fd=secrets_fd
+        )
         record = records.setdefault(request.pod_name, {})
         record.update(spawn_start=started, spawn_end=time.monotonic())
         process.ready.add_done_callback(lambda _: record.update(ready=time.monotonic()))
