@@ -13,7 +13,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from funcmesh import __version__
-from funcmesh.model.kinds import ALL, DEPLOYMENT, FUNCTION, NAMESPACE, POD, ResourceType
+from funcmesh.model.kinds import (
+    ALL,
+    DEPLOYMENT,
+    FUNCTION,
+    NAMESPACE,
+    POD,
+    ResourceType,
+    served_under,
+)
 
 KUBERNETES_MAJOR = "1"
 KUBERNETES_MINOR = "32"
@@ -52,12 +60,12 @@ def version_info() -> dict[str, str]:
 
 
 def group_versions() -> dict[str, list[str]]:
-    """Served versions per group, in registry order (the first is preferred)."""
+    """Served versions per group, in registry order (the first is preferred: a kind's storage
+    version comes before the older versions it is also served under)."""
     groups: dict[str, list[str]] = {}
     for rt in ALL:
         versions = groups.setdefault(rt.group, [])
-        if rt.version not in versions:
-            versions.append(rt.version)
+        versions.extend(version for version in rt.versions if version not in versions)
     return groups
 
 
@@ -95,7 +103,7 @@ def api_group_list() -> dict[str, Any]:
 
 def api_resource_list(group: str, version: str) -> dict[str, Any] | None:
     """``/api/v1`` or ``/apis/{group}/{version}``, or None when not served."""
-    kinds = [rt for rt in ALL if rt.group == group and rt.version == version]
+    kinds = served_under(group, version)
     if not kinds:
         return None
     resources: list[dict[str, Any]] = []
@@ -156,17 +164,16 @@ def discovery_content_type(version: str) -> str:
 
 
 def _version_entry(group: str, version: str) -> dict[str, Any]:
-    kinds = [rt for rt in ALL if rt.group == group and rt.version == version]
     return {
         "version": version,
-        "resources": list(_discovery_resources(kinds)),
+        "resources": list(_discovery_resources(served_under(group, version), version)),
         "freshness": "Current",
     }
 
 
-def _discovery_resources(kinds: Iterable[ResourceType]) -> Iterable[dict[str, Any]]:
+def _discovery_resources(kinds: Iterable[ResourceType], version: str) -> Iterable[dict[str, Any]]:
     for rt in kinds:
-        response_kind = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+        response_kind = {"group": rt.group, "version": version, "kind": rt.kind}
         resource: dict[str, Any] = {
             "resource": rt.plural,
             "responseKind": response_kind,

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from funcmesh.api.discovery import KUBERNETES_VERSION, group_versions
-from funcmesh.model.kinds import ALL, ResourceType
+from funcmesh.model.kinds import ResourceType, served_under
 
 _FIELD_VALIDATION = {
     "name": "fieldValidation",
@@ -38,12 +38,12 @@ def openapi_root() -> dict[str, Any]:
 
 def openapi_document(group: str, version: str) -> dict[str, Any] | None:
     """The document of one group/version, or None when it is not served."""
-    kinds = [rt for rt in ALL if rt.group == group and rt.version == version]
+    kinds = served_under(group, version)
     if not kinds:
         return None
     paths: dict[str, Any] = {}
     for rt in kinds:
-        paths.update(_kind_paths(rt))
+        paths.update(_kind_paths(rt, version))
     return {
         "openapi": "3.0.0",
         "info": {"title": "funcmesh", "version": KUBERNETES_VERSION},
@@ -55,11 +55,11 @@ def _gv_path(group: str, version: str) -> str:
     return f"apis/{group}/{version}" if group else f"api/{version}"
 
 
-def _kind_paths(rt: ResourceType) -> dict[str, Any]:
-    base = "/" + _gv_path(rt.group, rt.version)
+def _kind_paths(rt: ResourceType, version: str) -> dict[str, Any]:
+    base = "/" + _gv_path(rt.group, version)
     scope = "/namespaces/{namespace}" if rt.namespaced else ""
     collection, item = f"{base}{scope}/{rt.plural}", f"{base}{scope}/{rt.plural}/{{name}}"
-    gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
+    gvk = {"group": rt.group, "version": version, "kind": rt.kind}
     read_ops = {"get": _operation(gvk, "get", with_validation=False)}
     if rt.read_only:
         return {collection: {"get": _operation(gvk, "list", with_validation=False)}, item: read_ops}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from funcmesh.api.status import MethodNotAllowed
 from funcmesh.errors import NotFound
-from funcmesh.model.kinds import ALL, ResourceType
+from funcmesh.model.kinds import ResourceType, served_under
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 _VERBS_BY_METHOD = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -28,6 +28,12 @@ class ResourcePath:
     name: str | None = None
     subresource: str | None = None
     watch: bool = False  # the deprecated ``/watch/`` form
+    version: str = ""  # the version in the URL when it is not the kind's storage version
+
+    @property
+    def api_version(self) -> str:
+        """The ``apiVersion`` the request sees objects in (a kind may serve several)."""
+        return self.rt.api_version_at(self.version or self.rt.version)
 
     @property
     def scope_namespace(self) -> str:
@@ -41,7 +47,7 @@ def unknown_path(path: str) -> NotFound:
 
 def find_group_version(group: str, version: str) -> tuple[ResourceType, ...]:
     """The resource types served under one group/version; empty when it is not served."""
-    return tuple(rt for rt in ALL if rt.group == group and rt.version == version)
+    return served_under(group, version)
 
 
 def parse_resource_path(
@@ -70,6 +76,7 @@ def parse_resource_path(
         name=rest[0] if rest else None,
         subresource=rest[1] if len(rest) > 1 else None,
         watch=watch,
+        version="" if version == rt.version else version,
     )
 
 

@@ -117,16 +117,16 @@ class ResourceHandlers:
             metadata["remainingItemCount"] = page.remaining
         body = {
             "kind": f"{path.rt.kind}List",
-            "apiVersion": path.rt.api_version,
+            "apiVersion": path.api_version,
             "metadata": metadata,
-            "items": [_typed(path.rt, obj) for obj in page.items],
+            "items": [_typed(path, obj) for obj in page.items],
         }
         return _rendered(request, path.rt, body, page.items, options, metadata)
 
     async def _get(
         self, request: web.Request, path: ResourcePath, options: ListOptions
     ) -> web.StreamResponse:
-        obj = _typed(path.rt, await self._current(path))
+        obj = _typed(path, await self._current(path))
         metadata = {"resourceVersion": metadata_of(obj).get("resourceVersion", "")}
         return _rendered(request, path.rt, obj, [obj], options, metadata)
 
@@ -159,7 +159,7 @@ class ResourceHandlers:
             created = admitted if options.dry_run else await self._stored.create(path.rt, admitted)
         except FuncmeshError as exc:  # the URL has no name: take it from the object
             return error_response(exc, request, details_for(path.rt, name_of(obj), exc))
-        return json_response(created, status=201)
+        return json_response(_typed(path, created), status=201)
 
     async def _update(
         self, request: web.Request, path: ResourcePath, options: ListOptions
@@ -177,7 +177,7 @@ class ResourceHandlers:
         patch = decode_json(body, what="the patch") if _is_json_patch(content_type) else None
         for attempt in range(PATCH_RETRIES):
             current = await self._current(path)
-            patched = apply_patch(content_type, current, patch)
+            patched = apply_patch(content_type, _typed(path, current), patch)
             if not isinstance(patched, dict):
                 raise BadRequest("the patch must leave an object")
             explicit_version = _sets_resource_version(content_type, patch)
@@ -203,8 +203,9 @@ class ResourceHandlers:
             metadata_of(obj)["resourceVersion"] = wanted_version
         admitted = await asyncio.to_thread(self._admission.admit, path.rt, obj, current)
         if dry_run:
-            return json_response(admitted)
-        return json_response(await self._stored.update(path.rt, admitted, status_only=status_only))
+            return json_response(_typed(path, admitted))
+        updated = await self._stored.update(path.rt, admitted, status_only=status_only)
+        return json_response(_typed(path, updated))
 
     async def _delete(
         self, request: web.Request, path: ResourcePath, options: ListOptions
@@ -275,20 +276,24 @@ def _rendered(
     return json_response(rows)
 
 
-def _typed(rt: ResourceType, obj: RawObject) -> RawObject:
-    """The object with ``apiVersion`` and ``kind`` first (list items must carry them)."""
-    return {"apiVersion": rt.api_version, "kind": rt.kind, **obj}
+def _typed(path: ResourcePath, obj: RawObject) -> RawObject:
+    """The object with ``apiVersion`` and ``kind`` first (list items must carry them), in the
+    version the request named: a kind served under several versions is stored in one."""
+    rest = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind")}
+    return {"apiVersion": path.api_version, "kind": path.rt.kind, **rest}
 
 
 def _checked_type(rt: ResourceType, obj: RawObject) -> RawObject:
-    """Fill in ``apiVersion``/``kind``; BadRequest when they name another resource."""
+    """Fill in ``apiVersion``/``kind`` as stored (the storage version); BadRequest when they
+    name another resource. Any served version of the kind is accepted on any of its paths:
+    the versions share one schema, so converting is renaming."""
     api_version, kind = obj.get("apiVersion") or rt.api_version, obj.get("kind") or rt.kind
-    if api_version != rt.api_version or kind != rt.kind:
+    if api_version not in rt.api_versions or kind != rt.kind:
         raise BadRequest(
             f"the object is a {kind} of {api_version}, but this path serves "
-            f"{rt.kind} of {rt.api_version}"
+            f"{rt.kind} of {' or '.join(rt.api_versions)}"
         )
-    return {**obj, "apiVersion": api_version, "kind": kind}
+    return {**obj, "apiVersion": rt.api_version, "kind": kind}
 
 
 def _placed(path: ResourcePath, obj: RawObject) -> RawObject:

@@ -14,15 +14,20 @@ from typing import Any
 
 from funcmesh.model.conditions import function_status_text
 from funcmesh.model.kinds import (
+    AUTHORIZATION_POLICY,
     DEPLOYMENT,
+    DESTINATION_RULE,
     ENDPOINTS,
     EVENT,
     FUNCTION,
+    GATEWAY,
     HTTP_TRIGGER,
     NAMESPACE,
+    PEER_AUTHENTICATION,
     POD,
     SECRET,
     SERVICE,
+    VIRTUAL_SERVICE,
     ResourceType,
 )
 from funcmesh.model.objects import RawObject, metadata_of, name_of, parse_rfc3339
@@ -307,6 +312,19 @@ def _label_selector(obj: Mapping[str, Any], _now_s: float) -> Cell:
     return ",".join(parts) or "<none>"
 
 
+def _list_field(key: str) -> Callable[[Mapping[str, Any], float], Cell]:
+    """A list of strings in the spec as Istio's printer columns show it: ``["a","b"]``."""
+
+    def cell(obj: Mapping[str, Any], _now_s: float) -> Cell:
+        spec = obj.get("spec")
+        items = spec.get(key) if isinstance(spec, Mapping) else None
+        if not isinstance(items, list) or not items:
+            return ""
+        return "[" + ",".join(f'"{item}"' for item in items) + "]"
+
+    return cell
+
+
 _NAME = Column(name="Name", cell=_name, format="name", description="Name of the object")
 _AGE = Column(name="Age", cell=_age, description="Time since the object was created")
 
@@ -386,5 +404,28 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column(name="Containers", cell=_deployment_containers, priority=1),
         Column(name="Images", cell=_deployment_images, priority=1),
         Column(name="Selector", cell=_label_selector, priority=1),
+    ),
+    # Istio's additionalPrinterColumns
+    VIRTUAL_SERVICE.key: (
+        _NAME,
+        Column(name="Gateways", cell=_list_field("gateways"), description="Gateways bound"),
+        Column(name="Hosts", cell=_list_field("hosts"), description="Destination hosts"),
+        _AGE,
+    ),
+    DESTINATION_RULE.key: (
+        _NAME,
+        Column(name="Host", cell=_field("spec", "host"), description="The rule's host"),
+        _AGE,
+    ),
+    GATEWAY.key: (_NAME, _AGE),
+    AUTHORIZATION_POLICY.key: (
+        _NAME,
+        Column(name="Action", cell=_field("spec", "action", default="ALLOW"), description="Action"),
+        _AGE,
+    ),
+    PEER_AUTHENTICATION.key: (
+        _NAME,
+        Column(name="Mode", cell=_field("spec", "mtls", "mode"), description="mTLS mode"),
+        _AGE,
     ),
 }

@@ -87,7 +87,7 @@ async def watch_events(
 
 def _bookmark(path: ResourcePath, resource_version: str) -> RawObject:
     return {
-        "apiVersion": path.rt.api_version,
+        "apiVersion": path.api_version,
         "kind": path.rt.kind,
         "metadata": {
             "resourceVersion": resource_version,
@@ -121,6 +121,8 @@ class _EventEncoder:
 
     def encode(self, event_type: str, obj: RawObject) -> bytes:
         body: Any = obj
+        if event_type != "BOOKMARK" and obj.get("apiVersion") not in (None, self._path.api_version):
+            body = {**obj, "apiVersion": self._path.api_version}  # a kind with several versions
         if self._table_version is not None and event_type != "BOOKMARK":
             body = table(
                 self._path.rt,

@@ -11,8 +11,10 @@ must name a Function that exists and Secrets of the right types (basic auth: an 
 with key ``auth``; TLS: a ``kubernetes.io/tls`` Secret). A Service is put in normal form and
 gets its ClusterIP (controllers.service_ips); Endpoints are checked (model.endpoints). A
 Deployment gets Kubernetes's defaults and must have one runnable container whose labels its
-selector selects (model.deployments). Nothing is stored when admission fails, so bad input
-changes nothing.
+selector selects (model.deployments). Istio's VirtualService, DestinationRule, Gateway,
+AuthorizationPolicy and PeerAuthentication must parse (model.istio_*): every field is one
+funcmesh serves and every value is valid; the hosts they name need not exist yet. Nothing is
+stored when admission fails, so bad input changes nothing.
 
 Admission runs in a worker thread (the API keeps it off the event loop), so it reads stored
 objects through an ObjectLookup that blocks that thread, never the loop.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from funcmesh.errors import Cause, Invalid, NotFound, Unavailable
@@ -30,15 +32,23 @@ from funcmesh.model.deployments import admit_deployment
 from funcmesh.model.endpoints import normalise_endpoints
 from funcmesh.model.function import FunctionSpec, parse_function
 from funcmesh.model.http_triggers import HttpTriggerSpec, parse_http_trigger
+from funcmesh.model.istio_destinations import parse_destination_rule, parse_gateway
+from funcmesh.model.istio_networking import parse_virtual_service
+from funcmesh.model.istio_security import parse_authorization_policy, parse_peer_authentication
 from funcmesh.model.kinds import (
+    AUTHORIZATION_POLICY,
     CRONJOB_TRIGGER,
     DEPLOYMENT,
+    DESTINATION_RULE,
     ENDPOINTS,
     FUNCTION,
+    GATEWAY,
     HTTP_TRIGGER,
     NATS_TRIGGER,
+    PEER_AUTHENTICATION,
     SECRET,
     SERVICE,
+    VIRTUAL_SERVICE,
     ResourceType,
 )
 from funcmesh.model.objects import RawObject, metadata_causes, name_of, raise_if_causes
@@ -51,6 +61,14 @@ from funcmesh.store.sqlite import Store
 # The spec fields that decide whether the code prepares: unchanged, it was checked already.
 _CONTENT_FIELDS = ("function", "function-content-type", "checksum", "handler", "runtime")
 T = TypeVar("T")
+# Istio's kinds: admitted when they parse (one Invalid cause per problem), stored as sent
+_ISTIO_PARSERS: dict[str, Callable[[RawObject], object]] = {
+    VIRTUAL_SERVICE.key: parse_virtual_service,
+    DESTINATION_RULE.key: parse_destination_rule,
+    GATEWAY.key: parse_gateway,
+    AUTHORIZATION_POLICY.key: parse_authorization_policy,
+    PEER_AUTHENTICATION.key: parse_peer_authentication,
+}
 
 
 class ObjectLookup(Protocol):
@@ -142,6 +160,9 @@ class Admission:
             return normalise_endpoints(obj)
         if rt is DEPLOYMENT:
             return admit_deployment(obj, old)  # defaults; one runnable container; selector
+        if rt.key in _ISTIO_PARSERS:
+            _ISTIO_PARSERS[rt.key](obj)  # every field served, every value valid
+            return obj
         raise_if_causes(metadata_causes(obj, rt), kind=rt.kind, name=name_of(obj))
         return obj
 
