@@ -1,17 +1,17 @@
 """Server-side printing: ``meta.k8s.io`` Tables that kubectl renders for ``kubectl get``.
 
 Each kind has its columns (priority 1 ones show only with ``-o wide``); kinds without their own
-columns get NAME and AGE. Ages are formatted exactly like kubectl (``5s``, ``3m12s``, ``4d``).
-This module is pure: the caller passes the current time.
+columns get NAME and AGE, formatted exactly like kubectl by ``funcmesh.api.ages``. This module
+is pure: the caller passes the current time.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from funcmesh.api.ages import age_since
 from funcmesh.model.conditions import function_status_text
 from funcmesh.model.kinds import (
     AUTHORIZATION_POLICY,
@@ -30,7 +30,7 @@ from funcmesh.model.kinds import (
     VIRTUAL_SERVICE,
     ResourceType,
 )
-from funcmesh.model.objects import RawObject, metadata_of, name_of, parse_rfc3339
+from funcmesh.model.objects import RawObject, metadata_of, name_of
 
 Cell = str | int
 
@@ -88,47 +88,6 @@ def _row(
             "metadata": metadata_of(obj),
         }
     return row
-
-
-def human_duration(seconds: float) -> str:
-    """kubectl's ``duration.HumanDuration``: two significant units while they matter."""
-    whole = math.floor(seconds)
-    if whole < -1:
-        return "<invalid>"
-    if whole < 0:
-        return "0s"
-    if whole < 120:
-        return f"{whole}s"
-    minutes, hours = whole // 60, whole // 3600
-    days = hours // 24
-    if minutes < 10:
-        return _units(minutes, "m", whole % 60, "s")
-    if minutes < 180:
-        return f"{minutes}m"
-    if hours < 8:
-        return _units(hours, "h", minutes % 60, "m")
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return _units(days, "d", hours % 24, "h")
-    if hours < 24 * 365 * 2:
-        return f"{days}d"
-    if hours < 24 * 365 * 8:
-        return _units(days // 365, "y", days % 365, "d")
-    return f"{days // 365}y"
-
-
-def _units(major: int, major_unit: str, minor: int, minor_unit: str) -> str:
-    return f"{major}{major_unit}" if minor == 0 else f"{major}{major_unit}{minor}{minor_unit}"
-
-
-def age_since(timestamp: Any, now_s: float) -> str:
-    if not isinstance(timestamp, str) or not timestamp:
-        return "<unknown>"
-    try:
-        return human_duration(now_s - parse_rfc3339(timestamp))
-    except ValueError:
-        return "<unknown>"
 
 
 # cells

@@ -2,7 +2,8 @@
 
 Paths come from ``model.kinds``; answers become typed values (``responses``); error answers and
 transport failures become FuncmeshError subclasses with a message a user can act on. httpx lives
-here and in ``download`` only. This module must not print, prompt or know about the CLI.
+in this package only (here, ``transport`` and ``download``); paths come from ``paths``. This
+module must not print, prompt or know about the CLI.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
-import ssl
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 
 from funcmesh import __version__
 from funcmesh.client.kubeconfig import Kubeconfig
+from funcmesh.client.paths import collection_path, object_path, segment
 from funcmesh.client.responses import (
     FunctionStats,
     ObjectList,
@@ -35,7 +34,8 @@ from funcmesh.client.responses import (
     parse_watch_event,
 )
 from funcmesh.client.status import error_from_response, error_from_status
-from funcmesh.errors import FuncmeshError, Invalid, Unavailable
+from funcmesh.client.transport import tls_verification, transport_error
+from funcmesh.errors import FuncmeshError, Invalid
 from funcmesh.model.kinds import FUNCTION, POD, ResourceType
 from funcmesh.model.objects import RawObject, name_of, namespace_of
 
@@ -47,7 +47,6 @@ FUNCTION_PORT_NAME = "http-function-port"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 Params = Mapping[str, str]
-E = TypeVar("E", bound=BaseException)
 
 
 class ApiClient:
@@ -73,7 +72,7 @@ class ApiClient:
         self._http = httpx.Client(
             base_url=self.server,
             headers=headers,
-            verify=_tls_verification(ca_pem, verify_tls=verify_tls),
+            verify=tls_verification(ca_pem, verify_tls=verify_tls),
             transport=transport,
             timeout=request_timeout_s,
             trust_env=False,  # a proxy from the environment must not see loopback API traffic
@@ -202,8 +201,8 @@ class ApiClient:
     ) -> ProxyResponse:
         """Call a service through the API's service proxy; any status comes back as is."""
         url = (
-            f"/api/v1/namespaces/{_segment(namespace)}/services/{_segment(service)}:"
-            f"{_segment(port)}/proxy/{path.lstrip('/')}"
+            f"/api/v1/namespaces/{segment(namespace)}/services/{segment(service)}:"
+            f"{segment(port)}/proxy/{path.lstrip('/')}"
         )
         # No read timeout: the function's own timeout (enforced by the daemon) bounds the call.
         timeout = httpx.Timeout(self._timeout_s, read=None)
@@ -277,7 +276,7 @@ class ApiClient:
     ) -> str:
         """Queue an async call of a function (stored by the daemon before it answers); its id."""
         url = (
-            f"/funcmesh/v1/namespaces/{_segment(namespace)}/async-function/{_segment(name)}"
+            f"/funcmesh/v1/namespaces/{segment(namespace)}/async-function/{segment(name)}"
             f"/{path.lstrip('/')}"
         )
         all_headers = {"Accept": "*/*", **(headers or {})}
@@ -291,7 +290,7 @@ class ApiClient:
 
     def get_call(self, call_id: str) -> dict[str, Any]:
         """An async call: ``phase``, ``statusCode``, ``body`` (or ``bodyBase64``), timings."""
-        document: dict[str, Any] = self._json("GET", f"/funcmesh/v1/calls/{_segment(call_id)}")
+        document: dict[str, Any] = self._json("GET", f"/funcmesh/v1/calls/{segment(call_id)}")
         return document
 
     # -- plumbing --------------------------------------------------------------------------
@@ -336,7 +335,7 @@ class ApiClient:
                 timeout=timeout if timeout is not None else self._timeout_s,
             )
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
+            raise transport_error(exc, server=self.server, timeout_s=self._timeout_s) from exc
         logger.debug("%s %s -> %d", method, response.url, response.status_code)
         return response
 
@@ -357,45 +356,7 @@ class ApiClient:
         except httpx.ReadTimeout:
             return
         except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from exc
-
-    def _transport_error(self, exc: httpx.HTTPError) -> FuncmeshError:
-        where = f"the funcmesh API at {self.server}"
-        tls = _cause_of_type(exc, ssl.SSLError)
-        if isinstance(tls, ssl.SSLCertVerificationError):
-            return Unavailable(
-                f"TLS verification of {where} failed ({tls.verify_message}): the kubeconfig's CA "
-                "does not match the server's certificate; use the kubeconfig funcmesh up wrote"
-            )
-        if tls is not None:
-            return Unavailable(
-                f"TLS handshake with {where} failed ({tls.reason or tls}): does it speak https?"
-            )
-        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-            return Unavailable(f"cannot reach {where} ({_reason(exc)}): is funcmesh up running?")
-        if isinstance(exc, httpx.TimeoutException):
-            return Unavailable(f"{where} did not answer within {self._timeout_s:g} s")
-        if isinstance(exc, httpx.TransportError):
-            return Unavailable(f"the connection to {where} failed ({_reason(exc)})")
-        return FuncmeshError(f"request to {where} failed: {exc}")
-
-
-def collection_path(rt: ResourceType, namespace: str, *, all_namespaces: bool = False) -> str:
-    """``/apis/kubeless.io/v1beta1/namespaces/default/functions``, ``/api/v1/namespaces``."""
-    prefix = f"/apis/{rt.group}/{rt.version}" if rt.group else f"/api/{rt.version}"
-    if rt.namespaced and not all_namespaces:
-        prefix += f"/namespaces/{_segment(namespace or 'default')}"
-    return f"{prefix}/{rt.plural}"
-
-
-def object_path(rt: ResourceType, namespace: str, name: str) -> str:
-    if not name:
-        raise Invalid(f"a {rt.singular} name is required")
-    return f"{collection_path(rt, namespace)}/{_segment(name)}"
-
-
-def _segment(text: str) -> str:
-    return quote(text, safe="")
+            raise transport_error(exc, server=self.server, timeout_s=self._timeout_s) from exc
 
 
 def _decode_json(content: bytes | str, *, what: str) -> Any:
@@ -403,39 +364,3 @@ def _decode_json(content: bytes | str, *, what: str) -> Any:
         return json.loads(content)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FuncmeshError(f"the funcmesh API answered {what} with invalid JSON") from exc
-
-
-def _tls_verification(ca_pem: str | None, *, verify_tls: bool) -> ssl.SSLContext | bool:
-    if not verify_tls:
-        return False
-    if ca_pem is None:
-        return True
-    try:
-        return ssl.create_default_context(cadata=ca_pem)
-    except (ssl.SSLError, ValueError) as exc:
-        raise Invalid(
-            f"the certificate authority in the kubeconfig is not a valid PEM certificate ({exc})"
-        ) from exc
-
-
-def _cause_of_type(exc: BaseException, kind: type[E]) -> E | None:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    """``connection refused``, ``unknown host``, ``timed out``: the root cause in a few words."""
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if _cause_of_type(exc, ConnectionRefusedError) is not None:
-        return "connection refused"
-    if _cause_of_type(exc, socket.gaierror) is not None:
-        return "unknown host"
-    os_error = _cause_of_type(exc, OSError)
-    if os_error is not None and os_error.strerror:
-        return os_error.strerror.lower()
-    return str(exc) or type(exc).__name__

@@ -15,14 +15,13 @@ replaces the instances. A Secret's values never go into a status, an Event or a 
 from __future__ import annotations
 
 import asyncio
-import compileall
 import contextlib
 import copy
 import hashlib
 import logging
-import sys
 from pathlib import Path
 
+from funcmesh.controllers.bytecode import precompile
 from funcmesh.controllers.events import EventRecorder
 from funcmesh.controllers.function_secrets import ResolvedSecrets, SecretProblem, resolve_secrets
 from funcmesh.errors import Invalid, NotFound
@@ -303,7 +302,7 @@ class FunctionController:
             dest=self._code_root / digest,
             fetch_url=None,
         )
-        await _precompile(code_dir, runtime)
+        await precompile(code_dir, runtime)
         deps = spec.deps
         if "+deps" in spec.content_type:
             deps = await asyncio.to_thread(read_bundled_deps, code_dir, runtime.deps_file)
@@ -377,36 +376,6 @@ class FunctionController:
         update = {"metadata": {**metadata_of(obj), "resourceVersion": None}, "status": status}
         with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to report on
             await self._store.update(FUNCTION, update, status_only=True)
-
-
-async def _precompile(code_dir: Path, runtime: Runtime) -> None:
-    """Byte-compile the code for the runtime's interpreter, once per code and runtime.
-
-    Workers may run as nobody and could not write ``__pycache__`` themselves: without this,
-    every cold start would compile the handler again. The daemon compiles in a thread when its
-    Python is the runtime's, else the runtime's interpreter does it. A syntax error is left
-    for the load check to report.
-    """
-    marker = code_dir / f".compiled-{runtime.id}"
-    if runtime.language != "python" or marker.exists():
-        return
-    if tuple(runtime.version[:2]) == sys.version_info[:2]:
-        await asyncio.to_thread(compileall.compile_dir, str(code_dir), quiet=2)
-    else:
-        await _run_quietly(str(runtime.executable), "-m", "compileall", "-q", str(code_dir))
-    marker.touch()
-
-
-async def _run_quietly(*argv: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-    try:
-        await process.wait()
-    finally:
-        if process.returncode is None:  # cancelled: the daemon is stopping
-            process.kill()
-            await process.wait()
 
 
 def _settled(obj: RawObject, generation: int) -> bool:

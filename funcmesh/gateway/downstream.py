@@ -2,11 +2,11 @@
 
 ``ClientConnection`` is an asyncio Protocol around httptools' ``HttpRequestParser``. It buffers
 each request (head and body, within limits), hands complete requests to its ``ConnectionOwner``
-one at a time (so pipelined requests are answered in order), and relays responses back with the
-right framing, in one write per read from the instance. It also protects the gateway from a
-client: heads over the size limit get 431, bodies over it 413, garbage 400, a head or body that
-trickles in too slowly 408, each followed by a lingering close. It knows nothing about functions
-or instances.
+(see ``funcmesh.gateway.connections``) one at a time (so pipelined requests are answered in
+order), and relays responses back with the right framing, in one write per read from the
+instance. It also protects the gateway from a client: heads over the size limit get 431, bodies
+over it 413, garbage 400, a head or body that trickles in too slowly 408, each followed by a
+lingering close. It knows nothing about functions or instances.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import httptools
 
+from funcmesh.gateway.connections import ConnectionOwner
 from funcmesh.gateway.messages import (
     BodyFraming,
     Headers,
@@ -38,40 +39,11 @@ _LINGER_S = 2.0  # how long a rejected client may keep sending before the connec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionLimits:
-    """What one client may send, and how slowly."""
-
-    max_body_bytes: int = 10 << 20
-    max_head_bytes: int = 64 << 10
-    header_timeout_s: float = 30.0
-    idle_timeout_s: float = 75.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Rejection:
     """A request refused while it was read; answered in turn, then the connection closes."""
 
     status: int
     message: str
-
-
-class ConnectionOwner(Protocol):
-    """The server side of a connection: limits, the answers, and the registry of connections."""
-
-    @property
-    def limits(self) -> ConnectionLimits: ...
-
-    @property
-    def draining(self) -> bool: ...
-
-    def answer(self, request: Request, connection: ClientConnection) -> bool:
-        """Answer through ``connection``: True when answered at once; False when a call was
-        started, which ends with ``connection.end_call()`` (maybe before this returns)."""
-        ...
-
-    def connection_opened(self, connection: ClientConnection) -> None: ...
-
-    def connection_closed(self, connection: ClientConnection) -> None: ...
 
 
 class _StopParsing(Exception):

@@ -21,7 +21,8 @@ from funcmesh.discovery.routes import RouteTable
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.async_calls import Acceptor, AsyncCalls, route_async
 from funcmesh.gateway.backends import Backends
-from funcmesh.gateway.downstream import ClientConnection, ConnectionLimits
+from funcmesh.gateway.connections import ConnectionLimits
+from funcmesh.gateway.downstream import ClientConnection
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Relay
 from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function

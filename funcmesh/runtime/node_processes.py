@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from funcmesh.errors import Unavailable
 from funcmesh.runtime.secret_files import SECRETS_SHIM, payload_fd
-from funcmesh.runtime.workers import WorkerLoadError
+from funcmesh.runtime.workers import WorkerLoadError, retrieve_exception
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class NodeProcess:
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         for future in (self.hello, self.ready, self.exited):
-            future.add_done_callback(_retrieve_exception)
+            future.add_done_callback(retrieve_exception)
         self._process = process
         self._pidfd = pidfd
         self._reader, self._writer = control
@@ -341,9 +341,3 @@ async def _exit_status(process: subprocess.Popen[bytes], pidfd: int) -> int:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _retrieve_exception(future: asyncio.Future[Any]) -> None:
-    """These futures report state: an unobserved failure is not an error worth a log line."""
-    if not future.cancelled():
-        future.exception()

@@ -3,7 +3,8 @@
 A pool describes a new instance in a :class:`SpawnRequest`; a starter (the Python zygote,
 ``funcmesh.runtime.zygote``, or a Node.js spare, ``funcmesh.runtime.node``) turns it into a
 :class:`WorkerProcess` whose futures say when the function has loaded (or why not, as a
-:class:`WorkerLoadError`) and when the process exits.
+:class:`WorkerLoadError`) and when the process exits. Starters mark such state futures with
+:func:`retrieve_exception`.
 
 Must not: start or signal processes itself, create sockets, read os.environ, or block.
 """
@@ -95,3 +96,9 @@ class WorkerProcess:
         """Send ``sig`` to the worker; nothing happens if it is gone already."""
         if not self.exited.done():
             self._signal(self.pid, sig)
+
+
+def retrieve_exception(future: asyncio.Future[Any]) -> None:
+    """These futures report state: an unobserved failure is not an error worth a log line."""
+    if not future.cancelled():
+        future.exception()

@@ -5,9 +5,9 @@ SOCK_SEQPACKET control socket, one JSON message per packet. :meth:`Zygote.spawn`
 listening socket and the log pipe of a new instance (and the memfd of its Secrets, if any)
 along with a :class:`SpawnRequest` and returns a :class:`WorkerProcess` whose futures say when
 the function is loaded (or why not) and when the process exits (both in
-``funcmesh.runtime.workers``, shared with the Node.js starter). If the zygote dies, its workers
-die with it (PDEATHSIG) and every pending future fails with :class:`~funcmesh.errors.Unavailable`;
-the pool starts a new zygote.
+``funcmesh.runtime.workers``, shared with the Node.js starter; their records are kept in
+``funcmesh.runtime.spawns``). If the zygote dies, its workers die with it (PDEATHSIG) and every
+pending future fails with :class:`~funcmesh.errors.Unavailable`; the pool starts a new zygote.
 
 Must not: create or bind sockets, read worker logs, parse HTTP, decide limits or identities
 (the pool does), read os.environ, or block the event loop.
@@ -25,12 +25,17 @@ import os
 import signal
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from funcmesh.errors import AlreadyExists, Invalid, Unavailable
-from funcmesh.runtime.workers import SpawnRequest, WorkerLoadError, WorkerProcess
+from funcmesh.runtime.spawns import Spawns
+from funcmesh.runtime.workers import (
+    SpawnRequest,
+    WorkerLoadError,
+    WorkerProcess,
+    retrieve_exception,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,29 +50,6 @@ EXIT_TIMEOUT_S: Final = 5.0
 STDERR_TAIL_LINES: Final = 20
 
 
-@dataclass(slots=True, eq=False)
-class _Slot:
-    """The daemon's record of one spawn, from request until the worker's exit is reported."""
-
-    spawned: asyncio.Future[int]
-    ready: asyncio.Future[None]
-    exited: asyncio.Future[int]
-    pid: int | None = None
-    abandoned: bool = False  # spawn() gave up waiting: kill the worker as soon as it exists
-
-    @classmethod
-    def create(cls, loop: asyncio.AbstractEventLoop) -> _Slot:
-        slot = cls(
-            spawned=loop.create_future(), ready=loop.create_future(), exited=loop.create_future()
-        )
-        for future in slot.futures():
-            future.add_done_callback(_retrieve_exception)
-        return slot
-
-    def futures(self) -> tuple[asyncio.Future[Any], ...]:
-        return (self.spawned, self.ready, self.exited)
-
-
 class Zygote:
     """A running zygote process and its control socket; create with :meth:`start`."""
 
@@ -78,10 +60,10 @@ class Zygote:
         self._process = process
         self._control = control
         self._interpreter = interpreter
-        self._slots: dict[str, _Slot] = {}
+        self._spawns = Spawns(self._loop)
         self._buffer = bytearray(MAX_MESSAGE_BYTES)  # reused: allocating per message is slower
         self._hello: asyncio.Future[str] = self._loop.create_future()
-        self._hello.add_done_callback(_retrieve_exception)
+        self._hello.add_done_callback(retrieve_exception)
         self._send_lock = asyncio.Lock()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._alive = True
@@ -168,7 +150,7 @@ class Zygote:
         pod = request.pod_name
         if not self._alive or self._closing:
             raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
-        if pod in self._slots:
+        if pod in self._spawns:
             raise AlreadyExists(f"pod {pod} already has a worker in zygote {self.pid}")
         message = request.to_message()
         fds: tuple[int, ...] = (listen_socket.fileno(), log_fd)
@@ -181,30 +163,29 @@ class Zygote:
                 f"spawn request for pod {pod} is {len(payload)} bytes, more than "
                 f"{MAX_MESSAGE_BYTES}: the environment is too large"
             )
-        slot = _Slot.create(self._loop)
-        self._slots[pod] = slot
+        spawn = self._spawns.open(pod)
         try:
             await self._send(payload, fds=fds)
         except BaseException:
-            self._slots.pop(pod, None)
+            self._spawns.discard(pod)
             raise
         try:
             async with asyncio.timeout(SPAWN_TIMEOUT_S):
-                pid = await asyncio.shield(slot.spawned)
+                pid = await asyncio.shield(spawn.spawned)
         except TimeoutError:
-            slot.abandoned = True
+            spawn.abandoned = True
             raise Unavailable(
                 f"the Python zygote (pid {self.pid}) did not fork pod {pod} "
                 f"within {SPAWN_TIMEOUT_S:g} s"
             ) from None
         except asyncio.CancelledError:
-            slot.abandoned = True
+            spawn.abandoned = True
             raise
         return WorkerProcess(
             pod_name=pod,
             pid=pid,
-            ready=slot.ready,
-            exited=slot.exited,
+            ready=spawn.ready,
+            exited=spawn.exited,
             signal_worker=self.signal_worker,
         )
 
@@ -228,11 +209,7 @@ class Zygote:
             await self._wait_tasks()
             return
         self._closing = True
-        running = {
-            slot.pid: slot.exited
-            for slot in self._slots.values()
-            if slot.pid is not None and not slot.exited.done()
-        }
+        running = self._spawns.running()
         for pid in running:
             self.signal_worker(pid, signal.SIGTERM)
         if running and self._alive:
@@ -307,15 +284,13 @@ class Zygote:
             case {"op": "spawned", "pod": str(pod), "pid": int(pid)}:
                 self._on_spawned(pod, pid)
             case {"op": "ready", "pod": str(pod)}:
-                self._settle(pod, None)
+                self._spawns.settle(pod, None)
             case {"op": "failed", "pod": str(pod), "error": str(error)}:
-                self._settle(pod, WorkerLoadError(error))
+                self._spawns.settle(pod, WorkerLoadError(error))
             case {"op": "exited", "pod": str(pod), "returncode": int(returncode)}:
-                self._on_exited(pod, returncode)
+                self._spawns.exited(pod, returncode)
             case {"op": "error", "pod": str(pod), "error": str(error)}:
-                slot = self._slots.pop(pod, None)
-                if slot is not None:
-                    _fail_all(slot, f"the Python zygote could not start pod {pod}: {error}")
+                self._spawns.fail(pod, f"the Python zygote could not start pod {pod}: {error}")
             case {"op": "error", "error": str(error)}:
                 logger.warning("python zygote %d reports: %s", self.pid, error)
             case _:
@@ -324,36 +299,12 @@ class Zygote:
                 )
 
     def _on_spawned(self, pod: str, pid: int) -> None:
-        slot = self._slots.get(pod)
-        if slot is None:  # nobody waits for it: do not let it run unaccounted for
+        spawn = self._spawns.forked(pod, pid)
+        if spawn is None:  # nobody waits for it: do not let it run unaccounted for
             logger.warning("python zygote %d forked pid %d for unknown pod %s", self.pid, pid, pod)
             self.signal_worker(pid, signal.SIGKILL)
-            return
-        slot.pid = pid
-        if not slot.spawned.done():
-            slot.spawned.set_result(pid)
-        if slot.abandoned:
+        elif spawn.abandoned:
             self.signal_worker(pid, signal.SIGKILL)
-
-    def _settle(self, pod: str, error: WorkerLoadError | None) -> None:
-        slot = self._slots.get(pod)
-        if slot is None or slot.ready.done():
-            return
-        if error is None:
-            slot.ready.set_result(None)
-        else:
-            slot.ready.set_exception(error)
-
-    def _on_exited(self, pod: str, returncode: int) -> None:
-        slot = self._slots.pop(pod, None)
-        if slot is None:
-            return
-        if not slot.ready.done():
-            slot.ready.set_exception(
-                WorkerLoadError(f"the worker exited with status {returncode} before it was ready")
-            )
-        if not slot.exited.done():
-            slot.exited.set_result(returncode)
 
     # -- the zygote process
 
@@ -414,9 +365,7 @@ class Zygote:
         message = f"the Python zygote (pid {self.pid}) {reason}"
         if not self._hello.done():
             self._hello.set_exception(Unavailable(message))
-        for slot in self._slots.values():
-            _fail_all(slot, message)
-        self._slots.clear()
+        self._spawns.fail_all(message)
 
     def _stop_reading(self) -> None:
         with contextlib.suppress(ValueError, OSError):  # ValueError: socket already closed
@@ -431,18 +380,6 @@ class Zygote:
         await asyncio.gather(self._watch_task, self._stderr_task, return_exceptions=True)
 
 
-def _fail_all(slot: _Slot, message: str) -> None:
-    for future in slot.futures():
-        if not future.done():
-            future.set_exception(Unavailable(message))
-
-
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _retrieve_exception(future: asyncio.Future[Any]) -> None:
-    """These futures report state: an unobserved failure is not an error worth a log line."""
-    if not future.cancelled():
-        future.exception()

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from funcmesh.api.tables import human_duration, table
+from funcmesh.api.ages import human_duration
+from funcmesh.api.tables import table
 from funcmesh.model.kinds import EVENT, FUNCTION, NAMESPACE, POD
 from funcmesh.model.objects import parse_rfc3339
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from funcmesh.client.api import ApiClient, collection_path, object_path
+from funcmesh.client.api import ApiClient
+from funcmesh.client.paths import collection_path, object_path
 from funcmesh.client.status import ResourceExpired
 from funcmesh.errors import Invalid, NotFound, Unavailable
 from funcmesh.model.kinds import FUNCTION, NAMESPACE, POD
