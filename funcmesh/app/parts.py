@@ -29,8 +29,8 @@ from funcmesh.runtime.node import NodeStarter
 from funcmesh.runtime.node_processes import install_shim
 from funcmesh.runtime.pool import PoolContext
 from funcmesh.runtime.pools import PodEvents, Zygotes
-from funcmesh.runtime.replicas import WorkloadContext
 from funcmesh.runtime.starters import WorkerStarter
+from funcmesh.runtime.workload_context import WorkloadContext
 from funcmesh.runtime.workload_dns import ClusterDns, pod_nameserver
 from funcmesh.settings import DNS_PORT, DaemonSettings
 

@@ -22,8 +22,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from funcmesh.controllers.cron_clock import Clock, SystemClock
 from funcmesh.controllers.cron_runs import (
     Outcome,
     RunPlan,
@@ -57,32 +58,8 @@ from funcmesh.store.sqlite import Store
 logger = logging.getLogger(__name__)
 
 RECORD_LEAD_S = 0.25  # a run is recorded this long before it is due: the write never delays it
-MAX_SLEEP_S = 60.0  # the loop clock does not follow wall-clock steps: look again this often
 
 Key = tuple[str, str]
-
-
-class Clock(Protocol):
-    """Wall-clock time and sleeping until a wall-clock moment (tests pass a fake)."""
-
-    def now_s(self) -> float: ...
-
-    async def sleep_until(self, moment_s: float) -> None:
-        """Return at ``moment_s``, never before it."""
-        ...
-
-
-class SystemClock:
-    """Sleeps on the event loop's timer, to the millisecond, until a Unix time."""
-
-    def now_s(self) -> float:
-        return time.time()
-
-    async def sleep_until(self, moment_s: float) -> None:
-        # Not polling: one timer to the moment, re-aimed when it fires early (the loop timer's
-        # rounding) or when a long sleep may have missed a wall-clock step.
-        while (remaining_s := moment_s - time.time()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(remaining_s, MAX_SLEEP_S))
 
 
 @dataclass(slots=True, kw_only=True)

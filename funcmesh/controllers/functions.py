@@ -24,6 +24,7 @@ from pathlib import Path
 from funcmesh.controllers.bytecode import precompile
 from funcmesh.controllers.events import EventRecorder
 from funcmesh.controllers.function_secrets import ResolvedSecrets, SecretProblem, resolve_secrets
+from funcmesh.controllers.secret_releases import SecretFileReleases
 from funcmesh.errors import Invalid, NotFound
 from funcmesh.model.conditions import find_condition, remove_condition, set_condition
 from funcmesh.model.function import FunctionSpec, parse_function
@@ -34,7 +35,6 @@ from funcmesh.runtime.catalog import Runtime, RuntimeCatalog
 from funcmesh.runtime.content import content_digest, prepare_code, read_bundled_deps
 from funcmesh.runtime.instances import Revision
 from funcmesh.runtime.logs import LogBook
-from funcmesh.runtime.pool import FunctionPool
 from funcmesh.runtime.pools import Pools
 from funcmesh.runtime.secret_files import (
     SECRETS_DIR_ENV,
@@ -79,8 +79,7 @@ class FunctionController:
         self._recheck: set[tuple[str, str]] = set()
         self._secret_users: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (ns, Secret)
         self._secrets_of: dict[tuple[str, str], frozenset[str]] = {}
-        self._serving: dict[tuple[str, str], Revision] = {}  # the deployed one, if it has files
-        self._releases: dict[tuple[str, str], set[asyncio.Task[None]]] = {}
+        self._releases = SecretFileReleases(secret_files)
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -111,8 +110,7 @@ class FunctionController:
                     self._offer(known)
 
     async def close(self) -> None:
-        releases = [task for tasks in self._releases.values() for task in tasks]
-        tasks = [*self._watchers, *self._workers.values(), *releases]
+        tasks = [*self._watchers, *self._workers.values(), *self._releases.tasks()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -147,10 +145,7 @@ class FunctionController:
         self._recheck.discard(key)
         self._note_secret_users(key, frozenset())
         await self._pools.remove(*key)
-        # the instances are gone: what waited for them is about to finish
-        await asyncio.gather(*self._releases.get(key, ()), return_exceptions=True)
-        if self._serving.pop(key, None) is not None:
-            await asyncio.to_thread(self._secret_files.release, key)
+        await self._releases.forget(key)
 
     def _needs_work(self, key: tuple[str, str], obj: RawObject) -> bool:
         generation = int(metadata_of(obj).get("generation") or 1)
@@ -203,7 +198,7 @@ class FunctionController:
         unchanged = pool.revision is not None and (
             pool.revision.template_hash == revision.template_hash
         )
-        self._deploy(pool, revision)
+        self._releases.deploy(pool, revision)
         if settled and (not recheck or unchanged):
             # a restart (the same generation loaded before), or a Secret change that changed
             # nothing this function uses: no need to check again
@@ -239,43 +234,6 @@ class FunctionController:
             )
         else:
             remove_condition(status, "SecretsMounted")
-
-    def _deploy(self, pool: FunctionPool, revision: Revision) -> None:
-        """Serve ``revision``; the Secret files of the one it replaces go once its instances
-        have stopped."""
-        key = (revision.namespace, revision.name)
-        old = self._serving.pop(key, None)
-        if revision.secrets_dir is not None:
-            self._serving[key] = revision
-        pool.deploy(revision)
-        if old is None:
-            return
-        exits = [
-            instance.exited
-            for instance in pool.instances
-            if instance.revision.template_hash == old.template_hash
-            and old.template_hash != revision.template_hash
-        ]
-        task = asyncio.create_task(self._release(key, old.template_hash, exits))
-        tasks = self._releases.setdefault(key, set())
-        tasks.add(task)
-        task.add_done_callback(lambda done: self._forget_release(key, done))
-
-    def _forget_release(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
-        tasks = self._releases.get(key)
-        if tasks is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self._releases[key]
-
-    async def _release(
-        self, key: tuple[str, str], template_hash: str, exits: list[asyncio.Event]
-    ) -> None:
-        try:
-            await asyncio.gather(*(exited.wait() for exited in exits))
-            await asyncio.to_thread(self._secret_files.release, key, template_hash)
-        except Exception:
-            logger.exception("removing the Secret files of %s/%s failed", *key)
 
     async def _build(
         self,

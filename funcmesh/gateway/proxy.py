@@ -6,8 +6,8 @@ happened) and the only code that holds a ``Lease``: it releases each lease exact
 A call costs no task, future or timer when an instance is free and an idle connection to it is
 pooled: ``Call`` is driven by protocol callbacks (the client's request, the instance's response).
 Only the rare steps that must wait run as a task: waiting in the function's queue, opening a
-connection, asking why an instance died. Deadlines are checked by one tick every
-``DEADLINE_TICK_S`` while calls are in flight, so a 504 comes at most that late.
+connection, asking why an instance died. Deadlines are checked by the ``Relay``'s one tick
+(``funcmesh.gateway.relay``) while calls are in flight, so a 504 comes at most that late.
 
 It does not parse HTTP (``upstream`` and ``downstream`` do) and does not route (``server`` does).
 """
@@ -15,30 +15,27 @@ It does not parse HTTP (``upstream`` and ``downstream`` do) and does not route (
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
-import time
 from collections.abc import Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from funcmesh.errors import FuncmeshError, QueueFull
 from funcmesh.gateway.backends import Backend, Lease
-from funcmesh.gateway.messages import Request, rewrite_request_head
+from funcmesh.gateway.messages import Request
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import (
     ResponseSink,
     UpstreamBroken,
     UpstreamConnection,
-    UpstreamPool,
     UpstreamTimeout,
 )
+
+if TYPE_CHECKING:
+    from funcmesh.gateway.relay import Relay
 
 logger = logging.getLogger(__name__)
 
 EXIT_REASON_WAIT_S = 0.5
-DEADLINE_TICK_S = 0.05  # how late past its timeout a hanging call may be answered 504
-_EVENT_IDS_PER_DRAW = 256
 CLIENT_CLOSED_STATUS = 499  # nginx's name for it: the client left before the answer
 SHUTDOWN_STATUS = 503  # a call cut because the gateway is closing
 _INTERNAL_ERROR = "internal error in the gateway; see the daemon log"
@@ -65,109 +62,6 @@ class Responder(ResponseSink, Protocol):
     def end_call(self) -> None:
         """The call is over (answered, failed or cut): the next request may be answered."""
         ...
-
-
-class Relay:
-    """Calls functions through their backends, over pooled upstream connections."""
-
-    def __init__(self, pool: UpstreamPool, *, deadline_tick_s: float = DEADLINE_TICK_S) -> None:
-        self.pool = pool
-        self.loop = asyncio.get_running_loop()
-        self._deadline_tick_s = deadline_tick_s
-        self._calls: set[Call] = set()
-        self._ticker: asyncio.TimerHandle | None = None
-        self._all_ended: asyncio.Future[None] | None = None
-        self._clock_second = -1
-        self._clock_text = b""
-        self._event_ids: list[bytes] = []
-
-    def call(
-        self, backend: Backend, route: FunctionRoute, request: Request, responder: Responder
-    ) -> None:
-        """Answer ``request`` with the function's response, or with an error that says why not;
-        ``responder.end_call()`` follows, at once or later."""
-        call = Call(self, backend, route, request, responder)
-        self._calls.add(call)
-        if self._ticker is None:
-            self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)
-        call.start()
-
-    async def drain(self, timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for the calls in flight to end; how many did not."""
-        if self._calls:
-            self._all_ended = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._all_ended
-            except TimeoutError:
-                pass
-            finally:
-                self._all_ended = None
-        return len(self._calls)
-
-    async def close(self) -> None:
-        """Cut every call still in flight (503), and wait for their waiting steps to stop."""
-        tasks = [task for call in self._calls if (task := call.task) is not None]
-        for call in list(self._calls):
-            call.cut()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # for Call
-
-    def spawn(self, call: Call, step: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a step that waits; the call keeps the task (a call has at most one at a time,
-        and it ends with the call), so ``close`` finds every one through the calls."""
-        return self.loop.create_task(_guarded(call, step))
-
-    def ended(self, call: Call) -> None:
-        calls = self._calls
-        calls.discard(call)
-        if not calls and self._all_ended is not None and not self._all_ended.done():
-            self._all_ended.set_result(None)
-
-    def upstream_head(self, lease: Lease, route: FunctionRoute, request: Request) -> bytes:
-        host, port = lease.address
-        return rewrite_request_head(
-            request.method,
-            route.target,
-            request.headers,
-            body_length=len(request.body),
-            client_ip=request.client_ip,
-            default_host=f"{host}:{port}".encode(),
-            event_id=self._event_id(),
-            event_time=self._event_time(),
-            scheme=request.scheme,
-        )
-
-    # deadlines: one tick while calls are in flight, not a timer per call
-
-    def _tick(self) -> None:
-        if not self._calls:
-            self._ticker = None
-            return
-        self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)
-        now_s = self.loop.time()
-        for call in list(self._calls):
-            call.check_deadline(now_s)
-
-    def _event_id(self) -> bytes:
-        """15 random URL-safe characters like Kubeless' ids; drawn in batches, because one
-        getrandom system call per request is a measurable share of the hot path."""
-        if not self._event_ids:
-            text = base64.urlsafe_b64encode(os.urandom(12 * _EVENT_IDS_PER_DRAW))
-            self._event_ids = [text[start : start + 15] for start in range(0, len(text), 16)]
-        return self._event_ids.pop()
-
-    def _event_time(self) -> bytes:
-        """Now in RFC 3339 UTC (``2021-05-03T11:31:53Z``), formatted once per second."""
-        now = int(time.time())
-        if now != self._clock_second:
-            self._clock_second = now
-            self._clock_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)).encode()
-        return self._clock_text
 
 
 class Call:
@@ -401,7 +295,7 @@ class Call:
         self._responder.end_call()
 
 
-async def _guarded(call: Call, step: Coroutine[Any, Any, None]) -> None:
+async def guarded_step(call: Call, step: Coroutine[Any, Any, None]) -> None:
     """Run one waiting step of a call; an unexpected exception costs only that call."""
     try:
         await step

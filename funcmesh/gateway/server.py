@@ -5,7 +5,7 @@ reach the instances with ``X-Forwarded-Proto: https``), routes each request (an 
 host and path, see ``triggers``; a function call; ``/healthz``; or 404), enforces the
 per-connection deadlines with one sweep per second (no timer per request), and drains on close.
 ``function_entrance`` gives the connections of a function Service's VIP (see ``vips``) the same
-path with a fixed function. Function calls go through ``proxy.Relay`` (which checks their
+path with a fixed function. Function calls go through ``relay.Relay`` (which checks their
 deadlines itself); the instances come from a ``Backends`` seam, so this module never imports the
 runtime. No logging per request: this is the hot path.
 """
@@ -24,10 +24,10 @@ from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.connections import ConnectionLimits
 from funcmesh.gateway.downstream import ClientConnection
 from funcmesh.gateway.messages import Request
-from funcmesh.gateway.proxy import Relay
+from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function
 from funcmesh.gateway.triggers import HttpTriggers
-from funcmesh.gateway.upstream import MAX_IDLE_PER_INSTANCE, UpstreamPool
+from funcmesh.gateway.upstream_pool import MAX_IDLE_PER_INSTANCE, UpstreamPool
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from funcmesh.discovery.htpasswd import Htpasswd
 from funcmesh.discovery.routes import HttpRoute, RouteTable
 from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
-from funcmesh.gateway.proxy import Relay, Responder
+from funcmesh.gateway.proxy import Responder
+from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import ResponseSource
 

@@ -27,27 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from funcmesh.discovery.services import Key, ServiceTable, ServiceView
 from funcmesh.gateway.balancing import Balancer, ClientIpAffinity, Endpoint, RoundRobin
 from funcmesh.gateway.datagrams import DatagramPort
 from funcmesh.gateway.splicing import Splices, forward, reset
+from funcmesh.gateway.vip_ports import BACKLOG, VipAddress, VipPort, WantedPort
 
 logger = logging.getLogger(__name__)
 
 CLIENT_IP_AFFINITY = "ClientIP"
-BACKLOG = 1024
-_ACCEPTS_PER_WAKE = 64
-_ACCEPT_PAUSE_S = 0.1  # out of file descriptors: stop accepting this long, then try again
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-VipAddress = tuple[str, int, str]  # (cluster IP, port, protocol)
 BalancerFactory = Callable[[], Balancer]
 
 
@@ -87,21 +81,6 @@ def served_by_kernel(view: ServiceView, protocol: str) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Wanted:
-    """What one VIP port should be: forwarding to endpoints, or the entrance of a function."""
-
-    endpoints: tuple[Endpoint, ...] = ()
-    function: tuple[str, str] | None = None  # (namespace, name)
-    affinity_timeout_s: float | None = None  # ClientIP affinity, else None
-
-    def same_kind(self, other: _Wanted) -> bool:
-        return (self.function, self.affinity_timeout_s) == (
-            other.function,
-            other.affinity_timeout_s,
-        )
-
-
 class VipListeners:
     """Listens on the VIPs of every Service in ``table`` while it should; ``close`` stops."""
 
@@ -119,7 +98,7 @@ class VipListeners:
         self._kernel = kernel
         self._new_balancer = balancer
         self._backlog = backlog
-        self._ports: dict[Key, dict[VipAddress, _Port]] = {}
+        self._ports: dict[Key, dict[VipAddress, VipPort]] = {}
         self._kernel_served: dict[Key, set[VipAddress]] = {}
         self._splices = Splices()
         self._setups: set[asyncio.Task[None]] = set()
@@ -194,7 +173,7 @@ class VipListeners:
             del self._ports[key]
 
     def _hand_to_kernel(
-        self, key: Key, view: ServiceView | None, wanted: dict[VipAddress, _Wanted]
+        self, key: Key, view: ServiceView | None, wanted: dict[VipAddress, WantedPort]
     ) -> None:
         """Move the ports the kernel serves out of ``wanted`` (so no socket binds them) into
         the Service's NAT rules."""
@@ -214,7 +193,7 @@ class VipListeners:
         else:
             self._kernel_served.pop(key, None)
 
-    def _open(self, address: VipAddress, want: _Wanted) -> _Port | None:
+    def _open(self, address: VipAddress, want: WantedPort) -> VipPort | None:
         port = self._port_for(address, want)
         try:
             port.open(self._backlog)
@@ -228,17 +207,17 @@ class VipListeners:
         logger.debug("VIP %s:%d/%s listening", *address)
         return port
 
-    def _port_for(self, address: VipAddress, want: _Wanted) -> _Port:
+    def _port_for(self, address: VipAddress, want: WantedPort) -> VipPort:
         if want.function is not None:
             assert self._functions is not None
             entrance = self._functions.function_entrance(*want.function)
-            return _Port(address, want, on_accept=self._adopter(entrance))
+            return VipPort(address, want, on_accept=self._adopter(entrance))
         balancer = self._balancer(want)
         if address[2] == "UDP":
-            return _Port(address, want, datagrams=DatagramPort(address[:2], balancer))
-        return _Port(address, want, balancer=balancer, on_accept=self._forwarder(balancer))
+            return VipPort(address, want, datagrams=DatagramPort(address[:2], balancer))
+        return VipPort(address, want, balancer=balancer, on_accept=self._forwarder(balancer))
 
-    def _balancer(self, want: _Wanted) -> Balancer:
+    def _balancer(self, want: WantedPort) -> Balancer:
         balancer = self._new_balancer()
         if want.affinity_timeout_s is not None:
             assert self._loop is not None
@@ -276,92 +255,6 @@ class VipListeners:
         task.add_done_callback(self._setups.discard)
 
 
-class _Port:
-    """One bound VIP port: a TCP listening socket with its accept callback, or a UDP port."""
-
-    def __init__(
-        self,
-        address: VipAddress,
-        wanted: _Wanted,
-        *,
-        balancer: Balancer | None = None,
-        on_accept: Callable[[socket.socket, str], None] | None = None,
-        datagrams: DatagramPort | None = None,
-    ) -> None:
-        self.address = address
-        self.wanted = wanted
-        self._balancer = balancer
-        self._on_accept = on_accept
-        self._datagrams = datagrams
-        self._loop = asyncio.get_running_loop()
-        self._sock: socket.socket | None = None
-        self._resume: asyncio.TimerHandle | None = None
-
-    def open(self, backlog: int = BACKLOG) -> None:
-        if self._datagrams is not None:
-            self._datagrams.open()
-            return
-        ip, port, _ = self.address
-        sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setblocking(False)
-            sock.bind((ip, port))
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        self._sock = sock
-        self._loop.add_reader(sock.fileno(), self._accept)
-
-    def update(self, wanted: _Wanted) -> None:
-        if wanted.endpoints != self.wanted.endpoints:
-            if self._datagrams is not None:
-                self._datagrams.update(list(wanted.endpoints))
-            elif self._balancer is not None:
-                self._balancer.update(wanted.endpoints)
-        self.wanted = wanted
-
-    def close(self) -> None:
-        if self._datagrams is not None:
-            self._datagrams.close()
-        if self._resume is not None:
-            self._resume.cancel()
-            self._resume = None
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()  # new connections are refused from now on; accepted ones go on
-        logger.debug("VIP %s:%d/%s closed", *self.address)
-
-    def _accept(self) -> None:
-        sock, on_accept = self._sock, self._on_accept
-        if sock is None or on_accept is None:
-            return
-        for _ in range(_ACCEPTS_PER_WAKE):
-            try:
-                client, peer = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    self._pause_accepting(exc)
-                return
-            client.setblocking(False)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvloop does; asyncio not
-            on_accept(client, str(peer[0]))
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        logger.warning("VIP %s:%d/%s cannot accept: %s", *self.address, exc.strerror or exc)
-        sock = self._sock
-        if sock is None:
-            return
-        self._loop.remove_reader(sock.fileno())
-        self._resume = self._loop.call_later(
-            _ACCEPT_PAUSE_S, self._loop.add_reader, sock.fileno(), self._accept
-        )
-
-
 async def _guarded(setup: Coroutine[Any, Any, object], client: socket.socket) -> None:
     """A task boundary: a connection whose set-up failed unexpectedly is reset, and logged."""
     try:
@@ -377,7 +270,7 @@ async def _guarded(setup: Coroutine[Any, Any, object], client: socket.socket) ->
 
 def _wanted_ports(
     table: ServiceTable, view: ServiceView | None, *, functions: bool
-) -> dict[VipAddress, _Wanted]:
+) -> dict[VipAddress, WantedPort]:
     """What each VIP port of the Service should be now; absent ports do not listen."""
     if view is None or not view.cluster_ip or view.headless:
         return {}
@@ -386,18 +279,18 @@ def _wanted_ports(
             return {}
         function = (view.namespace, view.function)
         return {
-            (view.cluster_ip, port.port, port.protocol): _Wanted(function=function)
+            (view.cluster_ip, port.port, port.protocol): WantedPort(function=function)
             for port in view.ports
             if port.protocol == "TCP"
         }
     endpoints = table.endpoints(view.namespace, view.name)
     affinity_s = view.affinity_timeout_s if view.session_affinity == CLIENT_IP_AFFINITY else None
-    wanted: dict[VipAddress, _Wanted] = {}
+    wanted: dict[VipAddress, WantedPort] = {}
     for port in view.ports:
         # each endpoint once, in the Endpoints' order (so an unchanged list compares equal)
         ready = tuple(dict.fromkeys(endpoints.backends(port.name))) if endpoints else ()
         if ready and port.protocol in ("TCP", "UDP"):
-            wanted[(view.cluster_ip, port.port, port.protocol)] = _Wanted(
+            wanted[(view.cluster_ip, port.port, port.protocol)] = WantedPort(
                 endpoints=ready, affinity_timeout_s=affinity_s
             )
     return wanted

@@ -24,9 +24,10 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
+from funcmesh.nameserver.answers import Answer
 from funcmesh.nameserver.upstream import Forwarded, Forwarder
 from funcmesh.nameserver.wire import CLASSIC_UDP_BYTES, AnswerCache, error_reply, parse_question
-from funcmesh.nameserver.zone import Answer, Zone
+from funcmesh.nameserver.zone import Zone
 
 OUR_EDNS_PAYLOAD_BYTES = 1232
 MAX_TCP_MESSAGE_BYTES = 65535

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import dns.exception
 import dns.name
@@ -49,6 +48,7 @@ from funcmesh.discovery.services import (
     ServiceTable,
     ServiceView,
 )
+from funcmesh.nameserver.answers import Answer, address_family, make_rdata, rrset_of
 
 DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_TTL_S = 5
@@ -59,27 +59,9 @@ ALWAYS_THERE = frozenset({"default", "kube-system"})  # namespaces that exist wi
 KUBE_DNS = ("kube-system", "kube-dns")
 NO_PORT = -1
 MAX_CNAME_HOPS = 8  # ExternalName Services pointing at each other
-IN = dns.rdataclass.IN
 A, AAAA, SRV, PTR = dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.SRV, dns.rdatatype.PTR
 CNAME, TXT, SOA, NS = dns.rdatatype.CNAME, dns.rdatatype.TXT, dns.rdatatype.SOA, dns.rdatatype.NS
 REVERSE_ZONES = (dns.name.from_text("in-addr.arpa."), dns.name.from_text("ip6.arpa."))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """What to put in a reply. ``chase`` is a CNAME target outside the zone whose addresses the
-    server adds from upstream (an ExternalName Service asked for A/AAAA)."""
-
-    rcode: int = dns.rcode.NOERROR
-    answer: tuple[dns.rrset.RRset, ...] = ()
-    authority: tuple[dns.rrset.RRset, ...] = ()
-    additional: tuple[dns.rrset.RRset, ...] = ()
-    chase: dns.name.Name | None = None
-
-    @property
-    def cacheable(self) -> bool:
-        """Whether the reply depends on the zone alone (so may be kept pre-encoded)."""
-        return self.chase is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +135,8 @@ class Zone:
         if name == self.origin:
             return self._apex(qtype)
         if name == self._version_name and qtype == TXT:
-            text = _make(dns.rdtypes.ANY.TXT.TXT, TXT, [SCHEMA_VERSION])
-            return Answer(answer=(_rrset(name, SCHEMA_VERSION_TTL_S, [text]),))
+            text = make_rdata(dns.rdtypes.ANY.TXT.TXT, TXT, [SCHEMA_VERSION])
+            return Answer(answer=(rrset_of(name, SCHEMA_VERSION_TTL_S, [text]),))
         if name == self._ns_name:
             return self._format(name, qtype, self._nameserver_records(), depth)
         labels = [label.decode("latin-1") for label in name.relativize(self.origin).labels]
@@ -164,9 +146,9 @@ class Zone:
         if qtype == SOA:
             return Answer(answer=(self._soa(),))
         if qtype == NS:
-            ns = _make(dns.rdtypes.ANY.NS.NS, NS, self._ns_name)
+            ns = make_rdata(dns.rdtypes.ANY.NS.NS, NS, self._ns_name)
             glue = self._address_rrsets(self._ns_name, self._nameserver_records())
-            return Answer(answer=(_rrset(self.origin, self.ttl_s, [ns]),), additional=glue)
+            return Answer(answer=(rrset_of(self.origin, self.ttl_s, [ns]),), additional=glue)
         return self._nodata()
 
     def _records(self, labels: list[str]) -> list[_Record] | None:
@@ -266,13 +248,13 @@ class Zone:
     ) -> Answer:
         if records is None:
             return self._nxdomain()
-        aliases = [record for record in records if _family(record.host) == 0]
+        aliases = [record for record in records if address_family(record.host) == 0]
         if qtype in (A, AAAA) and aliases:
             return self._alias(name, qtype, aliases[0].host, depth)
         if qtype == CNAME and aliases:
             target = dns.name.from_text(aliases[0].host)
-            cname = _make(dns.rdtypes.ANY.CNAME.CNAME, CNAME, target)
-            return Answer(answer=(_rrset(name, self.ttl_s, [cname]),))
+            cname = make_rdata(dns.rdtypes.ANY.CNAME.CNAME, CNAME, target)
+            return Answer(answer=(rrset_of(name, self.ttl_s, [cname]),))
         found: tuple[dns.rrset.RRset, ...] = ()
         additional: tuple[dns.rrset.RRset, ...] = ()
         if qtype in (A, AAAA):
@@ -286,7 +268,7 @@ class Zone:
     def _alias(self, name: dns.name.Name, qtype: int, host: str, depth: int) -> Answer:
         """CNAME to ``host``, followed inside the zone, left to the server outside it."""
         target = dns.name.from_text(host).canonicalize()
-        cname = _rrset(name, self.ttl_s, [_make(dns.rdtypes.ANY.CNAME.CNAME, CNAME, target)])
+        cname = rrset_of(name, self.ttl_s, [make_rdata(dns.rdtypes.ANY.CNAME.CNAME, CNAME, target)])
         if not target.is_subdomain(self.origin):
             return Answer(answer=(cname,), chase=target)
         if depth >= MAX_CNAME_HOPS:
@@ -305,13 +287,13 @@ class Zone:
     ) -> tuple[dns.rrset.RRset, ...]:
         by_type: dict[int, list[dns.rdata.Rdata]] = {A: [], AAAA: []}
         for host in dict.fromkeys(record.host for record in records):
-            family = _family(host)
+            family = address_family(host)
             if family == 4:
-                by_type[A].append(_make(dns.rdtypes.IN.A.A, A, host))
+                by_type[A].append(make_rdata(dns.rdtypes.IN.A.A, A, host))
             elif family == 6:
-                by_type[AAAA].append(_make(dns.rdtypes.IN.AAAA.AAAA, AAAA, host))
+                by_type[AAAA].append(make_rdata(dns.rdtypes.IN.AAAA.AAAA, AAAA, host))
         return tuple(
-            _rrset(name, self.ttl_s, rdatas)
+            rrset_of(name, self.ttl_s, rdatas)
             for rdtype, rdatas in by_type.items()
             if rdatas and only in (None, rdtype)
         )
@@ -319,20 +301,21 @@ class Zone:
     def _srv(
         self, name: dns.name.Name, records: list[_Record]
     ) -> tuple[tuple[dns.rrset.RRset, ...], tuple[dns.rrset.RRset, ...]]:
-        usable = [r for r in records if r.port >= 0 and _family(r.host)]
+        usable = [r for r in records if r.port >= 0 and address_family(r.host)]
         pairs = list(dict.fromkeys((record.target, record.port) for record in usable))
         if not pairs:
             return (), ()
         weight = 100 // len(pairs)
         srv = [
-            _make(dns.rdtypes.IN.SRV.SRV, SRV, 0, weight, port, target) for target, port in pairs
+            make_rdata(dns.rdtypes.IN.SRV.SRV, SRV, 0, weight, port, target)
+            for target, port in pairs
         ]
         additional: list[dns.rrset.RRset] = []
         for target in dict.fromkeys(target for target, _ in pairs):
             additional.extend(
                 self._address_rrsets(target, [r for r in usable if r.target == target])
             )
-        return (_rrset(name, self.ttl_s, srv),), tuple(additional)
+        return (rrset_of(name, self.ttl_s, srv),), tuple(additional)
 
     # -- reverse names ------------------------------------------------------------------------
 
@@ -344,8 +327,8 @@ class Zone:
         targets = self._reverse_index().by_ip.get(ip)
         if not targets:
             return None
-        rdatas = [_make(dns.rdtypes.ANY.PTR.PTR, PTR, target) for target in targets]
-        return Answer(answer=(_rrset(name, self.ttl_s, rdatas),))
+        rdatas = [make_rdata(dns.rdtypes.ANY.PTR.PTR, PTR, target) for target in targets]
+        return Answer(answer=(rrset_of(name, self.ttl_s, rdatas),))
 
     def _reverse_index(self) -> _Reverse:
         if self._reverse is None:
@@ -368,7 +351,7 @@ class Zone:
     # -- negative answers -----------------------------------------------------------------------
 
     def _soa(self) -> dns.rrset.RRset:
-        soa = _make(
+        soa = make_rdata(
             dns.rdtypes.ANY.SOA.SOA,
             SOA,
             self._ns_name,
@@ -379,7 +362,7 @@ class Zone:
             SOA_EXPIRE_S,
             self.ttl_s,
         )
-        return _rrset(self.origin, self.ttl_s, [soa])
+        return rrset_of(self.origin, self.ttl_s, [soa])
 
     def _nodata(self) -> Answer:
         return Answer(authority=(self._soa(),))
@@ -397,21 +380,3 @@ def endpoint_hostname(address: EndpointAddressView) -> str:
 
 def _matches(asked: str, have: str) -> bool:
     return not asked or asked == have.lower()
-
-
-def _family(host: str) -> int:
-    """4 or 6 for an IP address, 0 for a name."""
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return 0
-
-
-def _rrset(name: dns.name.Name, ttl: int, rdatas: Sequence[dns.rdata.Rdata]) -> dns.rrset.RRset:
-    return dns.rrset.from_rdata_list(name, ttl, rdatas)
-
-
-def _make(rdata_class: Any, rdtype: int, *fields: Any) -> dns.rdata.Rdata:
-    """An rdata of class IN (dnspython's rdata constructors carry no type hints)."""
-    rdata: dns.rdata.Rdata = rdata_class(IN, rdtype, *fields)
-    return rdata

@@ -26,28 +26,22 @@ import shutil
 import signal
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from funcmesh.errors import FuncmeshError
+from funcmesh.runtime.build_output import BuildOutput, Progress
 from funcmesh.runtime.catalog import Runtime
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
-
 DEFAULT_MAX_OUTPUT_BYTES = 4 << 20
 DEFAULT_BUILD_TIMEOUT_S = 900.0
-TAIL_LINES = 20
 MARKER = ".complete"
 SITE_PACKAGES = "site-packages"
 NODE_MODULES = "node_modules"
 NPM_DEPENDENCY_FIELDS = ("dependencies", "optionalDependencies", "peerDependencies")
-_MAX_LINE_CHARS = 1000
-_CHUNK_BYTES = 1 << 16
 _KEY_FORMAT = b"funcmesh-deps-v1"
 
 
@@ -224,7 +218,7 @@ class DependencyBuilder:
         logger.info("building dependencies %s for %s", key[:12], runtime.id)
         staging = await asyncio.to_thread(self._stage, key, deps, runtime.deps_file)
         log = self.log_path(key).open("wb")  # one quick open(2), like the stat in cached()
-        output = _Output(log=log, listeners=listeners, max_bytes=self._max_output_bytes)
+        output = BuildOutput(log=log, listeners=listeners, max_bytes=self._max_output_bytes)
         try:
             await self._install(runtime, staging, output)
             await asyncio.to_thread(_commit, staging, self._root / key, runtime=runtime, deps=deps)
@@ -251,7 +245,7 @@ class DependencyBuilder:
         (staging / deps_file).write_text(deps + "\n", encoding="utf-8")
         return staging
 
-    async def _install(self, runtime: Runtime, staging: Path, output: _Output) -> None:
+    async def _install(self, runtime: Runtime, staging: Path, output: BuildOutput) -> None:
         env = {**(os.environ if self._environ is None else self._environ)}
         env["TMPDIR"] = str(staging / "tmp")  # the installer's debris stays ours
         if runtime.language == "nodejs":
@@ -278,7 +272,7 @@ class DependencyBuilder:
         cwd: Path,
         runtime: Runtime,
         what: str,
-        output: _Output,
+        output: BuildOutput,
     ) -> int:
         try:
             process = await asyncio.create_subprocess_exec(
@@ -304,53 +298,6 @@ class DependencyBuilder:
         except BaseException:
             await _kill_group(process)
             raise
-
-
-class _Output:
-    """Fans a build's output out to the log file (capped), the listeners and a tail."""
-
-    def __init__(self, *, log: BinaryIO, listeners: list[Progress], max_bytes: int) -> None:
-        self._log = log
-        self._listeners = listeners
-        self._log_budget_bytes = max_bytes
-        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._partial = b""
-
-    async def pump(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        while chunk := await process.stdout.read(_CHUNK_BYTES):
-            await asyncio.to_thread(self._write_log, chunk)
-            *lines, self._partial = (self._partial + chunk).split(b"\n")
-            for line in lines:
-                self._publish(line)
-        if self._partial:
-            self._publish(self._partial)
-            self._partial = b""
-
-    def tail(self) -> str:
-        return "\n".join(self._tail)
-
-    def _write_log(self, chunk: bytes) -> None:
-        if self._log_budget_bytes > 0:
-            kept = chunk[: self._log_budget_bytes]
-            self._log_budget_bytes -= len(chunk)
-            self._log.write(kept)
-            if self._log_budget_bytes <= 0:
-                self._log.write(b"\n[funcmesh: output truncated, the log is full]\n")
-            self._log.flush()
-
-    def _publish(self, raw_line: bytes) -> None:
-        line = raw_line.decode("utf-8", "replace").rstrip()[:_MAX_LINE_CHARS]
-        if not line:
-            return
-        self._tail.append(line)
-        for listener in list(self._listeners):
-            try:
-                listener(line)
-            except Exception:
-                logger.exception("a build progress listener failed; it hears no more")
-                with contextlib.suppress(ValueError):
-                    self._listeners.remove(listener)
 
 
 def _pip_argv(runtime: Runtime, staging: Path, pip_args: Sequence[str]) -> list[str]:

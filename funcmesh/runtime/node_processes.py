@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from funcmesh.errors import Unavailable
 from funcmesh.runtime.secret_files import SECRETS_SHIM, payload_fd
-from funcmesh.runtime.workers import WorkerLoadError, retrieve_exception
+from funcmesh.runtime.workers import WorkerLoadError, resolve, retrieve_exception
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +177,9 @@ class NodeProcess:
     def _dispatch(self, message: Any) -> None:
         match message:
             case {"op": "hello"}:
-                _resolve(self.hello)
+                resolve(self.hello)
             case {"op": "ready"}:
-                _resolve(self.ready)
+                resolve(self.ready)
             case {"op": "failed", "error": str(error)}:
                 if not self.ready.done():
                     self.ready.set_exception(WorkerLoadError(error))
@@ -329,15 +329,10 @@ async def _exit_status(process: subprocess.Popen[bytes], pidfd: int) -> int:
     thread, and no SIGCHLD handler that could reap another part's children."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(pidfd, _resolve, exited)
+    loop.add_reader(pidfd, resolve, exited)
     try:
         await exited
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
     return process.wait()  # it has exited: this reaps it at once
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -22,23 +22,16 @@ import itertools
 import logging
 import os
 import shutil
-import socket
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from funcmesh.errors import Unavailable
 from funcmesh.model.containers import Probe, command_line, environment_of
 from funcmesh.model.deployments import DeploymentSpec, PodTemplate
 from funcmesh.model.objects import RawObject, rfc3339
-from funcmesh.runtime.addresses import AddressPool
-from funcmesh.runtime.logs import LogBook
 from funcmesh.runtime.probes import ProbeCounter, ProbeResult, check
-from funcmesh.runtime.workload_dns import ClusterDns
+from funcmesh.runtime.workload_context import WorkloadContext, deployment_log_name, take_pod_address
 from funcmesh.runtime.workload_pods import workload_pod
 from funcmesh.runtime.workload_processes import LaunchSpec, StartFailed, WorkloadProcess, launch
 
@@ -48,34 +41,9 @@ DEFAULT_PORT: Final = 8080  # PORT when the container declares none
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_BACKOFF_FACTOR: Final = 30  # 10 s doubling up to 300 s
 RESET_BACKOFF_FACTOR: Final = 60  # a process that ran 600 s starts the count over
-BIND_ATTEMPTS: Final = 16
 _SEQUENCE = itertools.count()
 
 ServiceEnv = Callable[[], Mapping[str, str]]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkloadContext:
-    """What every replica shares: addresses, logs, identities and timings."""
-
-    addresses: AddressPool
-    logbook: LogBook
-    scratch_root: Path  # each pod's HOME (and working directory unless it names one)
-    on_pod_change: Callable[[str, RawObject], None]  # (ADDED|MODIFIED|DELETED, pod)
-    worker_uid: int | None = None
-    worker_gid: int | None = None
-    restart_backoff_s: float = 10.0
-    python: str = sys.executable  # the interpreter of the launcher shim
-    dns: ClusterDns | None = None  # how pods find Services by name
-    # Awaited with a pod's IP before a replica that is going away gets SIGTERM: takes the
-    # address out of the Service VIPs first, as a terminating pod leaves kube-proxy's rules.
-    before_stop: Callable[[str], Awaitable[None]] | None = None
-    before_stop_wait_s: float = 1.0
-
-
-def deployment_log_name(deployment: str) -> str:
-    """The LogBook's key for the lines of all of a Deployment's pods."""
-    return f"deployment/{deployment}"
 
 
 def backoff_delay_s(failures: int, base_s: float) -> float:
@@ -83,21 +51,6 @@ def backoff_delay_s(failures: int, base_s: float) -> float:
     if failures <= 1:
         return 0.0
     return float(min(base_s * 2 ** (failures - 2), base_s * MAX_BACKOFF_FACTOR))
-
-
-def take_pod_address(addresses: AddressPool, port: int) -> str:
-    """A pod IP where ``port`` is free (another daemon or a lingering process may hold one)."""
-    for _ in range(BIND_ATTEMPTS):
-        ip = addresses.take()
-        try:
-            with socket.socket() as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((ip, port))
-        except OSError:
-            addresses.give_back(ip)
-            continue
-        return ip
-    raise Unavailable(f"no pod address with port {port} free in the pod network")
 
 
 class Replica:

@@ -4,7 +4,7 @@ A pool describes a new instance in a :class:`SpawnRequest`; a starter (the Pytho
 ``funcmesh.runtime.zygote``, or a Node.js spare, ``funcmesh.runtime.node``) turns it into a
 :class:`WorkerProcess` whose futures say when the function has loaded (or why not, as a
 :class:`WorkerLoadError`) and when the process exits. Starters mark such state futures with
-:func:`retrieve_exception`.
+:func:`retrieve_exception` and settle them with :func:`resolve`.
 
 Must not: start or signal processes itself, create sockets, read os.environ, or block.
 """
@@ -102,3 +102,10 @@ def retrieve_exception(future: asyncio.Future[Any]) -> None:
     """These futures report state: an unobserved failure is not an error worth a log line."""
     if not future.cancelled():
         future.exception()
+
+
+def resolve(future: asyncio.Future[None]) -> None:
+    """Settle a state future unless it is settled: a reader or writer callback may fire again
+    before it is removed."""
+    if not future.done():
+        future.set_result(None)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from funcmesh.model.deployments import HASH_ALPHABET, DeploymentSpec
 from funcmesh.model.objects import RawObject
-from funcmesh.runtime.replicas import Replica, ServiceEnv, WorkloadContext, deployment_log_name
+from funcmesh.runtime.replicas import Replica, ServiceEnv
 from funcmesh.runtime.rollout import PodState, plan
+from funcmesh.runtime.workload_context import WorkloadContext, deployment_log_name
 
 logger = logging.getLogger(__name__)
 

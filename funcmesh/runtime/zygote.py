@@ -34,6 +34,7 @@ from funcmesh.runtime.workers import (
     SpawnRequest,
     WorkerLoadError,
     WorkerProcess,
+    resolve,
     retrieve_exception,
 )
 
@@ -247,7 +248,7 @@ class Zygote:
     async def _writable(self) -> None:
         waiter: asyncio.Future[None] = self._loop.create_future()
         fd = self._control.fileno()
-        self._loop.add_writer(fd, _resolve, waiter)
+        self._loop.add_writer(fd, resolve, waiter)
         try:
             await waiter
         finally:
@@ -378,8 +379,3 @@ class Zygote:
         for task in (self._watch_task, self._stderr_task):
             task.cancel()
         await asyncio.gather(self._watch_task, self._stderr_task, return_exceptions=True)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -21,7 +21,7 @@ from funcmesh.model.deployments import admit_deployment, parse_deployment
 from funcmesh.model.objects import RawObject
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.logs import LogBook
-from funcmesh.runtime.replicas import WorkloadContext
+from funcmesh.runtime.workload_context import WorkloadContext
 from funcmesh.runtime.workload_dns import ClusterDns
 from funcmesh.runtime.workloads import Workloads
 

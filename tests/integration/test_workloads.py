@@ -29,7 +29,7 @@ from funcmesh.model.objects import RawObject
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.logs import LogBook
 from funcmesh.runtime.pools import PodEvents
-from funcmesh.runtime.replicas import WorkloadContext
+from funcmesh.runtime.workload_context import WorkloadContext
 from funcmesh.runtime.workloads import Workloads
 from funcmesh.store.sqlite import Store
 

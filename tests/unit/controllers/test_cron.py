@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from funcmesh.controllers.cron import CronTriggerController, SystemClock
+from funcmesh.controllers.cron import CronTriggerController
+from funcmesh.controllers.cron_clock import SystemClock
 from funcmesh.controllers.invoker import Answer
 from funcmesh.errors import NotFound, Unavailable
 from funcmesh.model.kinds import CRONJOB_TRIGGER, EVENT, FUNCTION

@@ -8,7 +8,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from funcmesh.nameserver.zone import Answer, Zone
+from funcmesh.nameserver.answers import Answer
+from funcmesh.nameserver.zone import Zone
 from tests.unit.nameserver.cluster import CASES, Case, cluster, endpoints, normalized, service
 
 
