@@ -15,7 +15,7 @@ from typing import Any
 
 from funcmesh import __version__
 from funcmesh.app.host import worker_identity
-from funcmesh.controllers.deployments import service_environment
+from funcmesh.discovery.service_env import ServiceEnvironments
 from funcmesh.discovery.services import ServiceTable
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.vip_nat import TOOLS_PATH, NatTable, open_nat_table
@@ -137,7 +137,7 @@ def pool_context(
         on_pod_change=publish,
         starters=starters,
         dns_server=str(settings.dns_addr),
-        service_env=lambda namespace: service_environment(services, namespace),
+        service_env=ServiceEnvironments(services),
     )
 
 

@@ -21,7 +21,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from funcmesh.discovery.services import ServiceTable, ServiceView
+from funcmesh.discovery.service_env import service_environment
+from funcmesh.discovery.services import ServiceTable
 from funcmesh.errors import FuncmeshError, Invalid, NotFound
 from funcmesh.model.conditions import set_condition
 from funcmesh.model.deployments import DeploymentSpec, parse_deployment
@@ -34,40 +35,6 @@ from funcmesh.store.sqlite import Store
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-
-
-def service_environment(table: ServiceTable | None, namespace: str) -> dict[str, str]:
-    """The service links of every Service with a cluster IP in ``namespace``."""
-    env: dict[str, str] = {}
-    for view in table.services() if table is not None else ():
-        if view.namespace == namespace and view.cluster_ip and view.ports:
-            env.update(service_links(view))
-    return env
-
-
-def service_links(view: ServiceView) -> dict[str, str]:
-    """Kubernetes's environment variables for one Service (as the kubelet writes them)."""
-    assert view.cluster_ip is not None
-    name = _env_name(view.name)
-    host = f"[{view.cluster_ip}]" if ":" in view.cluster_ip else view.cluster_ip
-    first = view.ports[0]
-    env = {f"{name}_SERVICE_HOST": view.cluster_ip, f"{name}_SERVICE_PORT": str(first.port)}
-    for port in view.ports:
-        if port.name:
-            env[f"{name}_SERVICE_PORT_{_env_name(port.name)}"] = str(port.port)
-    env[f"{name}_PORT"] = f"{first.protocol.lower()}://{host}:{first.port}"
-    for port in view.ports:
-        protocol = port.protocol.lower()
-        prefix = f"{name}_PORT_{port.port}_{port.protocol.upper()}"
-        env[prefix] = f"{protocol}://{host}:{port.port}"
-        env[f"{prefix}_PROTO"] = protocol
-        env[f"{prefix}_PORT"] = str(port.port)
-        env[f"{prefix}_ADDR"] = view.cluster_ip
-    return env
-
-
-def _env_name(name: str) -> str:
-    return name.upper().replace("-", "_")
 
 
 def deployment_status(

@@ -36,7 +36,9 @@ RETRY_PAUSE_S = 1.0
 class PodSource(Protocol):
     """Pods as ``v1`` Pod dicts: all of them now, and their changes from now on."""
 
-    def list_pods(self, namespace: str | None) -> list[dict[str, Any]]: ...
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]: ...
 
     def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """``(ADDED|MODIFIED|DELETED, pod)`` after the first ``__anext__``, until closed."""
@@ -186,15 +188,15 @@ class EndpointsController:
             await self._wake.wait()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
-            pods_by_namespace: dict[str, list[dict[str, Any]]] = {}
             for key in sorted(dirty):
                 service = self._services.get(key)
                 if service is None or service.selector is None:
                     continue
                 try:
-                    if key[0] not in pods_by_namespace:
-                        pods_by_namespace[key[0]] = self._pods.list_pods(key[0])
-                    await self._sync(service, pods_by_namespace[key[0]])
+                    # only the selected pods are built: a cold start must not cost a Pod
+                    # object of every instance in the namespace
+                    pods = self._pods.list_pods(key[0], selector=dict(service.selector))
+                    await self._sync(service, pods)
                 except Exception:  # one Service's failure must not stop the others
                     logger.exception("updating the Endpoints of %s/%s failed", *key)
                     asyncio.get_running_loop().call_later(RETRY_PAUSE_S, self._mark, key)

@@ -85,6 +85,10 @@ class Instance:
         if self.process is not None and not self.exited.is_set():
             self.process.kill(sig)
 
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        return {**self.revision.labels, "function": self.revision.name}
+
     def pod_object(self) -> dict[str, Any]:
         """The read-only Pod the API shows for this instance."""
         revision = self.revision
@@ -103,7 +107,7 @@ class Instance:
                 "namespace": revision.namespace,
                 "uid": self.uid,
                 "creationTimestamp": rfc3339(self.started_at),
-                "labels": {**revision.labels, "function": revision.name},
+                "labels": self.pod_labels,
                 "ownerReferences": [
                     {
                         "apiVersion": "kubeless.io/v1beta1",

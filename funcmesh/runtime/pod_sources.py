@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from funcmesh.errors import NotFound
@@ -44,8 +44,11 @@ class PodDirectory:
         self._events = events
         self._delete_wait_s = delete_wait_s
 
-    def list_pods(self, namespace: str | None) -> list[RawObject]:
-        pods = self._functions.list_pods(namespace) + self._workloads.list_pods(namespace)
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[RawObject]:
+        pods = self._functions.list_pods(namespace, selector=selector)
+        pods += self._workloads.list_pods(namespace, selector=selector)
         return sorted(pods, key=lambda pod: (namespace_of(pod), name_of(pod)))
 
     def get_pod(self, namespace: str, name: str) -> RawObject:

@@ -151,8 +151,16 @@ class Pools:
         ]
         return sorted(found, key=lambda i: (i.revision.namespace, i.pod))
 
-    def list_pods(self, namespace: str | None) -> list[dict[str, Any]]:
-        return [instance.pod_object() for instance in self._instances(namespace)]
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The Pods of the instances (those whose labels hold ``selector``, when given: only
+        those are built)."""
+        return [
+            instance.pod_object()
+            for instance in self._instances(namespace)
+            if selector is None or _holds(instance.pod_labels, selector)
+        ]
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         for instance in self._instances(namespace):
@@ -168,3 +176,7 @@ class Pools:
         if pool is None:
             raise NotFound(f'functions.kubeless.io "{name}" not found')
         return pool.summary()
+
+
+def _holds(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from funcmesh.model.deployments import HASH_ALPHABET, DeploymentSpec
@@ -139,8 +139,17 @@ class Workloads:
 
     # the API's side (through funcmesh.runtime.pod_sources)
 
-    def list_pods(self, namespace: str | None) -> list[RawObject]:
-        return [r.pod_object() for r in self._replicas(namespace)]
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[RawObject]:
+        """The Pods of the replicas (those whose template labels hold ``selector``, when
+        given: only those are built)."""
+        return [
+            replica.pod_object()
+            for replica in self._replicas(namespace)
+            if selector is None
+            or all(replica.template.labels.get(k) == v for k, v in selector.items())
+        ]
 
     def find_pod(self, namespace: str, name: str) -> Replica | None:
         for replica in self._replicas(namespace):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,15 @@ class Pods:
         self.pods: dict[str, dict[str, Any]] = {}
         self._watchers: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
 
-    def list_pods(self, namespace: str | None) -> list[dict[str, Any]]:
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         return [
             copy.deepcopy(p)
             for p in self.pods.values()
             if namespace is None or p["metadata"]["namespace"] == namespace
+            if selector is None
+            or all(p["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
         ]
 
     async def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:

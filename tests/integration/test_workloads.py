@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from funcmesh.controllers.deployments import DeploymentController, service_environment
+from funcmesh.controllers.deployments import DeploymentController
+from funcmesh.discovery.service_env import service_environment
 from funcmesh.discovery.services import ServicePortView, ServiceTable, ServiceView
 from funcmesh.model.deployments import DeploymentSpec, admit_deployment, parse_deployment
 from funcmesh.model.kinds import DEPLOYMENT

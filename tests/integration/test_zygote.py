@@ -209,6 +209,17 @@ async def test_worker_gets_its_environment_directory_paths_and_context(
     }
 
 
+async def test_a_large_environment_reaches_the_handler_and_its_children(spawn: Spawn) -> None:
+    """Hundreds of service variables are set in one step (not a setenv each), and the result
+    is a real process environment: children see it, and changes the handler makes."""
+    env = {f"SVC_{n}_SERVICE_HOST": f"127.96.0.{n % 250}" for n in range(2000)}
+    instance = await spawn("child_env", env={"GREETING": "hi", **env, "LAST_VAR": "last"})
+    seen = (await instance.request("GET", "/")).json()
+    assert seen["child"] == "last|yes|unset"
+    assert seen["count"] == 2000 + 2  # the services, LAST_VAR, SET_BY_HANDLER; no GREETING
+    assert seen["last"] == "last"
+
+
 async def test_worker_writes_its_pid_to_the_cgroup_procs_file(spawn: Spawn, tmp_path: Path) -> None:
     procs = tmp_path / "cgroup.procs"
     procs.write_text("")

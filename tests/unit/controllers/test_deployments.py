@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from funcmesh.controllers.deployments import deployment_status, service_environment
+from funcmesh.controllers.deployments import deployment_status
+from funcmesh.discovery.service_env import ServiceEnvironments, service_environment
 from funcmesh.discovery.services import ServicePortView, ServiceTable, ServiceView
 from funcmesh.model.conditions import find_condition
 from funcmesh.model.deployments import admit_deployment, parse_deployment
@@ -45,6 +46,21 @@ def test_service_links_are_the_kubelets_variables() -> None:
     assert env["WEB_PORT_9090_TCP_ADDR"] == "127.96.0.12"
     assert not any(key.startswith(("HEADLESS_", "ELSEWHERE_")) for key in env)
     assert service_environment(None, "default") == {}
+
+
+def test_a_namespaces_links_are_kept_until_one_of_its_services_changes() -> None:
+    table = ServiceTable()
+    table.put_service(service("web", "127.96.0.12", ("http", 80)))
+    environments = ServiceEnvironments(table)
+    first = environments("default")
+    assert environments("default") is first  # computed once
+    table.put_service(service("elsewhere", "127.96.0.13", ("", 80), namespace="other"))
+    assert environments("default") is first  # another namespace changed
+    table.put_service(service("db", "127.96.0.14", ("", 5432)))
+    assert environments("default")["DB_SERVICE_HOST"] == "127.96.0.14"
+    table.remove_service("default", "web")
+    assert "WEB_SERVICE_HOST" not in environments("default")
+    environments.close()
 
 
 def status_for(
