@@ -48,16 +48,21 @@ def _env_name(name: str) -> str:
 
 
 class ServiceEnvironments:
-    """``service_environment`` per namespace, cached until the namespace's Services change."""
+    """``service_environment`` per namespace, cached until one of the namespace's Services
+    changes (an Endpoints change, which every cold start makes, keeps it)."""
 
     def __init__(self, table: ServiceTable) -> None:
         self._table = table
         self._cache: dict[str, Mapping[str, str]] = {}
+        self._views: dict[Key, ServiceView] = {}  # the Services the cached sets came from
         self._unsubscribe = table.subscribe(self._changed)
 
     def __call__(self, namespace: str) -> Mapping[str, str]:
         cached = self._cache.get(namespace)
         if cached is None:
+            for view in self._table.services():
+                if view.namespace == namespace:
+                    self._views[view.key] = view
             cached = self._cache[namespace] = service_environment(self._table, namespace)
         return cached
 
@@ -65,4 +70,8 @@ class ServiceEnvironments:
         self._unsubscribe()
 
     def _changed(self, key: Key) -> None:
+        view = self._table.service(*key)
+        if view is not None and self._views.get(key) is view:
+            return  # the same Service: its Endpoints changed
+        self._views.pop(key, None)
         self._cache.pop(key[0], None)

@@ -4,7 +4,7 @@ from typing import Any
 
 from funcmesh.controllers.deployments import deployment_status
 from funcmesh.discovery.service_env import ServiceEnvironments, service_environment
-from funcmesh.discovery.services import ServicePortView, ServiceTable, ServiceView
+from funcmesh.discovery.services import EndpointsView, ServicePortView, ServiceTable, ServiceView
 from funcmesh.model.conditions import find_condition
 from funcmesh.model.deployments import admit_deployment, parse_deployment
 from funcmesh.runtime.workloads import ReplicaCounts
@@ -56,6 +56,8 @@ def test_a_namespaces_links_are_kept_until_one_of_its_services_changes() -> None
     assert environments("default") is first  # computed once
     table.put_service(service("elsewhere", "127.96.0.13", ("", 80), namespace="other"))
     assert environments("default") is first  # another namespace changed
+    table.put_endpoints(EndpointsView(namespace="default", name="web", subsets=()))
+    assert environments("default") is first  # Endpoints change at every cold start
     table.put_service(service("db", "127.96.0.14", ("", 5432)))
     assert environments("default")["DB_SERVICE_HOST"] == "127.96.0.14"
     table.remove_service("default", "web")
