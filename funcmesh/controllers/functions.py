@@ -289,6 +289,7 @@ class FunctionController:
                     spec.timeout_s,
                     spec.memory_limit,
                     secret_digest,
+                    spec.service_links,
                 )
             ).encode()
         ).hexdigest()[:10]
@@ -320,6 +321,7 @@ class FunctionController:
             secret_env=secrets.env,
             secret_volumes=volumes,
             secrets_dir=secrets_dir,
+            service_links=spec.service_links,
         )
 
     async def _finish(

@@ -84,6 +84,8 @@ class FunctionSpec:
     # secret volumes mounted on containers[0], and env values from Secret keys
     secrets: tuple[SecretMount, ...] = ()
     secret_env: tuple[SecretKeyRef, ...] = ()
+    # the pod spec's enableServiceLinks: the namespace's <NAME>_SERVICE_HOST... variables
+    service_links: bool = True
 
     @property
     def key(self) -> str:
@@ -128,6 +130,7 @@ def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
         scaling=parts.scaling(annotations_of(obj)),
         secrets=parse_secret_mounts(_pod_spec(spec), container, causes),
         secret_env=secret_env,
+        service_links=_service_links(_pod_spec(spec), causes),
     )
     raise_if_causes(causes, kind="Function", name=result.name)
     return result
@@ -139,6 +142,20 @@ def _pod_spec(spec: Mapping[str, Any]) -> Mapping[str, Any]:
     except (KeyError, TypeError):
         return {}
     return pod_spec if isinstance(pod_spec, dict) else {}
+
+
+def _service_links(pod_spec: Mapping[str, Any], causes: list[Cause]) -> bool:
+    """``enableServiceLinks`` of the pod template (Kubernetes' default: true)."""
+    value = pod_spec.get("enableServiceLinks", True)
+    if not isinstance(value, bool):
+        causes.append(
+            Cause(
+                field="spec.deployment.spec.template.spec.enableServiceLinks",
+                message="must be true or false",
+            )
+        )
+        return True
+    return value
 
 
 def _container(spec: Mapping[str, Any]) -> Mapping[str, Any]:

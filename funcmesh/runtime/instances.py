@@ -59,6 +59,7 @@ class Revision:
     secret_env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secret_volumes: tuple[SecretVolume, ...] = field(default=(), repr=False)
     secrets_dir: str | None = None
+    service_links: bool = True  # the namespace's service variables in the environment
 
 
 @dataclass(slots=True, kw_only=True)

@@ -23,7 +23,8 @@ def worker_environment(
     """The process environment of a worker: the namespace's service variables, then the
     user's env (which wins over them, as in Kubernetes), Kubeless's variables last."""
     revision = instance.revision
-    env = dict(services(revision.namespace)) if services is not None else {}
+    links = services is not None and revision.service_links
+    env = dict(services(revision.namespace)) if links and services is not None else {}
     env.update(revision.env)
     if dns_server:
         env.update(

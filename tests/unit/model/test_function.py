@@ -107,6 +107,12 @@ def test_scaling_annotations_are_read() -> None:
             "metadata.annotations",
             "must not exceed",
         ),
+        (
+            "spec/deployment/spec/template/spec/enableServiceLinks",
+            "no",
+            "spec.deployment.spec.template.spec.enableServiceLinks",
+            "true or false",
+        ),
     ],
 )
 def test_invalid_functions_name_the_field(path: str, value: Any, field: str, words: str) -> None:
@@ -116,6 +122,12 @@ def test_invalid_functions_name_the_field(path: str, value: Any, field: str, wor
         c.field.startswith(field) and words in c.message for c in caught.value.causes
     ), caught.value.causes
     assert words in str(caught.value)
+
+
+def test_service_links_are_on_unless_the_pod_spec_turns_them_off() -> None:
+    assert parse_function(KUBELESS_EXAMPLE).service_links is True
+    off = with_changes("spec/deployment/spec/template/spec/enableServiceLinks", False)
+    assert parse_function(off).service_links is False
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -11,7 +11,9 @@ from funcmesh.runtime.instances import Instance, Revision
 from funcmesh.runtime.worker_env import worker_environment
 
 
-def instance(namespace: str = "team", env: tuple[tuple[str, str], ...] = ()) -> Instance:
+def instance(
+    namespace: str = "team", env: tuple[tuple[str, str], ...] = (), *, service_links: bool = True
+) -> Instance:
     runtime = Runtime.python(version=sys.version_info[:2], executable=Path(sys.executable))
     revision = Revision(
         namespace=namespace,
@@ -30,6 +32,7 @@ def instance(namespace: str = "team", env: tuple[tuple[str, str], ...] = ()) -> 
         labels={},
         scaling=Scaling(),
         template_hash="abcdef0123",
+        service_links=service_links,
     )
     return Instance(pod="hello-1", ip="127.128.0.9", port=8080, revision=revision, uid="u")
 
@@ -52,3 +55,14 @@ def test_kubeless_variables_cannot_be_overridden_and_dns_is_optional() -> None:
     env = worker_environment(instance(env=(("POD_IP", "1.2.3.4"), ("FUNC_HANDLER", "x"))))
     assert (env["POD_IP"], env["FUNC_HANDLER"]) == ("127.128.0.9", "handler")
     assert "FUNCMESH_DNS_SERVER" not in env
+
+
+def test_enable_service_links_false_leaves_them_out() -> None:
+    """Kubernetes' pod knob: with many Services the variables cost every cold start."""
+    env = worker_environment(
+        instance(service_links=False),
+        dns_server="127.0.0.1:5353",
+        services=lambda namespace: {"WEB_SERVICE_HOST": "127.96.0.5"},
+    )
+    assert "WEB_SERVICE_HOST" not in env
+    assert env["FUNCMESH_DNS_SERVER"] == "127.0.0.1:5353"  # names still resolve
