@@ -8,7 +8,7 @@ that never talk to the API start fast. This module must not print.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -91,6 +91,21 @@ class Session:
                 if attempt == UPDATE_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")
+
+    def delete_each(
+        self, ctx: click.Context, rt: ResourceType, names: Sequence[str], *, noun: str
+    ) -> None:
+        """Delete the named objects, printing Kubeless's line for each (``NOUN NAME deleted from
+        namespace NS successfully!``); an error for one name does not stop the others."""
+        from funcmesh.cli.output import for_each_name
+
+        client = self.client()
+
+        def delete_one(name: str) -> str:
+            client.delete(rt, self.namespace, name)
+            return f"{noun} {name} deleted from namespace {self.namespace} successfully!"
+
+        for_each_name(ctx, names, delete_one)
 
     def close(self) -> None:
         if self._client is not None:

@@ -17,7 +17,7 @@ import click
 
 from funcmesh.cli.lazy import LazyGroup
 from funcmesh.cli.options import global_options, output_option
-from funcmesh.cli.output import dump_objects, dump_value, for_each_name, format_table
+from funcmesh.cli.output import dump_objects, dump_value, format_table
 from funcmesh.cli.session import session_of
 from funcmesh.errors import Invalid
 from funcmesh.model.http_triggers import parse_http_trigger
@@ -107,14 +107,7 @@ def update(
 @click.pass_context
 def delete(ctx: click.Context, names: Sequence[str]) -> None:
     """Delete HTTP triggers (an error for one does not stop the others)."""
-    session = session_of(ctx)
-    client = session.client()
-
-    def delete_one(name: str) -> str:
-        client.delete(HTTP_TRIGGER, session.namespace, name)
-        return f"HTTP trigger {name} deleted from namespace {session.namespace} successfully!"
-
-    for_each_name(ctx, names, delete_one)
+    session_of(ctx).delete_each(ctx, HTTP_TRIGGER, names, noun="HTTP trigger")
 
 
 @http.command("ls")
