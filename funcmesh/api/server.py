@@ -2,7 +2,8 @@
 
 Middlewares, outermost first: request metrics, errors (every failure becomes a Status, via the
 one table in ``status``), bearer token authentication. Routes: health and version (public),
-discovery, resources, the service proxy, server configuration and ``/metrics``. ``close``
+discovery, resources, the service proxy, server configuration, the mesh's access log and
+``/metrics``. ``close``
 ends watches and log follows with a proper end of stream, drains in-flight requests, then stops.
 The access log is written at debug level and holds neither bodies nor credentials.
 """
@@ -19,7 +20,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from funcmesh.api import discovery, openapi
+from funcmesh.api import discovery, mesh_logs, openapi
 from funcmesh.api.auth import PUBLIC_PATHS, Handler, bearer_token_middleware
 from funcmesh.api.extensions import Extensions
 from funcmesh.api.negotiation import discovery_version
@@ -29,6 +30,7 @@ from funcmesh.api.proxy import ASYNC_PATH, ServiceProxy
 from funcmesh.api.resources import ResourceHandlers
 from funcmesh.api.sources import PodObjects, StoredObjects
 from funcmesh.api.wire import error_response, http_error_response, json_response
+from funcmesh.mesh.access_log import AccessLog
 from funcmesh.model.kinds import POD
 from funcmesh.store.sqlite import Store
 
@@ -55,6 +57,7 @@ class ApiServer:
         gateway_url: str,
         metrics_registry: prometheus_client.CollectorRegistry,
         is_ready: Callable[[], bool],
+        access_log: AccessLog | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_proxy_body_bytes: int = MAX_PROXY_BODY_BYTES,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
@@ -70,6 +73,7 @@ class ApiServer:
         self._metrics = _RequestMetrics(metrics_registry)
         self._proxy = ServiceProxy(gateway_url=gateway_url, max_body_bytes=max_proxy_body_bytes)
         self._extensions = Extensions(store=store, providers=providers, stop=self._stop)
+        self._mesh_access_log = mesh_logs.MeshAccessLogEndpoint(access_log, stop=self._stop)
         self._resources = ResourceHandlers(
             stored=StoredObjects(store),
             derived={
@@ -145,6 +149,7 @@ class ApiServer:
         app.router.add_route("*", "/apis/{group}/{version}/{tail:.+}", self._resources.grouped)
         app.router.add_get("/funcmesh/v1/server-config", self._extensions.server_config)
         app.router.add_get("/funcmesh/v1/calls/{id}", self._extensions.async_call)
+        app.router.add_get(mesh_logs.PATH, self._mesh_access_log.serve)
         app.router.add_route("*", ASYNC_PATH, self._proxy.handle_async)
         app.router.add_route("*", ASYNC_PATH + "/{tail:.*}", self._proxy.handle_async)
         app.router.add_get("/metrics", self._prometheus)
@@ -191,6 +196,7 @@ class ApiServer:
             "/api/v1",
             "/apis",
             "/funcmesh/v1/server-config",
+            mesh_logs.PATH,
             "/metrics",
             "/openapi/v3",
             *PUBLIC_PATHS,

@@ -53,6 +53,10 @@ from funcmesh.discovery.services import ServiceTable
 from funcmesh.discovery.tls import Certificates
 from funcmesh.gateway.server import Gateway
 from funcmesh.gateway.vips import VipListeners
+from funcmesh.mesh.access_log import AccessLog
+from funcmesh.mesh.feed import MeshFeed
+from funcmesh.mesh.table import MeshTable
+from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.nameserver.server import NameServer
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.builds import DependencyBuilder
@@ -78,6 +82,9 @@ class Daemon:
     store: Store
     service_ips: ClusterIPs
     service_table: ServiceTable
+    mesh: MeshTable
+    access_log: AccessLog
+    telemetry: Telemetry
     # names
     nameserver: NameServer
     pod_dns: ClusterDns
@@ -146,6 +153,10 @@ class Daemon:
         feed = ServiceFeed(self.store, self.service_table)
         stack.push_async_callback(feed.close)
         await feed.start()
+        self.mesh = MeshTable()
+        mesh_feed = MeshFeed(self.store, self.mesh)
+        stack.push_async_callback(mesh_feed.close)
+        await mesh_feed.start()
 
     async def start_names(self) -> None:
         """The DNS server, before the workloads: their resolv.conf names it."""
@@ -182,6 +193,13 @@ class Daemon:
         self.registry = CollectorRegistry()
         self.logbook = LogBook(function_budget_bytes=settings.runtime.log_bytes_per_function)
         stack.callback(self.logbook.close)
+        # the mesh's access log and Istio's metrics: closed after the data plane stops
+        self.access_log = AccessLog(
+            settings.home / "logs" / "mesh-access.log",
+            call_later=asyncio.get_running_loop().call_later,
+        )
+        stack.callback(self.access_log.close)
+        self.telemetry = Telemetry(self.registry, self.access_log)
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)
         addresses, limiter = AddressPool(settings.runtime.pod_cidr), MemoryLimiter()
@@ -269,6 +287,10 @@ class Daemon:
             tls_host=settings.gateway_tls_addr.host,
             tls_port=settings.gateway_tls_addr.port,
             tls_context=certificates.server_context(),
+            mesh=self.mesh,
+            services=self.service_table,
+            telemetry=self.telemetry,
+            pods=self.pods,
         )
         plain = f"gateway on {settings.gateway_addr}"
         await listening(self.gateway.start(), plain, "--gateway-addr")
@@ -280,7 +302,9 @@ class Daemon:
         nat = await kernel_nat(settings, self.env)
         if nat is not None:
             stack.push_async_callback(nat.close)  # after the listeners: the table goes last
-        self.vips = VipListeners(self.service_table, functions=self.gateway, kernel=nat)
+        self.vips = VipListeners(
+            self.service_table, functions=self.gateway, kernel=nat, mesh=self.mesh
+        )
         self.vips.start()
         stack.push_async_callback(self.vips.close)  # before the gateway drains its connections
         self._vips = self.vips
@@ -327,6 +351,7 @@ class Daemon:
             port=settings.api_addr.port,
             gateway_url=self.gateway_url,
             metrics_registry=self.registry,
+            access_log=self.access_log,
             is_ready=lambda: self.ready,
         )
         await listening(api.start(), f"API on {settings.api_addr}", "--api-addr")

@@ -31,6 +31,7 @@ ROOT_COMMANDS = {
     "get": "funcmesh.cli.get:get",
     "get-server-config": "funcmesh.cli.serverconfig:get_server_config",
     "logs": "funcmesh.cli.logs:logs",
+    "mesh": "funcmesh.cli.mesh:mesh",
     "run": "funcmesh.cli.run:run",
     "scale": "funcmesh.cli.run:scale",
     "trigger": "funcmesh.cli.trigger:trigger",

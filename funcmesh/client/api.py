@@ -46,6 +46,7 @@ WATCH_SLACK_S = 5.0
 FUNCTION_PORT_NAME = "http-function-port"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+MESH_ACCESS_LOG_PATH = "/funcmesh/v1/mesh/accesslog"
 Params = Mapping[str, str]
 
 
@@ -256,6 +257,18 @@ class ApiClient:
             params["tailLines"] = str(tail_lines)
         read_timeout_s = None if follow else self._timeout_s
         yield from self._stream_lines(path, params=params, read_timeout_s=read_timeout_s)
+
+    def mesh_access_log(
+        self, *, follow: bool = False, tail_lines: int | None = None
+    ) -> Iterator[str]:
+        """Access log lines of the mesh (one per request, Istio's format), oldest first."""
+        params = {"follow": "true" if follow else "false"}
+        if tail_lines is not None:
+            params["tailLines"] = str(tail_lines)
+        read_timeout_s = None if follow else self._timeout_s
+        yield from self._stream_lines(
+            MESH_ACCESS_LOG_PATH, params=params, read_timeout_s=read_timeout_s
+        )
 
     def function_stats(self, namespace: str, name: str) -> FunctionStats:
         path = object_path(FUNCTION, namespace, name) + "/stats"

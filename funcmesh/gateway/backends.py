@@ -9,6 +9,7 @@ any other ``FuncmeshError`` is answered 503 with its message. Nothing here does 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 
@@ -48,7 +49,10 @@ class Lease(Protocol):
 
 
 class Backend(Protocol):
-    """The instances of one function."""
+    """The instances of one function (or, for the mesh, one endpoint of a Service); hashable,
+    by identity, so the mesh can keep statistics per backend."""
+
+    def __hash__(self) -> int: ...
 
     @property
     def display_name(self) -> str:
@@ -71,4 +75,14 @@ class Backends(Protocol):
 
     def lookup(self, namespace: str, name: str) -> Backend | None:
         """The function's backend, or None when no such function exists."""
+        ...
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> Sequence[Backend]:
+        """The functions of ``namespace`` whose instances' labels hold ``selector``: what a
+        Service with that selector (and a mesh subset's labels) sends calls to."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever ``select`` may answer differently (a function deployed or gone)."""
         ...

@@ -287,7 +287,10 @@ class ClientConnection(asyncio.Protocol):
 
     # answers made by the gateway itself
 
-    def send_error(self, status: int, message: str, *, function: str | None = None) -> None:
+    def send_error(
+        self, status: int, message: str, *, function: str | None = None, cause: str = ""
+    ) -> None:
+        """A JSON error; ``cause`` (Envoy's response flag) is for the mesh, not the client."""
         request = self._current
         head_only = request is not None and request.head_only
         self._write(

@@ -51,8 +51,12 @@ class Responder(ResponseSink, Protocol):
     @property
     def response_started(self) -> bool: ...
 
-    def send_error(self, status: int, message: str, *, function: str | None = None) -> None:
-        """Answer with a JSON error (only before the response started)."""
+    def send_error(
+        self, status: int, message: str, *, function: str | None = None, cause: str = ""
+    ) -> None:
+        """Answer with a JSON error (only before the response started). ``cause`` is Envoy's
+        response flag for a failure of the upstream (``UF`` the connection failed, ``UC`` it
+        broke, ``UT`` no answer in time, ``UH`` no instance, ``UO`` overflow), or empty."""
         ...
 
     def abort(self) -> None:
@@ -85,6 +89,7 @@ class Call:
         "_route",
         "_started_s",
         "_task",
+        "_timeout_s",
     )
 
     def __init__(
@@ -94,8 +99,11 @@ class Call:
         route: FunctionRoute,
         request: Request,
         responder: Responder,
+        *,
+        timeout_s: float | None = None,
     ) -> None:
         self._relay = relay
+        self._timeout_s = timeout_s  # a route's timeout, when shorter than the function's
         self._backend = backend
         self._route = route
         self._request = request
@@ -199,7 +207,7 @@ class Call:
             self._responder,
             self,
             head_only=request.head_only,
-            deadline_s=self._relay.loop.time() + self._lease.timeout_s,
+            deadline_s=self._relay.loop.time() + self._limit_s(self._lease),
         )
         if not sent:
             self._connection = None
@@ -212,11 +220,11 @@ class Call:
             lease = await self._backend.acquire()
         except QueueFull as exc:
             message = str(exc) or f"function {function} is busy: too many calls are waiting"
-            self._fail(429, message)
+            self._fail(429, message, cause="UO")
             self._end(429, ok=False)
             return
         except FuncmeshError as exc:
-            self._fail(503, str(exc) or f"function {function} is unavailable")
+            self._fail(503, str(exc) or f"function {function} is unavailable", cause="UH")
             self._end(503, ok=False)
             return
         self._task = None
@@ -227,13 +235,13 @@ class Call:
         assert lease is not None
         try:
             connection = await self._relay.pool.connect(
-                lease.instance_id, lease.address, timeout_s=lease.timeout_s
+                lease.instance_id, lease.address, timeout_s=self._limit_s(lease)
             )
         except UpstreamTimeout:
             self._time_out()
             return
         except UpstreamBroken as exc:
-            await self._report_broken(exc)
+            await self._report_broken(exc, cause="UF")
             return
         self._task = None
         if not self._exchange(connection):
@@ -242,7 +250,7 @@ class Call:
                 UpstreamBroken(reason, response_started=False, retryable=False)
             )
 
-    async def _report_broken(self, error: UpstreamBroken) -> None:
+    async def _report_broken(self, error: UpstreamBroken, *, cause: str = "UC") -> None:
         lease = self._lease
         assert lease is not None
         exit_reason = await lease.exit_reason(EXIT_REASON_WAIT_S)
@@ -254,28 +262,38 @@ class Call:
                 f"connection to instance {lease.instance_id} at {host}:{port} failed: "
                 f"{error.reason}"
             )
-        self._fail(502, message)
+        self._fail(502, message, cause=cause)
         self._end(502, ok=False)
 
     def _time_out(self) -> None:
         lease = self._lease
         assert lease is not None
-        lease.kill(f"killed after the {lease.timeout_s:g}s timeout")
+        limit_s = self._limit_s(lease)
+        # A busy instance cannot take another call until it answers: replaced, whichever
+        # timeout (the function's or a route's) ran out.
+        lease.kill(f"killed after the {limit_s:g}s timeout")
         self._fail(
             504,
             f"Request timeout exceeded: function {self._function} did not answer "
-            f"within {lease.timeout_s:g}s",
+            f"within {limit_s:g}s",
+            cause="UT",
         )
         self._end(504, ok=False)
 
-    def _fail(self, status: int, message: str) -> None:
+    def _limit_s(self, lease: Lease) -> float:
+        timeout_s = self._timeout_s
+        if timeout_s is None or timeout_s >= lease.timeout_s:
+            return lease.timeout_s
+        return timeout_s
+
+    def _fail(self, status: int, message: str, *, cause: str = "") -> None:
         if self._ended:
             return
         responder = self._responder
         if responder.response_started:
             responder.abort()
         else:
-            responder.send_error(status, message, function=self._function)
+            responder.send_error(status, message, function=self._function, cause=cause)
 
     def _abort_connection(self) -> None:
         connection, self._connection = self._connection, None

@@ -43,11 +43,18 @@ class Relay:
         self._event_ids: list[bytes] = []
 
     def call(
-        self, backend: Backend, route: FunctionRoute, request: Request, responder: Responder
+        self,
+        backend: Backend,
+        route: FunctionRoute,
+        request: Request,
+        responder: Responder,
+        *,
+        timeout_s: float | None = None,
     ) -> None:
         """Answer ``request`` with the function's response, or with an error that says why not;
-        ``responder.end_call()`` follows, at once or later."""
-        call = Call(self, backend, route, request, responder)
+        ``responder.end_call()`` follows, at once or later. ``timeout_s`` (a mesh route's)
+        shortens the backend's own timeout."""
+        call = Call(self, backend, route, request, responder, timeout_s=timeout_s)
         self._calls.add(call)
         if self._ticker is None:
             self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)

@@ -18,16 +18,22 @@ import ssl
 from collections.abc import Callable
 
 from funcmesh.discovery.routes import RouteTable
+from funcmesh.discovery.services import ServiceTable
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.async_calls import Acceptor, AsyncCalls, route_async
 from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.connections import ConnectionLimits
+from funcmesh.gateway.destinations import Destinations, PodLabels
 from funcmesh.gateway.downstream import ClientConnection
+from funcmesh.gateway.mesh_calls import MeshPlane, default_route
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function
 from funcmesh.gateway.triggers import HttpTriggers
 from funcmesh.gateway.upstream_pool import MAX_IDLE_PER_INSTANCE, UpstreamPool
+from funcmesh.mesh.hosts import authority_host
+from funcmesh.mesh.table import MeshTable
+from funcmesh.mesh.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,16 @@ class Gateway:
         tls_host: str = "127.0.0.1",
         tls_port: int = 8443,
         tls_context: ssl.SSLContext | None = None,
+        mesh: MeshTable | None = None,
+        services: ServiceTable | None = None,
+        telemetry: Telemetry | None = None,
+        pods: PodLabels | None = None,
     ) -> None:
+        self._mesh = mesh
+        self._services = services
+        self._telemetry = telemetry
+        self._pods = pods
+        self._plane: MeshPlane | None = None
         self._triggers = None if http_routes is None else HttpTriggers(http_routes, backends)
         self._backends = backends
         self._acceptor = None if async_calls is None else Acceptor(async_calls)
@@ -111,6 +126,12 @@ class Gateway:
         """Listen; raises Unavailable when the address cannot be bound."""
         loop = asyncio.get_running_loop()
         self._relay = Relay(self._pool)
+        destinations = None
+        if self._mesh is not None and self._services is not None:
+            destinations = Destinations(
+                self._services, self._mesh, self._backends, clock=loop.time, pods=self._pods
+            )
+        self._plane = MeshPlane(self._relay, destinations, telemetry=self._telemetry)
         try:
             self._server = await loop.create_server(
                 lambda: ClientConnection(self), self._host, self._port, backlog=self._backlog
@@ -144,6 +165,8 @@ class Gateway:
             server.close()
         for connection in list(self._connections):
             connection.drain()
+        if self._plane is not None:
+            self._plane.close()
         if self._relay is not None:
             unfinished = await self._relay.drain(drain_s)
             if unfinished:
@@ -168,6 +191,15 @@ class Gateway:
         """True when the answer was written at once; False for a function call, which ends
         with ``connection.end_call()``."""
         target = origin_form(request.target)
+        plane = self._plane
+        assert plane is not None
+        mesh = self._mesh
+        if (
+            mesh is not None
+            and mesh.has_gateways
+            and self._answer_bound(plane, request, target, connection)
+        ):
+            return False
         if self._triggers is not None and (trigger := self._triggers.find(request, target)):
             assert self._relay is not None
             return self._triggers.answer(trigger, request, target, connection, self._relay)
@@ -180,40 +212,94 @@ class Gateway:
             else:
                 connection.send_error(404, _no_route_message(target))
             return True
-        backend = self._backends.lookup(route.namespace, route.name)
-        if backend is None:
-            function = route.display_name
-            connection.send_error(404, f"function {function} not found", function=function)
-            return True
-        assert self._relay is not None
-        self._relay.call(backend, route, request, connection)
-        return False
+        return self._call(plane, route, request, connection, port=0)
 
-    def function_entrance(self, namespace: str, name: str) -> Callable[[], asyncio.Protocol]:
+    def _answer_bound(
+        self, plane: MeshPlane, request: Request, target: bytes, connection: ClientConnection
+    ) -> bool:
+        """Route a request whose Host a Gateway object binds, by its VirtualServices; False
+        when none of their routes matches (the request goes on to functions and triggers)."""
+        assert self._mesh is not None
+        authority = b""
+        for name, value in request.headers:
+            if name.lower() == b"host":
+                authority = value
+                break
+        routes = self._mesh.gateway_routes(
+            authority_host(authority), tls=request.scheme == b"https"
+        )
+        if routes is None:
+            return False
+        selected = routes.select(request.method, target, request.headers, 0)
+        if selected is None:
+            return False
+        plane.call(selected.route, selected.target(target), request, connection)
+        return True
+
+    def _call(
+        self,
+        plane: MeshPlane,
+        route: FunctionRoute,
+        request: Request,
+        connection: ClientConnection,
+        *,
+        port: int,
+    ) -> bool:
+        """Call the function or Service ``route`` names: by its VirtualServices when it has
+        any, else the function itself, else the Service of that name (through the mesh)."""
+        mesh = self._mesh
+        if mesh is not None:
+            host = f"{route.name}.{route.namespace}.svc.cluster.local"
+            routes = mesh.mesh_routes(host)
+            if routes is not None:
+                selected = routes.select(request.method, route.target, request.headers, port)
+                if selected is None:
+                    connection.send_error(404, f"no route of {host} matches this request")
+                    return True
+                target = selected.target(route.target)
+                plane.call(selected.route, target, request, connection, port=port)
+                return False
+        backend = self._backends.lookup(route.namespace, route.name)
+        if backend is not None:
+            plane.direct(backend, route, request, connection)
+            return False
+        services = self._services
+        if (
+            mesh is not None
+            and services is not None
+            and services.service(route.namespace, route.name) is not None
+        ):
+            host = f"{route.name}.{route.namespace}.svc.cluster.local"
+            service_route = default_route(host, (route.namespace, route.name))
+            plane.call(service_route, route.target, request, connection, port=port)
+            return False
+        function = route.display_name
+        connection.send_error(404, f"function {function} not found", function=function)
+        return True
+
+    def function_entrance(
+        self, namespace: str, name: str, port: int = 0
+    ) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for a listener whose every request calls one function, with the
         request's own target (the VIP of a function's Service). Its connections count as the
         gateway's: same limits and deadlines, drained and cut by ``close``."""
-        owner = _FunctionEntrance(self, namespace, name)
+        owner = _FunctionEntrance(self, namespace, name, port)
         return lambda: ClientConnection(owner)
 
     def answer_for_function(
-        self, namespace: str, name: str, request: Request, connection: ClientConnection
+        self,
+        namespace: str,
+        name: str,
+        request: Request,
+        connection: ClientConnection,
+        *,
+        port: int = 0,
     ) -> bool:
-        """``answer`` for a request that calls the function ``namespace/name``."""
-        backend = self._backends.lookup(namespace, name)
-        if backend is None:
-            function = f"{namespace}/{name}"
-            connection.send_error(404, f"function {function} not found", function=function)
-            return True
-        assert self._relay is not None
-        target = origin_form(request.target)
-        self._relay.call(
-            backend,
-            FunctionRoute(namespace=namespace, name=name, target=target),
-            request,
-            connection,
-        )
-        return False
+        """``answer`` for a request to the Service ``namespace/name`` (a function's, or one
+        with mesh rules), through its routes."""
+        assert self._plane is not None
+        route = FunctionRoute(namespace=namespace, name=name, target=origin_form(request.target))
+        return self._call(self._plane, route, request, connection, port=port)
 
     def _accept_async(
         self, route: FunctionRoute, request: Request, connection: ClientConnection
@@ -252,12 +338,13 @@ class Gateway:
 class _FunctionEntrance:
     """The owner of the connections to a function's VIP: the gateway, with one route."""
 
-    __slots__ = ("_gateway", "_name", "_namespace")
+    __slots__ = ("_gateway", "_name", "_namespace", "_port")
 
-    def __init__(self, gateway: Gateway, namespace: str, name: str) -> None:
+    def __init__(self, gateway: Gateway, namespace: str, name: str, port: int) -> None:
         self._gateway = gateway
         self._namespace = namespace
         self._name = name
+        self._port = port
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -268,7 +355,9 @@ class _FunctionEntrance:
         return self._gateway.draining
 
     def answer(self, request: Request, connection: ClientConnection) -> bool:
-        return self._gateway.answer_for_function(self._namespace, self._name, request, connection)
+        return self._gateway.answer_for_function(
+            self._namespace, self._name, request, connection, port=self._port
+        )
 
     def connection_opened(self, connection: ClientConnection) -> None:
         self._gateway.connection_opened(connection)

@@ -178,8 +178,10 @@ class _CorsResponder:
     def flush(self) -> None:
         self._connection.flush()
 
-    def send_error(self, status: int, message: str, *, function: str | None = None) -> None:
-        self._connection.send_error(status, message, function=function)
+    def send_error(
+        self, status: int, message: str, *, function: str | None = None, cause: str = ""
+    ) -> None:
+        self._connection.send_error(status, message, function=function, cause=cause)
 
     def abort(self) -> None:
         self._connection.abort()

@@ -36,12 +36,16 @@ class WantedPort:
     """What one VIP port should be: forwarding to endpoints, or the entrance of a function."""
 
     endpoints: tuple[Endpoint, ...] = ()
-    function: tuple[str, str] | None = None  # (namespace, name)
+    # (namespace, name) of a Service whose HTTP requests go through the gateway: a function's,
+    # or one with mesh rules; ``service_port`` is the port they arrive on
+    function: tuple[str, str] | None = None
+    service_port: int = 0
     affinity_timeout_s: float | None = None  # ClientIP affinity, else None
 
     def same_kind(self, other: WantedPort) -> bool:
-        return (self.function, self.affinity_timeout_s) == (
+        return (self.function, self.service_port, self.affinity_timeout_s) == (
             other.function,
+            other.service_port,
             other.affinity_timeout_s,
         )
 

@@ -11,7 +11,10 @@ match the table:
   when the Service asks for it), the next endpoint being tried when one refuses;
 - a UDP port forwards datagrams the same way (``datagrams``);
 - the ports of a function's Service always listen (a function can start from zero), and every
-  HTTP request on them is a call of the function through the gateway (``FunctionEntrances``).
+  HTTP request on them is a call of the function through the gateway (``FunctionEntrances``);
+- so do the HTTP ports (named ``http`` or ``http-*``, Istio's convention) of a Service with
+  mesh rules (a VirtualService or DestinationRule for its host, ``MeshRules``): the gateway
+  routes their requests.
 
 Given a ``KernelForwarding`` (``vip_nat.NatTable``: root, nftables), the ports of plain Services
 are forwarded by kernel NAT instead, as kube-proxy's iptables mode does: no socket is bound for
@@ -46,10 +49,25 @@ BalancerFactory = Callable[[], Balancer]
 
 
 class FunctionEntrances(Protocol):
-    """The gateway, as the VIP of a function's Service needs it."""
+    """The gateway, as the VIP of a function's Service (or a mesh-routed one) needs it."""
 
-    def function_entrance(self, namespace: str, name: str) -> Callable[[], asyncio.Protocol]:
-        """A protocol factory for connections whose every HTTP request calls the function."""
+    def function_entrance(
+        self, namespace: str, name: str, port: int = 0
+    ) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for connections whose every HTTP request goes to the Service
+        ``namespace/name`` (arriving on its ``port``) through the gateway."""
+        ...
+
+
+class MeshRules(Protocol):
+    """The mesh's rules (``funcmesh.mesh.table.MeshTable``), as the VIPs need them."""
+
+    def has_rules(self, namespace: str, name: str) -> bool:
+        """Whether a VirtualService or DestinationRule applies to the Service."""
+        ...
+
+    def subscribe(self, listener: Callable[[set[Key]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the Services whose rules may have changed (empty: any)."""
         ...
 
 
@@ -90,10 +108,12 @@ class VipListeners:
         *,
         functions: FunctionEntrances | None = None,
         kernel: KernelForwarding | None = None,
+        mesh: MeshRules | None = None,
         balancer: BalancerFactory = RoundRobin,
         backlog: int = BACKLOG,
     ) -> None:
         self._table = table
+        self._mesh = mesh
         self._functions = functions
         self._kernel = kernel
         self._new_balancer = balancer
@@ -103,22 +123,24 @@ class VipListeners:
         self._splices = Splices()
         self._setups: set[asyncio.Task[None]] = set()
         self._failed: set[tuple[VipAddress, int]] = set()  # bind failures logged already
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """Listen for every Service in the table now and follow its changes."""
         self._loop = asyncio.get_running_loop()
-        self._unsubscribe = self._table.subscribe(self._changed)
+        self._unsubscribe = [self._table.subscribe(self._changed)]
+        if self._mesh is not None:
+            self._unsubscribe.append(self._mesh.subscribe(self._rules_changed))
         for view in self._table.services():
             self._changed(view.key)
 
     async def close(self) -> None:
         """Stop listening, cut the forwarded connections (function calls drain in the gateway).
         The kernel's rules stay until their owner closes the NAT table."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
         self._kernel_served.clear()
         for ports in self._ports.values():
             for port in ports.values():
@@ -153,9 +175,14 @@ class VipListeners:
 
     # following the table
 
+    def _rules_changed(self, keys: set[Key]) -> None:
+        for key in keys or [view.key for view in self._table.services()]:
+            self._changed(key)
+
     def _changed(self, key: Key) -> None:
         view = self._table.service(*key)
-        wanted = _wanted_ports(self._table, view, functions=bool(self._functions))
+        routed = self._mesh is not None and self._mesh.has_rules(*key)
+        wanted = _wanted_ports(self._table, view, functions=bool(self._functions), routed=routed)
         if self._kernel is not None:
             self._hand_to_kernel(key, view, wanted)
         ports = self._ports.setdefault(key, {})
@@ -182,6 +209,7 @@ class VipListeners:
             address: want.endpoints
             for address, want in wanted.items()
             if view is not None
+            and want.function is None
             and served_by_kernel(view, address[2])
             and self._kernel.can_serve(address[0], address[2])
         }
@@ -210,7 +238,7 @@ class VipListeners:
     def _port_for(self, address: VipAddress, want: WantedPort) -> VipPort:
         if want.function is not None:
             assert self._functions is not None
-            entrance = self._functions.function_entrance(*want.function)
+            entrance = self._functions.function_entrance(*want.function, want.service_port)
             return VipPort(address, want, on_accept=self._adopter(entrance))
         balancer = self._balancer(want)
         if address[2] == "UDP":
@@ -269,17 +297,19 @@ async def _guarded(setup: Coroutine[Any, Any, object], client: socket.socket) ->
 
 
 def _wanted_ports(
-    table: ServiceTable, view: ServiceView | None, *, functions: bool
+    table: ServiceTable, view: ServiceView | None, *, functions: bool, routed: bool = False
 ) -> dict[VipAddress, WantedPort]:
-    """What each VIP port of the Service should be now; absent ports do not listen."""
+    """What each VIP port of the Service should be now; absent ports do not listen.
+    ``routed``: the Service has mesh rules, so its HTTP ports go through the gateway."""
     if view is None or not view.cluster_ip or view.headless:
         return {}
     if view.function is not None:
         if not functions:
             return {}
-        function = (view.namespace, view.function)
         return {
-            (view.cluster_ip, port.port, port.protocol): WantedPort(function=function)
+            (view.cluster_ip, port.port, port.protocol): WantedPort(
+                function=view.key, service_port=port.port
+            )
             for port in view.ports
             if port.protocol == "TCP"
         }
@@ -287,6 +317,11 @@ def _wanted_ports(
     affinity_s = view.affinity_timeout_s if view.session_affinity == CLIENT_IP_AFFINITY else None
     wanted: dict[VipAddress, WantedPort] = {}
     for port in view.ports:
+        if routed and functions and port.protocol == "TCP" and is_http_port(port.name):
+            wanted[(view.cluster_ip, port.port, "TCP")] = WantedPort(
+                function=view.key, service_port=port.port
+            )
+            continue
         # each endpoint once, in the Endpoints' order (so an unchanged list compares equal)
         ready = tuple(dict.fromkeys(endpoints.backends(port.name))) if endpoints else ()
         if ready and port.protocol in ("TCP", "UDP"):
@@ -294,3 +329,8 @@ def _wanted_ports(
                 endpoints=ready, affinity_timeout_s=affinity_s
             )
     return wanted
+
+
+def is_http_port(name: str) -> bool:
+    """Istio's protocol selection by port name: ``http``, ``http-*``, ``http2``, ``http2-*``."""
+    return name in ("http", "http2") or name.startswith(("http-", "http2-"))

@@ -60,6 +60,13 @@ class PodDirectory:
     def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         return self._events.follow(namespace)
 
+    def pod_labels(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        """The labels of a pod (what mesh subsets select), or None when there is no such pod."""
+        try:
+            return labels_of(self.get_pod(namespace, name))
+        except NotFound:
+            return None
+
     async def delete_pod(self, namespace: str, name: str) -> RawObject:
         """Stop the pod; its last view (with ``deletionTimestamp``). Raises NotFound."""
         replica = self._workloads.find_pod(namespace, name)

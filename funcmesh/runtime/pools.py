@@ -82,6 +82,7 @@ class Pools:
         self._pods = pod_events
         self._pools: dict[tuple[str, str], FunctionPool] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._generation = 0  # bumped when a function's labels may have changed
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="pool-sweeper")
@@ -114,10 +115,12 @@ class Pools:
     def deploy(self, revision: Revision) -> FunctionPool:
         pool = self.pool(revision.namespace, revision.name)
         pool.deploy(revision)
+        self._generation += 1
         return pool
 
     async def remove(self, namespace: str, name: str) -> None:
         pool = self._pools.pop((namespace, name), None)
+        self._generation += 1
         if pool is not None:
             await pool.close()
             self._metrics.forget(namespace, name)
@@ -139,6 +142,22 @@ class Pools:
 
     def lookup(self, namespace: str, name: str) -> FunctionPool | None:
         return self._pools.get((namespace, name))
+
+    def select(self, namespace: str, selector: Mapping[str, str]) -> list[FunctionPool]:
+        """The deployed functions of ``namespace`` whose instances' labels hold ``selector``
+        (the function's labels plus ``function: NAME``), by name."""
+        return [
+            pool
+            for (ns, name), pool in sorted(self._pools.items())
+            if ns == namespace
+            and pool.revision is not None
+            and _holds({**pool.revision.labels, "function": name}, selector)
+        ]
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a function is deployed or removed (``select`` may differ)."""
+        return self._generation
 
     # the API's PodSource and StatsSource
 

@@ -1,0 +1,288 @@
+"""Where a mesh destination's calls go: the members of a Service, chosen per attempt.
+
+A route's destination (``host`` + ``subset`` + ``port``) names a Service; ``Destinations``
+turns it into a ``Resolved``: the members that serve it and the ``EndpointSet`` that picks one
+per attempt under the DestinationRule's policy (balancing, outlier detection, limits), the
+host's retry budget, and how to draw the consistent-hash key from a request.
+
+Members are ``Backend``s, so one call path serves both kinds: a Service whose selector (plus
+the subset's labels) matches Functions is served by those functions' instance pools, cold
+starts included (a function's own Service by that function); any other Service by its ready
+endpoints, each wrapped as an ``EndpointBackend`` (a workload replica, or an address the user
+wrote). A Service that selects both functions and workload pods is served by the functions.
+
+Resolutions are cached per (host, subset, port) and refreshed in place when the Services, the
+mesh rules or the deployed functions change (the ``EndpointSet`` keeps its latency statistics
+across refreshes). No I/O here.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from funcmesh.discovery.services import EXTERNAL_NAME, ServiceTable, ServiceView
+from funcmesh.gateway.backends import Backend, Backends
+from funcmesh.gateway.messages import Request
+from funcmesh.mesh.budget import RetryBudget
+from funcmesh.mesh.endpoint_sets import EndpointSet
+from funcmesh.mesh.routes import WeightedDestination
+from funcmesh.mesh.table import MeshTable
+from funcmesh.model.istio_destinations import LoadBalancer, TrafficPolicy
+
+# A workload has no timeout of its own; Istio's route timeout is off by default. This bounds
+# a connection attempt and an answer that never comes, as Envoy's stream idle timeout does.
+ENDPOINT_TIMEOUT_S = 300.0
+
+HashKey = Callable[[Request], bytes | None]
+
+
+class PodLabels(Protocol):
+    """The labels of a workload pod, for subsets of Services served by workloads."""
+
+    def pod_labels(self, namespace: str, pod: str) -> Mapping[str, str] | None: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class Resolved:
+    """A destination as the data plane uses it; ``problem`` set when it cannot be served."""
+
+    host: str
+    namespace: str
+    service: str
+    subset: str
+    port: int
+    members: EndpointSet[Backend]
+    budget: RetryBudget
+    hash_key: HashKey | None
+    problem: str = ""
+    policy: TrafficPolicy | None = None
+    generation: tuple[int, int] = (-1, -1)
+
+    @property
+    def cluster(self) -> str:
+        """Envoy's name for it, as metrics and the access log show it."""
+        return f"outbound|{self.port}|{self.subset}|{self.host}"
+
+
+class EndpointLease:
+    """One attempt's hold on a workload endpoint: nothing to reserve, nothing to kill."""
+
+    __slots__ = ("address", "instance_id", "timeout_s")
+
+    def __init__(self, address: tuple[str, int], instance_id: str) -> None:
+        self.address = address
+        self.instance_id = instance_id
+        self.timeout_s = ENDPOINT_TIMEOUT_S
+
+    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
+        pass
+
+    def kill(self, reason: str) -> None:
+        pass  # a replica is not restarted because one call was slow: the mesh only gives up
+
+    async def exit_reason(self, wait_s: float) -> str | None:
+        return None
+
+
+class EndpointBackend:
+    """A ready endpoint of a Service as a ``Backend``: always has room (limits are the
+    EndpointSet's)."""
+
+    __slots__ = ("_lease", "display_name")
+
+    def __init__(self, namespace: str, address: tuple[str, int], pod: str | None) -> None:
+        host, port = address
+        self.display_name = f"{namespace}/{pod}" if pod else f"{host}:{port}"
+        self._lease = EndpointLease(address, f"{host}:{port}")
+
+    def __repr__(self) -> str:
+        """The address: where consistent hashing places the endpoint on its ring."""
+        return self._lease.instance_id
+
+    def try_acquire(self) -> EndpointLease:
+        return self._lease
+
+    async def acquire(self) -> EndpointLease:
+        return self._lease
+
+
+class Destinations:
+    """Resolves destinations against the Services, the mesh rules and the functions."""
+
+    def __init__(
+        self,
+        services: ServiceTable,
+        mesh: MeshTable,
+        functions: Backends,
+        *,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+        pods: PodLabels | None = None,
+    ) -> None:
+        self._services = services
+        self._mesh = mesh
+        self._functions = functions
+        self._pods = pods
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._version = 0
+        self._resolved: dict[tuple[str, str, int], Resolved] = {}
+        self._endpoints: dict[tuple[str, int], EndpointBackend] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+        self._unsubscribe = [services.subscribe(self._changed), mesh.subscribe(self._changed)]
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+
+    def resolve(self, destination: WeightedDestination, *, port: int = 0) -> Resolved:
+        """The members of ``destination``; ``port`` is the Service port the request came to
+        (used when the destination names none and the Service has several)."""
+        key = (destination.host, destination.subset, destination.port or port)
+        generation = (self._version, self._functions.generation)
+        resolved = self._resolved.get(key)
+        if resolved is None or resolved.generation != generation:
+            resolved = self._refresh(resolved, destination, key[2])
+            resolved.generation = generation
+            self._resolved[key] = resolved
+        return resolved
+
+    def _changed(self, *_: object) -> None:
+        self._version += 1
+
+    def _refresh(
+        self, old: Resolved | None, destination: WeightedDestination, port: int
+    ) -> Resolved:
+        host, subset = destination.host, destination.subset
+        namespace, name = destination.service or ("", host)
+        rule = self._mesh.destination_rule(host)
+        policy = rule.traffic_policy if rule is not None else TrafficPolicy()
+        labels: Mapping[str, str] = {}
+        problem = ""
+        if subset:
+            found = next((s for s in rule.subsets if s.name == subset), None) if rule else None
+            if found is None:
+                problem = f"subset {subset} of {host} is not defined by any DestinationRule"
+            else:
+                labels = dict(found.labels)
+                policy = found.traffic_policy or policy
+        if old is None or old.policy is not policy:
+            label = f"{name}.{namespace}" + (f":{subset}" if subset else "")
+            members: EndpointSet[Backend] = EndpointSet(
+                policy, clock=self._clock, rng=self._rng, label=label
+            )
+        else:
+            members = old.members
+        view = self._services.service(namespace, name) if destination.service else None
+        chosen: Sequence[Backend] = ()
+        if problem:
+            pass
+        elif view is None:
+            problem = f"{host} is not a Service of the cluster"
+        elif view.type == EXTERNAL_NAME:
+            problem = f"{host} is an ExternalName Service: the mesh does not route to it"
+        else:
+            port = _service_port(view, port)
+            chosen = self._members(view, labels, port)
+        members.update(chosen)
+        budget = self._budgets.get(host)
+        if budget is None:
+            budget = self._budgets[host] = RetryBudget(clock=self._clock)
+        return Resolved(
+            host=host,
+            namespace=namespace,
+            service=name,
+            subset=subset,
+            port=port,
+            members=members,
+            budget=budget,
+            hash_key=hash_key_of(policy.load_balancer),
+            problem=problem,
+            policy=policy,
+        )
+
+    def _members(self, view: ServiceView, labels: Mapping[str, str], port: int) -> list[Backend]:
+        namespace = view.namespace
+        if view.function is not None:
+            return list(self._functions.select(namespace, {**labels, "function": view.function}))
+        if view.selector is not None:
+            functions = self._functions.select(namespace, {**dict(view.selector), **labels})
+            if functions:
+                return list(functions)
+        endpoints = self._services.endpoints(namespace, view.name)
+        if endpoints is None:
+            return []
+        port_name = next((p.name for p in view.ports if p.port == port), "")
+        found: list[Backend] = []
+        for subset in endpoints.subsets:
+            target = next(
+                (p for p in subset.ports if p.name == port_name or len(subset.ports) == 1), None
+            )
+            if target is None:
+                continue
+            for address in subset.ready:
+                if labels and not self._pod_holds(namespace, address.pod, labels):
+                    continue
+                found.append(self._endpoint(namespace, (address.ip, target.port), address.pod))
+        return found
+
+    def _pod_holds(self, namespace: str, pod: str | None, labels: Mapping[str, str]) -> bool:
+        if pod is None or self._pods is None:
+            return False
+        have = self._pods.pod_labels(namespace, pod)
+        return have is not None and all(have.get(k) == v for k, v in labels.items())
+
+    def _endpoint(
+        self, namespace: str, address: tuple[str, int], pod: str | None
+    ) -> EndpointBackend:
+        backend = self._endpoints.get(address)
+        if backend is None:
+            backend = self._endpoints[address] = EndpointBackend(namespace, address, pod)
+        return backend
+
+
+def _service_port(view: ServiceView, wanted: int) -> int:
+    """The Service port a destination means: the one named, else the only one, else the
+    first HTTP-named one, else the first."""
+    numbers = [port.port for port in view.ports if port.protocol == "TCP"]
+    if wanted in numbers or not numbers:
+        return wanted
+    if len(numbers) == 1:
+        return numbers[0]
+    http = [p.port for p in view.ports if p.name == "http" or p.name.startswith("http-")]
+    return http[0] if http else numbers[0]
+
+
+def hash_key_of(balancer: LoadBalancer) -> HashKey | None:
+    """How a consistent-hash policy draws its key from a request, or None for the others."""
+    if balancer.hash_header:
+        wanted = balancer.hash_header.lower().encode()
+        return lambda request: _header(request, wanted)
+    if balancer.hash_cookie:
+        cookie = balancer.hash_cookie.encode()
+        return lambda request: _cookie(request, cookie)
+    if balancer.hash_source_ip:
+        return lambda request: request.client_ip
+    return None
+
+
+def _header(request: Request, lower_name: bytes) -> bytes | None:
+    for name, value in request.headers:
+        if name.lower() == lower_name:
+            return value
+    return None
+
+
+def _cookie(request: Request, cookie: bytes) -> bytes | None:
+    header = _header(request, b"cookie")
+    if header is None:
+        return None
+    for pair in header.split(b";"):
+        key, sep, value = pair.strip().partition(b"=")
+        if sep and key == cookie:
+            return value
+    return None

@@ -1,0 +1,615 @@
+"""One request through the mesh: a route's fault, destination, attempts, retries and mirror.
+
+``MeshCall`` runs a request under a VirtualService route (or the default route to a Service):
+it injects the route's fault, picks a weighted destination, sends the rewritten request with
+the route's header operations through ``relay.Relay`` to the member its destination's
+``EndpointSet`` chooses, and retries as the route says (``retryOn`` with Envoy's conditions, a
+per-try and an overall timeout, a jittered back-off, a budget per host) on another member when
+there is one. Each attempt answers through an ``_Attempt``: it relays the response to the
+client, or swallows it when the call will be retried, and applies the route's response header
+operations. ``MeshPlane`` holds what every mesh call shares and records each call's telemetry.
+
+A call through the gateway without mesh rules (``MeshPlane.direct``) is the same object with
+one attempt to one function, so every call is measured the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from funcmesh.errors import Unavailable
+from funcmesh.gateway.backends import Backend
+from funcmesh.gateway.destinations import Destinations, Resolved
+from funcmesh.gateway.messages import BodyFraming, Headers, Request
+from funcmesh.gateway.proxy import Responder
+from funcmesh.gateway.routing import FunctionRoute
+from funcmesh.gateway.upstream import ResponseSource
+from funcmesh.mesh.endpoint_sets import Overflow
+from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
+from funcmesh.mesh.telemetry import RequestRecord, Telemetry
+from funcmesh.model.istio_networking import HeaderOperations
+
+if TYPE_CHECKING:
+    from funcmesh.gateway.relay import Relay
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times that
+RETRY_MAX_S = 0.25
+_GATEWAY_ERRORS = frozenset({502, 503, 504})
+_OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
+_NO_OPERATIONS = HeaderOperations()
+
+
+class MeshPlane:
+    """What every mesh call shares: the relay, the destinations, randomness, telemetry."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        destinations: Destinations | None,
+        *,
+        telemetry: Telemetry | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.relay = relay
+        self.destinations = destinations
+        self.telemetry = telemetry
+        self.loop = relay.loop
+        self.draw = (rng or random.Random()).random
+        self.waiting: set[MeshCall] = set()  # between attempts or in a fault delay
+
+    def call(
+        self,
+        route: CompiledRoute,
+        target: bytes,
+        request: Request,
+        client: Responder,
+        *,
+        port: int = 0,
+    ) -> None:
+        """Answer ``request`` under ``route``; ``client.end_call()`` follows."""
+        MeshCall(self, route, target, request, client, port=port).start()
+
+    def direct(
+        self, backend: Backend, route: FunctionRoute, request: Request, client: Responder
+    ) -> None:
+        """Call one function with no mesh rule on its way: one attempt, measured."""
+        call = MeshCall(self, None, route.target, request, client)
+        call.record.destination_service = f"{route.name}.{route.namespace}.svc.cluster.local"
+        call.record.destination_service_name = route.name
+        call.record.destination_service_namespace = route.namespace
+        call.send_to(backend, route)
+
+    def close(self) -> None:
+        """Answer the calls waiting for a retry or a fault delay: the gateway is closing."""
+        for call in list(self.waiting):
+            call.give_up(503, "the gateway is closing")
+
+    def record(self, record: RequestRecord) -> None:
+        if self.telemetry is not None:
+            try:
+                self.telemetry.record(record)
+            except Exception:
+                logger.exception("recording a mesh call failed")
+
+
+class MeshCall:
+    """One client request and its attempts; answers the client exactly once."""
+
+    __slots__ = (
+        "_attempts_left",
+        "_client",
+        "_deadline_s",
+        "_ended",
+        "_flags",
+        "_last",
+        "_plane",
+        "_port",
+        "_request",
+        "_resolved",
+        "_route",
+        "_started_s",
+        "_target",
+        "_timer",
+        "_tries",
+        "record",
+    )
+
+    def __init__(
+        self,
+        plane: MeshPlane,
+        route: CompiledRoute | None,
+        target: bytes,
+        request: Request,
+        client: Responder,
+        *,
+        port: int = 0,
+    ) -> None:
+        self._plane = plane
+        self._route = route
+        self._target = target
+        self._request = request
+        self._client = client
+        self._port = port
+        self._resolved: Resolved | None = None
+        self._last: Backend | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flags: list[str] = []
+        self._tries = 0
+        self._attempts_left = 0
+        self._started_s = plane.loop.time()
+        self._deadline_s: float | None = None
+        self._ended = False
+        self.record = _record_of(request)
+
+    # the start: fault, destination, mirror
+
+    def start(self) -> None:
+        route = self._route
+        assert route is not None
+        fault = route.fault
+        if fault is not None:
+            draw = self._plane.draw
+            if fault.abort_status is not None and draw() * 100 < fault.abort_percent:
+                self._flags.append("FI")
+                self._answer_local(fault.abort_status, "fault filter abort")
+                return
+            if fault.delay_s and draw() * 100 < fault.delay_percent:
+                self._flags.append("DI")
+                self._wait(fault.delay_s)
+                return
+        self._begin()
+
+    def _begin(self) -> None:
+        route = self._route
+        assert route is not None
+        plane = self._plane
+        destination = route.pick(plane.draw())
+        assert plane.destinations is not None  # calls with a route come from a mesh
+        resolved = plane.destinations.resolve(destination, port=self._port)
+        self._resolved = resolved
+        record = self.record
+        record.destination_service = resolved.host
+        record.destination_service_name = resolved.service
+        record.destination_service_namespace = resolved.namespace
+        record.upstream_cluster = resolved.cluster
+        record.route_name = route.name or "-"
+        if resolved.problem:
+            self._answer_local(503, f"no healthy upstream: {resolved.problem}", flag="UH")
+            return
+        resolved.budget.deposit()
+        retries = route.retries
+        self._attempts_left = retries.attempts if retries is not None else 0
+        if route.timeout_s:
+            self._deadline_s = self._started_s + route.timeout_s
+        if route.mirror is not None and plane.draw() * 100 < route.mirror_percent:
+            self._mirror(route.mirror)
+        self._attempt()
+
+    def _mirror(self, mirror: WeightedDestination) -> None:
+        """Send a copy to ``mirror`` (Host suffixed ``-shadow``, as Envoy); its answer is
+        dropped and its failure costs the call nothing."""
+        assert self._plane.destinations is not None
+        resolved = self._plane.destinations.resolve(mirror, port=self._port)
+        if resolved.problem:
+            return
+        try:
+            member = resolved.members.try_choose(hash_key=None)
+        except Unavailable:
+            return
+        if member is None:
+            return
+        request = self._outgoing()
+        headers = [
+            (name, value + b"-shadow" if name.lower() == b"host" else value)
+            for name, value in request.headers
+        ]
+        shadow = dataclasses.replace(request, headers=headers)
+        sink = _Shadow(resolved, member, self._plane.loop.time())
+        route = FunctionRoute(
+            namespace=resolved.namespace, name=resolved.service, target=self._target
+        )
+        self._plane.relay.call(member, route, shadow, sink)
+
+    # attempts
+
+    def _attempt(self) -> None:
+        resolved = self._resolved
+        assert resolved is not None
+        key = resolved.hash_key(self._request) if resolved.hash_key is not None else None
+        try:
+            member = resolved.members.try_choose(hash_key=key, exclude=self._last)
+        except Overflow as exc:
+            self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
+            return
+        except Unavailable as exc:
+            self._answer_local(503, str(exc), flag="UH")
+            return
+        if member is None:
+            task = self._plane.loop.create_task(self._wait_turn(resolved))
+            task.add_done_callback(_log_failure)
+            return
+        route = FunctionRoute(
+            namespace=resolved.namespace, name=resolved.service, target=self._target
+        )
+        self.send_to(member, route, resolved=resolved)
+
+    async def _wait_turn(self, resolved: Resolved) -> None:
+        self._plane.waiting.add(self)
+        try:
+            await resolved.members.wait_turn()
+        except Overflow as exc:
+            self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
+            return
+        finally:
+            self._plane.waiting.discard(self)
+        if not self._ended:
+            self._attempt()
+
+    def send_to(
+        self, backend: Backend, route: FunctionRoute, *, resolved: Resolved | None = None
+    ) -> None:
+        """One attempt at ``backend``."""
+        self._tries += 1
+        self._last = backend
+        timeout_s = self._attempt_timeout()
+        attempt = _Attempt(self, backend, self._plane.loop.time())
+        request = self._outgoing() if resolved is not None else self._request
+        self._plane.relay.call(backend, route, request, attempt, timeout_s=timeout_s)
+
+    def _attempt_timeout(self) -> float | None:
+        route = self._route
+        per_try = route.retries.per_try_timeout_s if route and route.retries else None
+        if self._deadline_s is None:
+            return per_try
+        remaining = max(self._deadline_s - self._plane.loop.time(), 0.001)
+        return remaining if per_try is None else min(per_try, remaining)
+
+    def will_retry(self, status: int, cause: str) -> bool:
+        """Whether an attempt that ended with ``status`` (``cause``: Envoy's flag of a local
+        failure) is retried; spends the budget when it is."""
+        route, resolved = self._route, self._resolved
+        if route is None or route.retries is None or resolved is None:
+            return False
+        if not _retriable(route.retries.retry_on, status, cause):
+            return False
+        if self._attempts_left <= 0 or self._past_deadline():
+            self._flags.append("URX")
+            return False
+        if not resolved.budget.try_withdraw():
+            self._flags.append("URX")
+            return False
+        self._attempts_left -= 1
+        return True
+
+    def attempt_ended(self, attempt: _Attempt) -> None:
+        resolved = self._resolved
+        latency_s = self._plane.loop.time() - attempt.started_s
+        if resolved is not None:
+            resolved.members.finished(attempt.backend, latency_s=latency_s, status=attempt.status)
+        record = self.record
+        record.upstream_service_time_s = latency_s
+        if attempt.retrying and not self._ended:
+            backoff_s = self._plane.draw() * min(RETRY_BASE_S * (1 << self._tries), RETRY_MAX_S)
+            self._wait(backoff_s, attempt=True)
+            return
+        if attempt.cause:
+            self._flags.append(attempt.cause)
+        self._end(attempt.status, bytes_sent=attempt.bytes_sent)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline_s is not None and self._plane.loop.time() >= self._deadline_s
+
+    # waiting (fault delay, retry back-off)
+
+    def _wait(self, delay_s: float, *, attempt: bool = False) -> None:
+        self._plane.waiting.add(self)
+        step = self._attempt if attempt else self._begin
+        self._timer = self._plane.loop.call_later(delay_s, self._resume, step)
+
+    def _resume(self, step: object) -> None:
+        self._timer = None
+        self._plane.waiting.discard(self)
+        if self._ended:
+            return
+        if self._client.client_gone:
+            self._end(499, bytes_sent=0)
+            return
+        try:
+            step()  # type: ignore[operator]
+        except Exception:
+            logger.exception("a mesh call failed")
+            self.give_up(500, "internal error in the gateway; see the daemon log")
+
+    def give_up(self, status: int, message: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._plane.waiting.discard(self)
+        self._answer_local(status, message)
+
+    # the request sent, the answer made here
+
+    def _outgoing(self) -> Request:
+        route = self._route
+        if route is None:
+            return self._request
+        operations = route.request_headers
+        authority = route.rewrite_authority
+        if not (operations.set or operations.add or operations.remove or authority):
+            return self._request
+        headers = apply_header_operations(self._request.headers, operations)
+        if authority:
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            headers.append((b"Host", authority.encode()))
+        return dataclasses.replace(self._request, headers=headers)
+
+    def response_headers(self, headers: Headers) -> Headers:
+        route = self._route
+        if route is None:
+            return headers
+        operations = route.response_headers
+        if not (operations.set or operations.add or operations.remove):
+            return headers
+        return apply_header_operations(headers, operations)
+
+    def _answer_local(
+        self, status: int, message: str, *, flag: str = "", headers: Headers = ()
+    ) -> None:
+        if self._ended:
+            return
+        if flag:
+            self._flags.append(flag)
+        client = self._client
+        body = json.dumps({"error": message}).encode()
+        if client.response_started:
+            client.abort()
+        elif not client.client_gone:
+            head = [(b"Content-Type", b"application/json"), *headers]
+            head.append((b"Content-Length", b"%d" % len(body)))
+            if client.start_response(status, b"", head, BodyFraming.CONTENT_LENGTH, _NO_SOURCE):
+                if not self._request.head_only:
+                    client.send_body(body)
+                client.end_response()
+        self._end(status, bytes_sent=len(body))
+
+    def _end(self, status: int, *, bytes_sent: int) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        record = self.record
+        record.response_code = status
+        record.response_flags = ",".join(self._flags) if self._flags else "-"
+        record.bytes_sent = bytes_sent
+        record.duration_s = self._plane.loop.time() - self._started_s
+        self._plane.record(record)
+        self._client.end_call()
+
+
+class _Attempt:
+    """One attempt's view of the client: relays the answer, or swallows it for a retry."""
+
+    __slots__ = (
+        "backend",
+        "bytes_sent",
+        "call",
+        "cause",
+        "forwarded",
+        "retrying",
+        "started_s",
+        "status",
+    )
+
+    def __init__(self, call: MeshCall, backend: Backend, started_s: float) -> None:
+        self.call = call
+        self.backend = backend
+        self.started_s = started_s
+        self.status = 0
+        self.cause = ""
+        self.bytes_sent = 0
+        self.retrying = False
+        self.forwarded = False
+
+    @property
+    def client_gone(self) -> bool:
+        return self.call._client.client_gone
+
+    @property
+    def response_started(self) -> bool:
+        return self.forwarded
+
+    def start_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: BodyFraming,
+        source: ResponseSource,
+    ) -> bool:
+        self.status = status
+        if status >= 400 and self.call.will_retry(status, ""):
+            self.retrying = True
+            return True  # read and drop the body: the connection stays usable
+        self.forwarded = True
+        headers = self.call.response_headers(headers)
+        return self.call._client.start_response(status, reason, headers, framing, source)
+
+    def send_body(self, data: bytes) -> None:
+        if not self.retrying:
+            self.bytes_sent += len(data)
+            self.call._client.send_body(data)
+
+    def end_response(self) -> None:
+        if not self.retrying:
+            self.call._client.end_response()
+
+    def flush(self) -> None:
+        if not self.retrying:
+            self.call._client.flush()
+
+    def send_error(
+        self, status: int, message: str, *, function: str | None = None, cause: str = ""
+    ) -> None:
+        self.status = status
+        self.cause = cause
+        if self.call.will_retry(status, cause):
+            self.retrying = True
+            return
+        self.forwarded = True
+        self.call._client.send_error(status, message, function=function, cause=cause)
+
+    def abort(self) -> None:
+        self.call._client.abort()
+
+    def end_call(self) -> None:
+        self.call.attempt_ended(self)
+
+
+class _Shadow:
+    """Where a mirrored request's answer goes: nowhere. Tells the EndpointSet how it went."""
+
+    __slots__ = ("_backend", "_resolved", "_started_s", "_status")
+
+    def __init__(self, resolved: Resolved, backend: Backend, started_s: float) -> None:
+        self._resolved = resolved
+        self._backend = backend
+        self._started_s = started_s
+        self._status = 0
+
+    client_gone = False
+    response_started = False
+
+    def start_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        framing: BodyFraming,
+        source: ResponseSource,
+    ) -> bool:
+        self._status = status
+        return True
+
+    def send_body(self, data: bytes) -> None:
+        pass
+
+    def end_response(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def send_error(
+        self, status: int, message: str, *, function: str | None = None, cause: str = ""
+    ) -> None:
+        self._status = status
+
+    def abort(self) -> None:
+        pass
+
+    def end_call(self) -> None:
+        latency_s = asyncio.get_running_loop().time() - self._started_s
+        self._resolved.members.finished(self._backend, latency_s=latency_s, status=self._status)
+
+
+class _NoSource:
+    """The source of an answer the mesh writes itself: nothing to pause or abandon."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+
+_NO_SOURCE = _NoSource()
+
+
+@functools.lru_cache(maxsize=4096)
+def default_route(host: str, service: tuple[str, str], port: int = 0) -> CompiledRoute:
+    """The route of a Service without VirtualService: all of it, Istio's default retries."""
+    destination = WeightedDestination(
+        host=host, service=service, subset="", port=port or None, weight=100
+    )
+    return CompiledRoute(
+        virtual_service=("", ""),
+        name="default",
+        matches=(),
+        destinations=(destination,),
+        timeout_s=None,
+        retries=DEFAULT_RETRIES,
+        fault=None,
+        rewrite_uri=b"",
+        rewrite_authority="",
+        request_headers=_NO_OPERATIONS,
+        response_headers=_NO_OPERATIONS,
+        mirror=None,
+        mirror_percent=0.0,
+    )
+
+
+def apply_header_operations(
+    headers: Headers, operations: HeaderOperations
+) -> list[tuple[bytes, bytes]]:
+    """Istio's order: remove, then set (replacing every value of the name), then add."""
+    drop = {name.lower().encode() for name in operations.remove}
+    drop.update(name.lower().encode() for name, _ in operations.set)
+    result = [(name, value) for name, value in headers if name.lower() not in drop]
+    result += [(name.encode(), value.encode()) for name, value in operations.set]
+    result += [(name.encode(), value.encode()) for name, value in operations.add]
+    return result
+
+
+def _retriable(retry_on: tuple[str, ...], status: int, cause: str) -> bool:
+    """Envoy's ``x-envoy-retry-on`` conditions for an attempt that ended with ``status``;
+    ``cause`` is UF (connection failed), UC (reset) or UT (per-try timeout) for local ends."""
+    for condition in retry_on:
+        if condition == "5xx":
+            if status >= 500 or cause in ("UF", "UC", "UT"):
+                return True
+        elif condition == "gateway-error":
+            if status in _GATEWAY_ERRORS or cause in ("UF", "UC", "UT"):
+                return True
+        elif condition == "connect-failure":
+            if cause == "UF":
+                return True
+        elif condition == "reset":
+            if cause in ("UC", "UT"):
+                return True
+        elif condition == "retriable-4xx":
+            if status == 409:
+                return True
+        elif condition.isdigit() and status == int(condition):
+            return True
+    return False
+
+
+def _record_of(request: Request) -> RequestRecord:
+    record = RequestRecord(method=request.method, path=request.target)
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower == b"host":
+            record.authority = value
+        elif lower == b"user-agent":
+            record.user_agent = value
+        elif lower == b"x-request-id":
+            record.request_id = value
+        elif lower == b"x-forwarded-for":
+            record.forwarded_for = value
+    record.bytes_received = len(request.body)
+    return record
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a mesh call failed", exc_info=task.exception())

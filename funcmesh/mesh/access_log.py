@@ -1,0 +1,252 @@
+"""The mesh's access log: one line per request in Istio's default text format, kept and written.
+
+Istio's ``EnvoyTextLogFormat`` (Envoy's default format plus Istio's additions)::
+
+    [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
+    %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
+    "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
+    %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
+    "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER%
+    %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
+    %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+
+on one line, with "-" for every empty value, START_TIME in UTC with milliseconds and durations
+in whole milliseconds, as Envoy writes them. The format holds no Authorization or Cookie value
+and must keep it so; a stray line break in a value is escaped so one request stays one line.
+
+The last ``keep_lines`` lines stay in memory with sequence numbers (the first line is 1) for
+``funcmesh mesh logs``; followers wait on one shared future that the next line resolves, so
+there is no polling and nothing per request while nobody follows. With a path, lines are also
+appended to a file (mode 0600), buffered: written when ``flush_bytes`` wait, when the timer
+that the first buffered line arms fires (``flush_interval_s`` later, through the ``call_later``
+the daemon passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write
+system call per request. At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Protocol
+
+from funcmesh.errors import Unavailable
+from funcmesh.mesh.telemetry import RequestRecord
+
+logger = logging.getLogger(__name__)
+
+KEEP_LINES = 10_000
+FLUSH_INTERVAL_S = 0.2
+FLUSH_BYTES = 64 * 1024
+ROTATE_BYTES = 50 * 1024 * 1024
+FILE_MODE = 0o600
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a lookup beats formatting
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], TimerHandle]
+
+
+def format_line(r: RequestRecord, start_time: str) -> str:
+    """One record in Istio's default text format (no trailing newline)."""
+    service_time = r.upstream_service_time_s
+    line = (
+        f'[{start_time}] "{r.method.decode("utf-8", "backslashreplace") or "-"} '
+        f'{r.path.decode("utf-8", "backslashreplace") or "-"} '
+        f'{r.protocol.decode("utf-8", "backslashreplace") or "-"}" '
+        f"{r.response_code} {r.response_flags or '-'} {r.response_code_details or '-'} - "
+        f'"{r.upstream_transport_failure_reason or "-"}" '
+        f"{r.bytes_received} {r.bytes_sent} {int(r.duration_s * 1000)} "
+        f"{'-' if service_time is None else int(service_time * 1000)} "
+        f'"{r.forwarded_for.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{r.user_agent.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{r.request_id.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{r.authority.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{r.upstream_host or "-"}" {r.upstream_cluster or "-"} {r.upstream_local or "-"} '
+        f"{r.downstream_local or '-'} {r.downstream_remote or '-'} "
+        f"{r.requested_server_name or '-'} {r.route_name or '-'}"
+    )
+    if "\n" in line or "\r" in line:  # an HTTP parser refuses these; belt and braces
+        line = line.replace("\r", "\\r").replace("\n", "\\n")
+    return line
+
+
+class AccessLog:
+    """Access log lines: the last ``keep_lines`` in memory, all of them in a file if given."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        keep_lines: int = KEEP_LINES,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        flush_bytes: int = FLUSH_BYTES,
+        rotate_bytes: int = ROTATE_BYTES,
+        call_later: CallLater | None = None,
+    ) -> None:
+        self._lines: deque[str] = deque(maxlen=keep_lines)
+        self._next_seq = 1
+        self._changed: asyncio.Future[None] | None = None
+        self._closed = False
+        self._stamp_second = -1
+        self._stamp_prefix = ""
+        self._path = path
+        self._flush_interval_s = flush_interval_s
+        self._flush_bytes = flush_bytes
+        self._rotate_bytes = rotate_bytes
+        self._call_later = call_later
+        self._timer: TimerHandle | None = None
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._write_failed = False
+        self._fd = -1
+        self._file_bytes = 0
+        if path is not None:
+            try:
+                self._open(path)
+            except OSError as exc:
+                raise Unavailable(f"cannot open the mesh access log {path}: {exc}") from exc
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest line (0 before the first)."""
+        return self._next_seq - 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, record: RequestRecord) -> None:
+        """Format and keep one record's line (the hot path: no I/O unless a flush is due)."""
+        if self._closed:
+            return
+        line = format_line(record, self._start_time(record.start_wall_s))
+        self._lines.append(line)
+        self._next_seq += 1
+        if self._path is not None:
+            self._pending.append(line)
+            self._pending_chars += len(line) + 1
+            if self._pending_chars >= self._flush_bytes:
+                self.flush()
+            elif self._timer is None and self._call_later is not None:
+                self._timer = self._call_later(self._flush_interval_s, self._flush_on_timer)
+        changed = self._changed
+        if changed is not None:
+            self._changed = None
+            if not changed.done():
+                changed.set_result(None)
+
+    def lines(
+        self, *, after_seq: int | None = None, tail: int | None = None
+    ) -> list[tuple[int, str]]:
+        """Kept lines with their sequence numbers, oldest first: those after ``after_seq``,
+        at most the last ``tail``."""
+        count = len(self._lines)
+        if after_seq is not None:
+            count = min(count, max(0, self.last_seq - after_seq))
+        if tail is not None:
+            count = min(count, max(0, tail))
+        newest_first = list(itertools.islice(reversed(self._lines), count))
+        first_seq = self._next_seq - count
+        return [(first_seq + index, line) for index, line in enumerate(reversed(newest_first))]
+
+    async def wait(self, after_seq: int) -> bool:
+        """Return True once a line newer than ``after_seq`` exists, False once closed."""
+        while self.last_seq <= after_seq and not self._closed:
+            if self._changed is None:
+                self._changed = asyncio.get_running_loop().create_future()
+            # shielded: the future is shared, a cancelled follower must not cancel it for all
+            await asyncio.shield(self._changed)
+        return self.last_seq > after_seq
+
+    async def follow(self, after_seq: int) -> AsyncGenerator[list[tuple[int, str]], None]:
+        """Batches of lines newer than ``after_seq`` as they come, until the log is closed."""
+        while await self.wait(after_seq):
+            batch = self.lines(after_seq=after_seq)
+            if batch:
+                after_seq = batch[-1][0]
+                yield batch
+            else:  # the follower fell further behind than the lines kept
+                after_seq = self.last_seq
+
+    def flush(self) -> None:
+        """Write the buffered lines to the file now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode("utf-8")
+        self._pending.clear()
+        self._pending_chars = 0
+        if self._path is None:
+            return
+        try:
+            if self._fd < 0:  # a rotation failed half-way: try again
+                self._open(self._path)
+            if self._file_bytes > 0 and self._file_bytes + len(data) > self._rotate_bytes:
+                self._rotate(self._path)
+            self._write(data)
+        except OSError as exc:
+            if not self._write_failed:  # once per failure streak: a full disk stays quiet
+                logger.warning("could not write the mesh access log %s: %s", self._path, exc)
+            self._write_failed = True
+        else:
+            self._write_failed = False
+
+    def close(self) -> None:
+        """Flush, close the file and end every follower; later lines are dropped."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    # internals
+
+    def _start_time(self, wall_s: float) -> str:
+        """``2026-11-27T07:50:01.123Z``; the part up to the second is computed once a second."""
+        second, millisecond = divmod(int(wall_s * 1000), 1000)
+        if second != self._stamp_second:
+            self._stamp_second = second
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._stamp_prefix + _MILLISECONDS[millisecond]
+
+    def _flush_on_timer(self) -> None:
+        self._timer = None
+        self.flush()
+
+    def _open(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        self._file_bytes = os.fstat(self._fd).st_size
+
+    def _rotate(self, path: Path) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(path, path.with_name(path.name + ".1"))
+        self._open(path)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            self._file_bytes += written
+            view = view[written:]

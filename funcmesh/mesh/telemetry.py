@@ -1,0 +1,333 @@
+"""Istio's standard metrics for every request through the mesh, and the hand-off to the access log.
+
+The data plane fills one ``RequestRecord`` along a call and gives it to ``Telemetry.record``
+at the end. Recording is the hot path (thousands of requests per second on two cores), so it is
+one dict lookup keyed by the raw label values, a few integer updates and three ``bisect``
+calls on plain attributes: no locks, no prometheus metric objects, no ``.labels()`` call. The
+exported label values (Istio's spellings, defaults and derived labels) are computed once per
+new series. Prometheus reads the numbers only when scraped, through one collector:
+
+``istio_requests_total`` (counter), ``istio_request_duration_milliseconds``,
+``istio_request_bytes`` and ``istio_response_bytes`` (histograms), with Istio's labels (the set
+istio/proxy's stats filter writes), unknown values as ``unknown``, both clusters
+``Kubernetes`` (Istio's default cluster id) when the peer is known. funcmesh is the one hop
+that is both ends of a call, so ``reporter`` is ``destination`` unless the data plane says
+otherwise. Istio leaves histogram buckets to Envoy's defaults, the same for durations (ms)
+and sizes (bytes), and so does this module.
+
+Series are bounded by services x workloads x response codes x flags, which the objects of
+the mesh bound: a label value never comes from a request's path, headers or body. Nothing
+here logs, does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from funcmesh.mesh.access_log import AccessLog
+
+# Envoy's default histogram buckets, which Istio keeps for its histograms (durations in ms,
+# sizes in bytes) unless a pod's ``sidecar.istio.io/statsHistogramBuckets`` says otherwise.
+ENVOY_DEFAULT_BUCKETS = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
+    600000, 1800000, 3600000,
+)  # fmt: skip
+DURATION_BUCKETS_MS = ENVOY_DEFAULT_BUCKETS
+BYTES_BUCKETS = ENVOY_DEFAULT_BUCKETS
+UNKNOWN = "unknown"
+DEFAULT_CLUSTER = "Kubernetes"
+LATEST_REVISION = "latest"
+SPIFFE_PREFIX = "spiffe://"
+LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+    "response_code",
+    "grpc_response_status",
+)
+
+# Envoy's %RESPONSE_FLAGS% short names: several are joined with "," (``response_flags``).
+NO_FLAGS = "-"
+NO_HEALTHY_UPSTREAM = "UH"
+UPSTREAM_CONNECTION_FAILURE = "UF"
+UPSTREAM_OVERFLOW = "UO"
+NO_ROUTE = "NR"
+UPSTREAM_RETRY_LIMIT_EXCEEDED = "URX"
+UPSTREAM_REQUEST_TIMEOUT = "UT"
+DELAY_INJECTED = "DI"
+FAULT_INJECTED = "FI"
+DOWNSTREAM_CONNECTION_TERMINATION = "DC"
+UPSTREAM_CONNECTION_TERMINATION = "UC"
+UPSTREAM_REMOTE_RESET = "UR"
+# Envoy's %RESPONSE_CODE_DETAILS% for the common outcomes (one token, no whitespace). A call
+# that an AuthorizationPolicy denies has no response flag in Envoy: its 403 says why here.
+VIA_UPSTREAM = "via_upstream"
+ROUTE_NOT_FOUND = "route_not_found"
+NO_HEALTHY_UPSTREAM_DETAILS = "no_healthy_upstream"
+RESPONSE_TIMEOUT = "response_timeout"
+PER_TRY_TIMEOUT = "upstream_per_try_timeout"
+FAULT_FILTER_ABORT = "fault_filter_abort"
+CONNECTION_FAILURE_DETAILS = "upstream_reset_before_response_started{connection_failure}"
+CONNECTION_TERMINATION_DETAILS = "upstream_reset_before_response_started{connection_termination}"
+OVERFLOW_DETAILS = "upstream_reset_before_response_started{overflow}"
+DOWNSTREAM_DISCONNECT = "downstream_remote_disconnect"
+
+
+def response_flags(*flags: str) -> str:
+    """``%RESPONSE_FLAGS%`` of a call: the flags joined with ",", or "-" without any."""
+    return ",".join(flags) if flags else NO_FLAGS
+
+
+def rbac_denied_details(policy_id: str | None = None) -> str:
+    """Envoy's details of a 403 from the RBAC filter: the DENY policy that matched, or
+    ``[none]`` when no ALLOW policy did."""
+    return f"rbac_access_denied_matched_policy[{policy_id or 'none'}]"
+
+
+@dataclass(slots=True, kw_only=True)
+class RequestRecord:
+    """What the data plane learns about one request along its way; mutable, one per request.
+
+    Bytes are as they arrived on the wire (the access log shows them without decoding them
+    twice); addresses are ``ip:port``; an empty value is written "-" in the access log.
+    """
+
+    start_wall_s: float = 0.0  # time.time() at arrival: the access log's START_TIME
+    method: bytes = b""
+    path: bytes = b""  # the original request target, before any rewrite
+    protocol: bytes = b"HTTP/1.1"
+    authority: bytes = b""
+    user_agent: bytes = b""
+    forwarded_for: bytes = b""
+    request_id: bytes = b""
+    downstream_remote: str = ""
+    downstream_local: str = ""
+    requested_server_name: str = ""  # the SNI of an mTLS connection
+    reporter: str = "destination"
+    source_workload: str = UNKNOWN
+    source_namespace: str = UNKNOWN
+    source_principal: str = UNKNOWN  # cluster.local/ns/NS/sa/SA (spiffe:// is added)
+    source_app: str = UNKNOWN  # the source workload's ``app`` label
+    source_version: str = UNKNOWN  # its ``version`` label
+    destination_service: str = UNKNOWN  # FQDN: hello.default.svc.cluster.local
+    destination_service_name: str = UNKNOWN
+    destination_service_namespace: str = UNKNOWN
+    destination_workload: str = UNKNOWN
+    destination_workload_namespace: str = UNKNOWN
+    destination_principal: str = UNKNOWN
+    destination_app: str = UNKNOWN
+    destination_version: str = UNKNOWN
+    upstream_host: str = "-"
+    upstream_local: str = ""
+    upstream_cluster: str = "-"  # outbound|8080|v1|hello.default.svc.cluster.local
+    upstream_transport_failure_reason: str = ""
+    route_name: str = "-"
+    response_code: int = 0  # 0: no response was sent
+    response_flags: str = NO_FLAGS
+    response_code_details: str = "-"
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    duration_s: float = 0.0
+    upstream_service_time_s: float | None = None
+    connection_security_policy: str = UNKNOWN  # "none" or "mutual_tls" once known
+
+
+class _Series:
+    """Counts of one label combination: requests and three histograms (bucket counts not yet
+    cumulative; the last one is +Inf)."""
+
+    __slots__ = (
+        "duration_counts",
+        "duration_sum_ms",
+        "labels",
+        "request_bytes_counts",
+        "request_bytes_sum",
+        "requests",
+        "response_bytes_counts",
+        "response_bytes_sum",
+    )
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.requests = 0
+        self.duration_sum_ms = 0.0
+        self.request_bytes_sum = 0
+        self.response_bytes_sum = 0
+        self.duration_counts = [0] * (len(DURATION_BUCKETS_MS) + 1)
+        self.request_bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
+        self.response_bytes_counts = [0] * (len(BYTES_BUCKETS) + 1)
+
+
+class Telemetry:
+    """Istio's metrics of every request, exported when scraped, plus the access log."""
+
+    def __init__(self, registry: CollectorRegistry, access_log: AccessLog | None) -> None:
+        self._series: dict[tuple[object, ...], _Series] = {}
+        self._access_log = access_log
+        registry.register(self)  # a collector: Prometheus calls collect() when scraped
+
+    def record(self, record: RequestRecord) -> None:
+        """Count one finished request and write its access log line (the hot path)."""
+        r = record
+        key = (
+            r.reporter,
+            r.source_workload,
+            r.source_namespace,
+            r.source_principal,
+            r.source_app,
+            r.source_version,
+            r.destination_workload,
+            r.destination_workload_namespace,
+            r.destination_principal,
+            r.destination_app,
+            r.destination_version,
+            r.destination_service,
+            r.destination_service_name,
+            r.destination_service_namespace,
+            r.response_code,
+            r.response_flags,
+            r.connection_security_policy,
+        )
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(istio_labels(r))
+        series.requests += 1
+        duration_ms = r.duration_s * 1000.0
+        series.duration_sum_ms += duration_ms
+        series.duration_counts[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+        series.request_bytes_sum += r.bytes_received
+        series.request_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_received)] += 1
+        series.response_bytes_sum += r.bytes_sent
+        series.response_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_sent)] += 1
+        if self._access_log is not None:
+            self._access_log.append(r)
+
+    @property
+    def series_count(self) -> int:
+        return len(self._series)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "istio_requests_total", "Requests through the mesh", labels=LABELS
+        )
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds",
+            "Time from a request's arrival to the end of its answer, in milliseconds",
+            labels=LABELS,
+        )
+        request_bytes = HistogramMetricFamily(
+            "istio_request_bytes", "Bytes of a request as received, headers included", labels=LABELS
+        )
+        response_bytes = HistogramMetricFamily(
+            "istio_response_bytes", "Bytes of an answer as sent, headers included", labels=LABELS
+        )
+        for series in list(self._series.values()):
+            labels = series.labels
+            requests.add_metric(labels, series.requests)
+            duration.add_metric(
+                labels,
+                cumulative_buckets(DURATION_BUCKETS_MS, series.duration_counts),
+                series.duration_sum_ms,
+            )
+            request_bytes.add_metric(
+                labels,
+                cumulative_buckets(BYTES_BUCKETS, series.request_bytes_counts),
+                series.request_bytes_sum,
+            )
+            response_bytes.add_metric(
+                labels,
+                cumulative_buckets(BYTES_BUCKETS, series.response_bytes_counts),
+                series.response_bytes_sum,
+            )
+        yield from (requests, duration, request_bytes, response_bytes)
+
+
+def istio_labels(record: RequestRecord) -> list[str]:
+    """The values of ``LABELS`` for a record, as Istio's stats filter derives them.
+
+    A canonical service is the ``app`` label, else the workload's name; a canonical revision
+    the ``version`` label, else ``latest``. A principal is a SPIFFE id. A source that funcmesh
+    could not identify has cluster ``unknown``, as Istio reports a peer without metadata.
+    """
+    r = record
+    source_known = r.source_workload != UNKNOWN
+    return [
+        r.reporter,
+        r.source_workload,
+        r.source_namespace,
+        spiffe_id(r.source_principal),
+        r.source_app,
+        r.source_version,
+        _canonical_service(r.source_app, r.source_workload),
+        _canonical_revision(r.source_version),
+        DEFAULT_CLUSTER if source_known else UNKNOWN,
+        r.destination_workload,
+        r.destination_workload_namespace,
+        spiffe_id(r.destination_principal),
+        r.destination_app,
+        r.destination_version,
+        r.destination_service,
+        r.destination_service_name,
+        r.destination_service_namespace,
+        _canonical_service(r.destination_app, r.destination_workload),
+        _canonical_revision(r.destination_version),
+        DEFAULT_CLUSTER,
+        "http",  # funcmesh's data plane speaks HTTP/1.1 only, never gRPC framing
+        r.response_flags or NO_FLAGS,
+        r.connection_security_policy,
+        str(r.response_code),
+        "",  # grpc_response_status: empty for HTTP, as Istio writes it
+    ]
+
+
+def spiffe_id(principal: str) -> str:
+    """``cluster.local/ns/NS/sa/SA`` (AuthorizationPolicy's spelling) as the certificate's
+    URI SAN ``spiffe://cluster.local/ns/NS/sa/SA``, which Istio's metrics show."""
+    if principal in ("", UNKNOWN) or principal.startswith(SPIFFE_PREFIX):
+        return principal or UNKNOWN
+    return SPIFFE_PREFIX + principal
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
+    """Prometheus ``le`` buckets: counts at or below each bound, then +Inf."""
+    total, buckets = 0, []
+    for bound, count in zip((*bounds, math.inf), counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+    return buckets
+
+
+def _canonical_service(app: str, workload: str) -> str:
+    return app if app != UNKNOWN else workload
+
+
+def _canonical_revision(version: str) -> str:
+    return version if version != UNKNOWN else LATEST_REVISION
