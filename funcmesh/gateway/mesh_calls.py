@@ -5,7 +5,7 @@ it injects the route's fault, picks a weighted destination, sends the rewritten 
 the route's header operations through ``relay.Relay`` to the member its destination's
 ``EndpointSet`` chooses, and retries as the route says (``retryOn`` with Envoy's conditions, a
 per-try and an overall timeout, a jittered back-off, a budget per host) on another member when
-there is one. Each attempt answers through an ``_Attempt``: it relays the response to the
+there is one. Each attempt answers through an ``Attempt``: it relays the response to the
 client, or swallows it when the call will be retried, and applies the route's response header
 operations. ``MeshPlane`` holds what every mesh call shares and records each call's telemetry.
 
@@ -26,10 +26,16 @@ from typing import TYPE_CHECKING
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backend
 from funcmesh.gateway.destinations import Destinations, Resolved
+from funcmesh.gateway.mesh_attempts import (
+    NO_SOURCE,
+    Attempt,
+    Shadow,
+    apply_header_operations,
+    retriable,
+)
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
-from funcmesh.gateway.upstream import ResponseSource
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
@@ -42,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times that
 RETRY_MAX_S = 0.25
-_GATEWAY_ERRORS = frozenset({502, 503, 504})
 _OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
 _NO_OPERATIONS = HeaderOperations()
 
@@ -105,7 +110,6 @@ class MeshCall:
 
     __slots__ = (
         "_attempts_left",
-        "_client",
         "_deadline_s",
         "_ended",
         "_flags",
@@ -119,6 +123,7 @@ class MeshCall:
         "_target",
         "_timer",
         "_tries",
+        "client",
         "record",
     )
 
@@ -136,7 +141,7 @@ class MeshCall:
         self._route = route
         self._target = target
         self._request = request
-        self._client = client
+        self.client = client
         self._port = port
         self._resolved: Resolved | None = None
         self._last: Backend | None = None
@@ -212,7 +217,7 @@ class MeshCall:
             for name, value in request.headers
         ]
         shadow = dataclasses.replace(request, headers=headers)
-        sink = _Shadow(resolved, member, self._plane.loop.time())
+        sink = Shadow(resolved, member, self._plane.loop.time())
         route = FunctionRoute(
             namespace=resolved.namespace, name=resolved.service, target=self._target
         )
@@ -260,7 +265,7 @@ class MeshCall:
         self._tries += 1
         self._last = backend
         timeout_s = self._attempt_timeout()
-        attempt = _Attempt(self, backend, self._plane.loop.time())
+        attempt = Attempt(self, backend, self._plane.loop.time())
         request = self._outgoing() if resolved is not None else self._request
         self._plane.relay.call(backend, route, request, attempt, timeout_s=timeout_s)
 
@@ -278,7 +283,7 @@ class MeshCall:
         route, resolved = self._route, self._resolved
         if route is None or route.retries is None or resolved is None:
             return False
-        if not _retriable(route.retries.retry_on, status, cause):
+        if not retriable(route.retries.retry_on, status, cause):
             return False
         if self._attempts_left <= 0 or self._past_deadline():
             self._flags.append("URX")
@@ -289,7 +294,7 @@ class MeshCall:
         self._attempts_left -= 1
         return True
 
-    def attempt_ended(self, attempt: _Attempt) -> None:
+    def attempt_ended(self, attempt: Attempt) -> None:
         resolved = self._resolved
         latency_s = self._plane.loop.time() - attempt.started_s
         if resolved is not None:
@@ -319,7 +324,7 @@ class MeshCall:
         self._plane.waiting.discard(self)
         if self._ended:
             return
-        if self._client.client_gone:
+        if self.client.client_gone:
             self._end(499, bytes_sent=0)
             return
         try:
@@ -367,14 +372,14 @@ class MeshCall:
             return
         if flag:
             self._flags.append(flag)
-        client = self._client
+        client = self.client
         body = json.dumps({"error": message}).encode()
         if client.response_started:
             client.abort()
         elif not client.client_gone:
             head = [(b"Content-Type", b"application/json"), *headers]
             head.append((b"Content-Length", b"%d" % len(body)))
-            if client.start_response(status, b"", head, BodyFraming.CONTENT_LENGTH, _NO_SOURCE):
+            if client.start_response(status, b"", head, BodyFraming.CONTENT_LENGTH, NO_SOURCE):
                 if not self._request.head_only:
                     client.send_body(body)
                 client.end_response()
@@ -390,149 +395,7 @@ class MeshCall:
         record.bytes_sent = bytes_sent
         record.duration_s = self._plane.loop.time() - self._started_s
         self._plane.record(record)
-        self._client.end_call()
-
-
-class _Attempt:
-    """One attempt's view of the client: relays the answer, or swallows it for a retry."""
-
-    __slots__ = (
-        "backend",
-        "bytes_sent",
-        "call",
-        "cause",
-        "forwarded",
-        "retrying",
-        "started_s",
-        "status",
-    )
-
-    def __init__(self, call: MeshCall, backend: Backend, started_s: float) -> None:
-        self.call = call
-        self.backend = backend
-        self.started_s = started_s
-        self.status = 0
-        self.cause = ""
-        self.bytes_sent = 0
-        self.retrying = False
-        self.forwarded = False
-
-    @property
-    def client_gone(self) -> bool:
-        return self.call._client.client_gone
-
-    @property
-    def response_started(self) -> bool:
-        return self.forwarded
-
-    def start_response(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        framing: BodyFraming,
-        source: ResponseSource,
-    ) -> bool:
-        self.status = status
-        if status >= 400 and self.call.will_retry(status, ""):
-            self.retrying = True
-            return True  # read and drop the body: the connection stays usable
-        self.forwarded = True
-        headers = self.call.response_headers(headers)
-        return self.call._client.start_response(status, reason, headers, framing, source)
-
-    def send_body(self, data: bytes) -> None:
-        if not self.retrying:
-            self.bytes_sent += len(data)
-            self.call._client.send_body(data)
-
-    def end_response(self) -> None:
-        if not self.retrying:
-            self.call._client.end_response()
-
-    def flush(self) -> None:
-        if not self.retrying:
-            self.call._client.flush()
-
-    def send_error(
-        self, status: int, message: str, *, function: str | None = None, cause: str = ""
-    ) -> None:
-        self.status = status
-        self.cause = cause
-        if self.call.will_retry(status, cause):
-            self.retrying = True
-            return
-        self.forwarded = True
-        self.call._client.send_error(status, message, function=function, cause=cause)
-
-    def abort(self) -> None:
-        self.call._client.abort()
-
-    def end_call(self) -> None:
-        self.call.attempt_ended(self)
-
-
-class _Shadow:
-    """Where a mirrored request's answer goes: nowhere. Tells the EndpointSet how it went."""
-
-    __slots__ = ("_backend", "_resolved", "_started_s", "_status")
-
-    def __init__(self, resolved: Resolved, backend: Backend, started_s: float) -> None:
-        self._resolved = resolved
-        self._backend = backend
-        self._started_s = started_s
-        self._status = 0
-
-    client_gone = False
-    response_started = False
-
-    def start_response(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        framing: BodyFraming,
-        source: ResponseSource,
-    ) -> bool:
-        self._status = status
-        return True
-
-    def send_body(self, data: bytes) -> None:
-        pass
-
-    def end_response(self) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def send_error(
-        self, status: int, message: str, *, function: str | None = None, cause: str = ""
-    ) -> None:
-        self._status = status
-
-    def abort(self) -> None:
-        pass
-
-    def end_call(self) -> None:
-        latency_s = asyncio.get_running_loop().time() - self._started_s
-        self._resolved.members.finished(self._backend, latency_s=latency_s, status=self._status)
-
-
-class _NoSource:
-    """The source of an answer the mesh writes itself: nothing to pause or abandon."""
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
-_NO_SOURCE = _NoSource()
+        self.client.end_call()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -556,42 +419,6 @@ def default_route(host: str, service: tuple[str, str], port: int = 0) -> Compile
         mirror=None,
         mirror_percent=0.0,
     )
-
-
-def apply_header_operations(
-    headers: Headers, operations: HeaderOperations
-) -> list[tuple[bytes, bytes]]:
-    """Istio's order: remove, then set (replacing every value of the name), then add."""
-    drop = {name.lower().encode() for name in operations.remove}
-    drop.update(name.lower().encode() for name, _ in operations.set)
-    result = [(name, value) for name, value in headers if name.lower() not in drop]
-    result += [(name.encode(), value.encode()) for name, value in operations.set]
-    result += [(name.encode(), value.encode()) for name, value in operations.add]
-    return result
-
-
-def _retriable(retry_on: tuple[str, ...], status: int, cause: str) -> bool:
-    """Envoy's ``x-envoy-retry-on`` conditions for an attempt that ended with ``status``;
-    ``cause`` is UF (connection failed), UC (reset) or UT (per-try timeout) for local ends."""
-    for condition in retry_on:
-        if condition == "5xx":
-            if status >= 500 or cause in ("UF", "UC", "UT"):
-                return True
-        elif condition == "gateway-error":
-            if status in _GATEWAY_ERRORS or cause in ("UF", "UC", "UT"):
-                return True
-        elif condition == "connect-failure":
-            if cause == "UF":
-                return True
-        elif condition == "reset":
-            if cause in ("UC", "UT"):
-                return True
-        elif condition == "retriable-4xx":
-            if status == 409:
-                return True
-        elif condition.isdigit() and status == int(condition):
-            return True
-    return False
 
 
 def _record_of(request: Request) -> RequestRecord:
