@@ -91,12 +91,15 @@ class EndpointBackend:
     """A ready endpoint of a Service as a ``Backend``: always has room (limits are the
     EndpointSet's)."""
 
-    __slots__ = ("_lease", "display_name")
+    __slots__ = ("_lease", "address_text", "display_name", "namespace", "workload")
 
     def __init__(self, namespace: str, address: tuple[str, int], pod: str | None) -> None:
         host, port = address
-        self.display_name = f"{namespace}/{pod}" if pod else f"{host}:{port}"
-        self._lease = EndpointLease(address, f"{host}:{port}")
+        self.namespace = namespace
+        self.address_text = f"{host}:{port}"
+        self.display_name = f"{namespace}/{pod}" if pod else self.address_text
+        self.workload = _workload_of(pod) if pod else "unknown"
+        self._lease = EndpointLease(address, self.address_text)
 
     def __repr__(self) -> str:
         """The address: where consistent hashing places the endpoint on its ring."""
@@ -243,6 +246,13 @@ class Destinations:
         if backend is None:
             backend = self._endpoints[address] = EndpointBackend(namespace, address, pod)
         return backend
+
+
+def _workload_of(pod: str) -> str:
+    """The Deployment of a pod named as a ReplicaSet names them (``web-5d8f7c9b4-x7k2q`` ->
+    ``web``), else the pod's own name."""
+    parts = pod.rsplit("-", 2)
+    return parts[0] if len(parts) == 3 and len(parts[2]) == 5 else pod
 
 
 def _service_port(view: ServiceView, wanted: int) -> int:

@@ -21,11 +21,12 @@ import functools
 import json
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backend
-from funcmesh.gateway.destinations import Destinations, Resolved
+from funcmesh.gateway.destinations import Destinations, EndpointBackend, Resolved
 from funcmesh.gateway.mesh_attempts import (
     NO_SOURCE,
     Attempt,
@@ -36,6 +37,7 @@ from funcmesh.gateway.mesh_attempts import (
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
+from funcmesh.mesh import telemetry as tm
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
@@ -164,6 +166,7 @@ class MeshCall:
             draw = self._plane.draw
             if fault.abort_status is not None and draw() * 100 < fault.abort_percent:
                 self._flags.append("FI")
+                self.record.response_code_details = tm.FAULT_FILTER_ABORT
                 self._answer_local(fault.abort_status, "fault filter abort")
                 return
             if fault.delay_s and draw() * 100 < fault.delay_percent:
@@ -187,6 +190,7 @@ class MeshCall:
         record.upstream_cluster = resolved.cluster
         record.route_name = route.name or "-"
         if resolved.problem:
+            self.record.response_code_details = tm.NO_HEALTHY_UPSTREAM_DETAILS
             self._answer_local(503, f"no healthy upstream: {resolved.problem}", flag="UH")
             return
         resolved.budget.deposit()
@@ -232,9 +236,11 @@ class MeshCall:
         try:
             member = resolved.members.try_choose(hash_key=key, exclude=self._last)
         except Overflow as exc:
+            self.record.response_code_details = tm.OVERFLOW_DETAILS
             self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
             return
         except Unavailable as exc:
+            self.record.response_code_details = tm.NO_HEALTHY_UPSTREAM_DETAILS
             self._answer_local(503, str(exc), flag="UH")
             return
         if member is None:
@@ -251,6 +257,7 @@ class MeshCall:
         try:
             await resolved.members.wait_turn()
         except Overflow as exc:
+            self.record.response_code_details = tm.OVERFLOW_DETAILS
             self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
             return
         finally:
@@ -301,6 +308,7 @@ class MeshCall:
             resolved.members.finished(attempt.backend, latency_s=latency_s, status=attempt.status)
         record = self.record
         record.upstream_service_time_s = latency_s
+        _describe_upstream(record, attempt)
         if attempt.retrying and not self._ended:
             backoff_s = self._plane.draw() * min(RETRY_BASE_S * (1 << self._tries), RETRY_MAX_S)
             self._wait(backoff_s, attempt=True)
@@ -421,8 +429,36 @@ def default_route(host: str, service: tuple[str, str], port: int = 0) -> Compile
     )
 
 
+def _describe_upstream(record: RequestRecord, attempt: Attempt) -> None:
+    """What the last attempt tells the access log and the metrics about the upstream."""
+    backend = attempt.backend
+    if isinstance(backend, EndpointBackend):
+        record.upstream_host = backend.address_text
+        record.destination_workload = backend.workload
+        record.destination_workload_namespace = backend.namespace
+    else:
+        namespace, _, name = backend.display_name.partition("/")
+        record.destination_workload = name
+        record.destination_workload_namespace = namespace
+    record.response_code_details = _DETAILS.get(attempt.cause, tm.VIA_UPSTREAM)
+
+
+_DETAILS = {
+    "UF": tm.CONNECTION_FAILURE_DETAILS,
+    "UC": tm.CONNECTION_TERMINATION_DETAILS,
+    "UT": tm.RESPONSE_TIMEOUT,
+    "UH": tm.NO_HEALTHY_UPSTREAM_DETAILS,
+    "UO": tm.OVERFLOW_DETAILS,
+}
+
+
 def _record_of(request: Request) -> RequestRecord:
-    record = RequestRecord(method=request.method, path=request.target)
+    record = RequestRecord(
+        start_wall_s=time.time(),
+        method=request.method,
+        path=request.target,
+        downstream_remote=request.client_ip.decode("latin-1"),
+    )
     for name, value in request.headers:
         lower = name.lower()
         if lower == b"host":
