@@ -45,6 +45,7 @@ from funcmesh.controllers.endpoints import EndpointsController
 from funcmesh.controllers.function_services import FunctionServices
 from funcmesh.controllers.functions import FunctionController
 from funcmesh.controllers.invoker import Invoker
+from funcmesh.controllers.mesh_status import VirtualServiceStatus
 from funcmesh.controllers.nats import NatsTriggerController
 from funcmesh.controllers.service_ips import ClusterIPs, ensure_kube_dns
 from funcmesh.discovery.routes import HttpRouteFeed, RouteTable
@@ -244,7 +245,7 @@ class Daemon:
 
     async def start_controllers(self) -> None:
         """Reconcilers of stored objects: functions, their Services, Endpoints, Deployments,
-        and HTTPTriggers going with their Function."""
+        HTTPTriggers going with their Function, and the VirtualServices' Ready condition."""
         store, stack = self.store, self.stack
         functions = FunctionController(
             store=store,
@@ -266,6 +267,9 @@ class Daemon:
         for controller in (functions, function_services, endpoints, deployments, cascade):
             stack.push_async_callback(controller.close)
             await controller.start()
+        mesh_status = VirtualServiceStatus(store=store, mesh=self.mesh, services=self.service_table)
+        stack.push_async_callback(mesh_status.close)
+        mesh_status.start()
 
     async def start_data_plane(self) -> None:
         """The gateway (HTTP and TLS), the Service VIPs (kernel NAT where it may, listeners

@@ -303,3 +303,29 @@ spec:
     finally:
         daemon.run("delete", "virtualservice", "slow", check=False)
         daemon.run("function", "delete", "slow", check=False)
+
+
+def ready_condition(daemon: Daemon, name: str) -> dict[str, str]:
+    obj = json.loads(daemon.run("get", "virtualservice", name, "-o", "json").stdout)
+    found = [c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"]
+    return found[0] if found else {}
+
+
+def test_a_missing_destination_is_reported_until_its_service_exists(
+    daemon: Daemon, canary: str, tmp_path: Path
+) -> None:
+    deadline = time.monotonic() + 10
+    while ready_condition(daemon, "hello").get("reason") != "DestinationNotFound":
+        assert time.monotonic() < deadline, ready_condition(daemon, "hello")
+        time.sleep(0.1)
+    condition = ready_condition(daemon, "hello")
+    assert condition["status"] == "False"
+    assert "nowhere.default.svc.cluster.local" in condition["message"]
+    apply(daemon, tmp_path, "nowhere", SERVICE_YAML.replace("name: hello", "name: nowhere"))
+    try:
+        deadline = time.monotonic() + 10
+        while ready_condition(daemon, "hello").get("status") != "True":
+            assert time.monotonic() < deadline, ready_condition(daemon, "hello")
+            time.sleep(0.1)
+    finally:
+        daemon.run("delete", "service", "nowhere", check=False)
