@@ -274,7 +274,15 @@ class MeshCall:
         timeout_s = self._attempt_timeout()
         attempt = Attempt(self, backend, self._plane.loop.time())
         request = self._outgoing() if resolved is not None else self._request
-        self._plane.relay.call(backend, route, request, attempt, timeout_s=timeout_s)
+        policy = resolved.policy if resolved is not None else None
+        self._plane.relay.call(
+            backend,
+            route,
+            request,
+            attempt,
+            timeout_s=timeout_s,
+            max_exchanges=policy.connection_pool.max_requests_per_connection if policy else 0,
+        )
 
     def _attempt_timeout(self) -> float | None:
         route = self._route

@@ -89,6 +89,7 @@ class Call:
         "_route",
         "_started_s",
         "_task",
+        "_max_exchanges",
         "_timeout_s",
     )
 
@@ -101,9 +102,11 @@ class Call:
         responder: Responder,
         *,
         timeout_s: float | None = None,
+        max_exchanges: int = 0,
     ) -> None:
         self._relay = relay
         self._timeout_s = timeout_s  # a route's timeout, when shorter than the function's
+        self._max_exchanges = max_exchanges  # maxRequestsPerConnection; 0: unlimited
         self._backend = backend
         self._route = route
         self._request = request
@@ -160,7 +163,8 @@ class Call:
     def exchange_done(self, connection: UpstreamConnection, status: int) -> None:
         try:
             self._connection = None
-            if connection.reusable:
+            limit = self._max_exchanges
+            if connection.reusable and not (limit and connection.exchanges >= limit):
                 self._relay.pool.put_idle(connection, now_s=self._relay.loop.time())
             else:
                 connection.close()

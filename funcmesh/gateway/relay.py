@@ -50,11 +50,21 @@ class Relay:
         responder: Responder,
         *,
         timeout_s: float | None = None,
+        max_exchanges: int = 0,
     ) -> None:
         """Answer ``request`` with the function's response, or with an error that says why not;
         ``responder.end_call()`` follows, at once or later. ``timeout_s`` (a mesh route's)
-        shortens the backend's own timeout."""
-        call = Call(self, backend, route, request, responder, timeout_s=timeout_s)
+        shortens the backend's own timeout; ``max_exchanges`` (a DestinationRule's
+        maxRequestsPerConnection) closes a connection that served that many requests."""
+        call = Call(
+            self,
+            backend,
+            route,
+            request,
+            responder,
+            timeout_s=timeout_s,
+            max_exchanges=max_exchanges,
+        )
         self._calls.add(call)
         if self._ticker is None:
             self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)

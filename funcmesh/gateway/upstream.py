@@ -99,6 +99,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, instance_id: str, *, on_lost: Callable[[UpstreamConnection], None]) -> None:
         self.instance_id = instance_id
         self.reused = False
+        self.exchanges = 0  # requests sent on this connection
         self.keep_alive = False
         self.idle_since_s = 0.0
         self._on_lost = on_lost
@@ -162,6 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._received = self._started = self.keep_alive = False
         self._reason = b""
         self._headers = []
+        self.exchanges += 1
         if len(body) < _SMALL_WRITE_BYTES:
             transport.write(head + body if body else head)
         else:

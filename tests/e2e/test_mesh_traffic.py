@@ -37,6 +37,7 @@ class Upstream:
         self.status = 200
         self.delay_s = 0.0
         self.hosts: list[str] = []
+        self.peer_ports: list[int] = []  # the gateway's side of each request's connection
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,6 +45,7 @@ class Upstream:
 
             def do_GET(self) -> None:
                 upstream.hosts.append(self.headers.get("Host", ""))
+                upstream.peer_ports.append(self.client_address[1])
                 if upstream.delay_s:
                     time.sleep(upstream.delay_s)
                 body = upstream.name.encode()
@@ -357,3 +359,36 @@ def test_calls_are_counted_in_istio_metrics_and_logged(
     assert '"GET /function/' in line
     assert " 200 - via_upstream " in line  # code, flags, details
     assert any(f'"{u.ip}:' in line for u in upstreams[1]), line  # UPSTREAM_HOST
+
+
+def test_max_requests_per_connection_opens_a_connection_per_request(
+    daemon: Daemon, tmp_path: Path, upstreams: tuple[str, list[Upstream]]
+) -> None:
+    name, found = upstreams
+    url = f"{daemon.gateway_url}/function/{name}"
+    with httpx.Client(timeout=10) as client:
+        answers(client, url, 12)
+        reused = sum(len(u.peer_ports) - len(set(u.peer_ports)) for u in found)
+        assert reused > 0  # keep-alive by default
+        apply(
+            daemon,
+            tmp_path,
+            f"""\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {name}
+spec:
+  host: {name}
+  trafficPolicy:
+    connectionPool:
+      http: {{maxRequestsPerConnection: 1}}
+""",
+        )
+        time.sleep(0.3)
+        for upstream in found:
+            upstream.peer_ports.clear()
+        answers(client, url, 12)
+    ports = [port for u in found for port in u.peer_ports]
+    assert len(ports) == 12
+    assert len(set(ports)) == 12, ports
