@@ -83,13 +83,13 @@ class Call:
         "_function",
         "_head",
         "_lease",
+        "_max_exchanges",
         "_relay",
         "_request",
         "_responder",
         "_route",
         "_started_s",
         "_task",
-        "_max_exchanges",
         "_timeout_s",
     )
 

@@ -201,8 +201,7 @@ class Gateway:
         ):
             return False
         if self._triggers is not None and (trigger := self._triggers.find(request, target)):
-            assert self._relay is not None
-            return self._triggers.answer(trigger, request, target, connection, self._relay)
+            return self._triggers.answer(trigger, request, target, connection, plane)
         route = route_function(target)
         if route is None and (async_route := route_async(target)) is not None:
             return self._accept_async(async_route, request, connection)

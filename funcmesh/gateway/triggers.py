@@ -1,4 +1,5 @@
-"""Requests that an HTTPTrigger routes: basic auth, CORS, then the relay to the function.
+"""Requests that an HTTPTrigger routes: basic auth, CORS, then the call of the function (through
+the mesh, so it is measured and logged as every call).
 
 ``HttpTriggers.find`` is the only per-request cost when no trigger exists (one truth test of an
 empty table). A matched request goes to the trigger's function with its target as the client
@@ -15,13 +16,13 @@ import asyncio
 import base64
 import binascii
 import logging
+from typing import Protocol
 
 from funcmesh.discovery.htpasswd import Htpasswd
 from funcmesh.discovery.routes import HttpRoute, RouteTable
-from funcmesh.gateway.backends import Backends
+from funcmesh.gateway.backends import Backend, Backends
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
-from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import ResponseSource
 
@@ -62,7 +63,12 @@ class HttpTriggers:
         return table.match(_header(request, b"host").decode("latin-1"), path)
 
     def answer(
-        self, route: HttpRoute, request: Request, target: bytes, connection: Responder, relay: Relay
+        self,
+        route: HttpRoute,
+        request: Request,
+        target: bytes,
+        connection: Responder,
+        calls: FunctionCalls,
     ) -> bool:
         """True when answered at once; False when the call ends with ``connection.end_call()``."""
         responder = _CorsResponder(connection) if route.cors_enable else connection
@@ -75,18 +81,18 @@ class HttpTriggers:
             )
             return True
         if route.auth is None:
-            return self._call(route, request, target, responder, relay)
+            return self._call(route, request, target, responder, calls)
         credentials = _basic_credentials(request)
         if credentials is None:
             _send_unauthorized(responder, request, route)
             return True
         if not route.auth.needs_thread(*credentials):
             if route.auth.verify(*credentials):
-                return self._call(route, request, target, responder, relay)
+                return self._call(route, request, target, responder, calls)
             _send_unauthorized(responder, request, route)
             return True
         task = asyncio.get_running_loop().create_task(
-            self._check_then_call(route, route.auth, credentials, request, target, responder, relay)
+            self._check_then_call(route, route.auth, credentials, request, target, responder, calls)
         )
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
@@ -106,13 +112,13 @@ class HttpTriggers:
         request: Request,
         target: bytes,
         responder: Responder,
-        relay: Relay,
+        calls: FunctionCalls,
     ) -> None:
         try:
             verified = await asyncio.to_thread(auth.verify, *credentials)
             if not verified:
                 _send_unauthorized(responder, request, route)
-            elif not self._call(route, request, target, responder, relay):
+            elif not self._call(route, request, target, responder, calls):
                 return  # the relay ends the call
         except asyncio.CancelledError:
             responder.abort()
@@ -129,7 +135,7 @@ class HttpTriggers:
         request: Request,
         target: bytes,
         responder: Responder,
-        relay: Relay,
+        calls: FunctionCalls,
     ) -> bool:
         backend = self._backends.lookup(route.namespace, route.function)
         function = f"{route.namespace}/{route.function}"
@@ -138,8 +144,16 @@ class HttpTriggers:
             responder.send_error(404, message, function=function)
             return True
         call_route = FunctionRoute(namespace=route.namespace, name=route.function, target=target)
-        relay.call(backend, call_route, request, responder)
+        calls.direct(backend, call_route, request, responder)
         return False
+
+
+class FunctionCalls(Protocol):
+    """The mesh (``mesh_calls.MeshPlane``), as a trigger's call of its function needs it."""
+
+    def direct(
+        self, backend: Backend, route: FunctionRoute, request: Request, client: Responder
+    ) -> None: ...
 
 
 class _CorsResponder:
