@@ -12,11 +12,16 @@ Modules:
 - ``table``: ``MeshTable``, the in-memory VirtualServices, DestinationRules, Gateways and
   security policies, with cached routes per host.
 - ``feed``: ``MeshFeed``, keeps a MeshTable equal to the stored Istio objects.
-- ``endpoint_sets``: the members of a destination and the choice of one per attempt
-  (balancer, outlier detection, connection limits).
+- ``endpoint_sets``: the members of a destination and the choice of one per attempt, over
+  ``balancers`` (peak EWMA P2C, round robin, random, least request, consistent hash) and
+  ``outliers`` (outlier detection), with connection limits.
 - ``budget``: the retry budget of a host.
-- ``telemetry``: Istio's request metrics.
-- ``access_log``: one line per request in Envoy's default format.
-- ``destinations``: a route's destination resolved to members.
-- ``calls``: one call through the mesh, from route selection to the answer.
+- ``authz`` (with ``authz_facts`` and ``authz_rules``): AuthorizationPolicy decisions and the
+  PeerAuthentication mode of a workload's port.
+- ``telemetry``: Istio's request metrics; ``access_log``: one line per request in Istio's
+  default format.
+
+The data plane's side (a route's destination resolved to members, one call through the mesh
+from route selection to the answer) is in ``funcmesh.gateway.destinations`` and
+``funcmesh.gateway.mesh_calls``.
 """

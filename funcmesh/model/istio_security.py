@@ -43,6 +43,10 @@ MTLS_MODES = ("UNSET", "STRICT", "PERMISSIVE", "DISABLE")
 # ``when`` keys funcmesh evaluates; request.headers[NAME] takes any header name
 WHEN_KEYS = ("source.ip", "source.namespace", "source.principal", "destination.port")
 _HEADER_KEY = re.compile(r"request\.headers\[([^\]]+)\]")
+# Envoy's URI template characters (RFC 3986 pchar without "*" and "=")
+_TEMPLATE_CHARS = r"[a-zA-Z0-9\-._~%!$&'()+,;:@]"
+_SEGMENT = _TEMPLATE_CHARS + "+"  # {*}
+_TEXT = _TEMPLATE_CHARS[:-1] + "/]*"  # {**}
 
 
 def _twins(names: tuple[str, ...]) -> dict[str, Any]:
@@ -156,6 +160,8 @@ def _rule(rule: object, field: str, problems: Problems) -> Rule:
     sources = []
     for i, entry in enumerate(list_of(rule, "from")):
         source = dict_of(entry, "source")
+        if not any(source.values()):
+            problems.add(f"{field}.from[{i}].source", "must not be empty")
         for j, block in enumerate(_twin(source, "ipBlocks").values):
             _check_ip_block(block, f"{field}.from[{i}].source.ipBlocks[{j}]", problems)
         for j, block in enumerate(_twin(source, "ipBlocks").not_values):
@@ -170,10 +176,23 @@ def _rule(rule: object, field: str, problems: Problems) -> Rule:
     operations = []
     for i, entry in enumerate(list_of(rule, "to")):
         operation = dict_of(entry, "operation")
+        if not any(operation.values()):
+            problems.add(f"{field}.to[{i}].operation", "must not be empty")
+        at = f"{field}.to[{i}].operation"
+        paths = _twin(operation, "paths")
+        for name, values in (("paths", paths.values), ("notPaths", paths.not_values)):
+            for j, path in enumerate(values):
+                if ("{*}" in path or "{**}" in path) and path_template(path) is None:
+                    problems.add(
+                        f"{at}.{name}[{j}]",
+                        f'"{path}" is not a valid path template ({{*}} or {{**}} as whole '
+                        "segments, nothing after {**} but text)",
+                    )
         ports = _twin(operation, "ports")
-        for j, port in enumerate((*ports.values, *ports.not_values)):
-            if not port.isdigit() or not 1 <= int(port) <= 65535:
-                problems.add(f"{field}.to[{i}].operation.ports[{j}]", f'"{port}" is not a port')
+        for name, values in (("ports", ports.values), ("notPorts", ports.not_values)):
+            for j, port in enumerate(values):
+                if not port.isdigit() or not 1 <= int(port) <= 65535:
+                    problems.add(f"{at}.{name}[{j}]", f'"{port}" is not a port')
         operations.append(
             Operation(
                 methods=_twin(operation, "methods"), paths=_twin(operation, "paths"), ports=ports
@@ -214,6 +233,11 @@ def _condition(entry: object, field: str, problems: Problems) -> Condition:
     values = Values(values=strings_of(entry, "values"), not_values=strings_of(entry, "notValues"))
     if not values.values and not values.not_values:
         problems.required(f"{field}.values", "values or notValues")
+    for j, value in enumerate((*values.values, *values.not_values)):
+        if key == "source.ip":
+            _check_ip_block(value, f"{field}.values[{j}]", problems)
+        elif key == "destination.port" and not (value.isdigit() and 1 <= int(value) <= 65535):
+            problems.add(f"{field}.values[{j}]", f'"{value}" is not a port')
     header = _HEADER_KEY.fullmatch(key)
     return Condition(key=f"request.headers[{header[1].lower()}]" if header else key, values=values)
 
@@ -242,3 +266,27 @@ def parse_peer_authentication(obj: Mapping[str, Any]) -> PeerAuthenticationSpec:
         mode=mode or "UNSET",
         port_modes=tuple(sorted(port_modes)),
     )
+
+
+def path_template(path: str) -> re.Pattern[str] | None:
+    """The regex of a path written as an Envoy URI template ("/foo/{*}/bar/{**}"), None when
+    ``path`` has no template operator or is not a valid template (Istio refuses those: "*",
+    "{" or "}" outside an operator, another character in an operator's segment, an operator
+    after ``{**}``); such a path is then matched as a plain path."""
+    if "{*}" not in path and "{**}" not in path:
+        return None
+    if not path.startswith("/"):
+        return None
+    pieces = []
+    text_glob_seen = False
+    for segment in path[1:].split("/"):
+        if segment in ("{*}", "{**}"):
+            if text_glob_seen:
+                return None
+            text_glob_seen = segment == "{**}"
+            pieces.append(_TEXT if text_glob_seen else _SEGMENT)
+        elif "*" in segment or "{" in segment or "}" in segment:
+            return None
+        else:
+            pieces.append(re.escape(segment))
+    return re.compile("/" + "/".join(pieces))

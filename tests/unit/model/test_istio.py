@@ -447,6 +447,42 @@ UNSUPPORTED = "not supported by funcmesh"
             "not a port",
         ),
         (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"from": [{"source": {}}]}]),
+            "spec.rules[0].from[0].source",
+            "must not be empty",
+        ),
+        (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"to": [{"operation": {}}]}]),
+            "spec.rules[0].to[0].operation",
+            "must not be empty",
+        ),
+        (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"to": [{"operation": {"paths": ["/foo/{*}.txt"]}}]}]),
+            "spec.rules[0].to[0].operation.paths[0]",
+            "not a valid path template",
+        ),
+        (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"to": [{"operation": {"notPaths": ["/{**}/x/{*}"]}}]}]),
+            "spec.rules[0].to[0].operation.notPaths[0]",
+            "not a valid path template",
+        ),
+        (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"when": [{"key": "source.ip", "values": ["10.0.0.0/33"]}]}]),
+            "spec.rules[0].when[0].values[0]",
+            "not an IP address",
+        ),
+        (
+            parse_authorization_policy,
+            _with(ALLOW, rules=[{"when": [{"key": "destination.port", "values": ["0"]}]}]),
+            "spec.rules[0].when[0].values[0]",
+            "not a port",
+        ),
+        (
             parse_peer_authentication,
             _with(PEER, mtls={"mode": "SOMETIMES"}),
             "spec.mtls.mode",
