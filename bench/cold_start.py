@@ -10,6 +10,11 @@ start from an idle machine (the zygote forks its next spare child about 10 ms af
 ``--gap-ms 0`` shows a burst, where some of those forks are on the critical path). The CPU
 time the daemon, the zygote and the new workers used during the cold calls is shown too.
 
+Every function has a Service, so each worker gets the Kubernetes service variables of all of
+them (eight per Service). ``--no-service-links`` deploys the functions with Kubernetes'
+``enableServiceLinks: false`` in their pod template, which leaves those variables out: the
+difference between the two runs is what the variables cost.
+
 The split: a second pass runs the same daemon code with timers wrapped around
 ``FunctionPool.acquire`` and ``Zygote.spawn`` (this file, ``--role=daemon``); the daemon and
 this client read the same monotonic clock, so each cold call splits into gateway-in (request
@@ -18,6 +23,7 @@ done -> first byte: the spare takes the request, drops privileges, imports the h
 accepts, answers, and the gateway relays it).
 
     .venv/bin/python bench/cold_start.py [--functions 200] [--gap-ms 50] [--no-split]
+                                         [--no-service-links]
 
 It prints; it asserts nothing.
 """
@@ -40,9 +46,14 @@ import harness as h
 WARMUP_FUNCTION = "warmup"
 
 
-def deploy(daemon: h.Daemon, names: Sequence[str]) -> None:
+def deploy(daemon: h.Daemon, names: Sequence[str], *, service_links: bool = True) -> None:
+    functions = [h.hello_function(n) for n in [WARMUP_FUNCTION, *names]]
+    if not service_links:
+        for function in functions:
+            template = {"spec": {"enableServiceLinks": False}}
+            function["spec"]["deployment"] = {"spec": {"template": template}}
     with daemon.api() as client:
-        h.create_all(client, [h.hello_function(n) for n in [WARMUP_FUNCTION, *names]])
+        h.create_all(client, functions)
         h.wait_all_ready(client, [WARMUP_FUNCTION, *names])
 
 
@@ -150,8 +161,12 @@ def measure(args: argparse.Namespace) -> None:
         daemon = h.Daemon(scratch)
         with daemon:
             started = time.monotonic()
-            deploy(daemon, names)
-            print(f"deployed {len(names) + 1} functions in {time.monotonic() - started:.1f}s")
+            deploy(daemon, names, service_links=not args.no_service_links)
+            links = "without" if args.no_service_links else "with"
+            print(
+                f"deployed {len(names) + 1} functions in {time.monotonic() - started:.1f}s, "
+                f"{links} service variables"
+            )
             prepare_cold(daemon, [str(h.FUNCMESH)])
             result = call_each(daemon, names, args.gap_ms / 1000.0)
             print(f"\n{len(names)} cold starts, {args.gap_ms:g} ms apart, `funcmesh up`:")
@@ -223,6 +238,11 @@ def main() -> None:
         "--gap-ms", type=float, default=50.0, help="pause before each cold call (default 50)"
     )
     parser.add_argument("--no-split", action="store_true", help="skip the instrumented pass")
+    parser.add_argument(
+        "--no-service-links",
+        action="store_true",
+        help="deploy with enableServiceLinks: false (no Kubernetes service variables)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument(
         "--role", choices=["bench", "daemon"], default="bench", help=argparse.SUPPRESS

@@ -2,12 +2,18 @@
 name listing its pods (model.endpoints.subsets_for), rewritten when a pod or the Service changes.
 
 Pods come from a ``PodSource`` (function instances and workload replicas); Services and
-Endpoints from the store. A pod change marks the Services it is or was part of; one worker
-recomputes every marked Service from a fresh list of its namespace's pods and writes the
-Endpoints only when they differ, so a readiness change reaches the store within milliseconds
-and a burst of changes costs one pass. Services without a selector are left alone: their
-Endpoints are the user's. When a Service is deleted its Endpoints go too, also those whose
-Service went while the daemon was down (as Kubernetes' controller does).
+Endpoints from the store. A pod change marks the Services it is or was part of (found through
+an index of the Services by selector, not by trying each Service of the namespace); one worker
+recomputes every marked Service from a fresh list of its selected pods and writes the
+Endpoints only when they differ. For a new or newly ready pod the worker waits
+``batch_period_s`` after the first change before it starts, as Kubernetes'
+``--endpoint-updates-batch-period`` does: a cold start's two changes (the pod is created, then
+ready a few milliseconds later) cost one write, and that write comes after the new instance
+has answered its first call instead of competing with it. A listed pod that goes (deleted,
+terminating, no longer ready) is taken out at once: calls must stop going to it. Services without a
+selector are left alone: their Endpoints are the user's. When a Service is deleted its
+Endpoints go too, also those whose Service went while the daemon was down (as Kubernetes'
+controller does).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from funcmesh.errors import AlreadyExists, Conflict, Invalid, NotFound
-from funcmesh.model.endpoints import subsets_for
+from funcmesh.model.endpoints import pod_ready, subsets_for
 from funcmesh.model.kinds import ENDPOINTS, SERVICE, ResourceType
 from funcmesh.model.objects import RawObject, labels_of, metadata_of, name_of, namespace_of
 from funcmesh.model.services import ServiceSpec, parse_service
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 RETRY_PAUSE_S = 1.0
+BATCH_PERIOD_S = 0.02
 
 
 class PodSource(Protocol):
@@ -48,14 +55,20 @@ class PodSource(Protocol):
 class EndpointsController:
     """Keeps the Endpoints of every Service with a selector equal to its pods."""
 
-    def __init__(self, *, store: Store, pods: PodSource) -> None:
+    def __init__(
+        self, *, store: Store, pods: PodSource, batch_period_s: float = BATCH_PERIOD_S
+    ) -> None:
         self._store = store
         self._pods = pods
+        self._batch_period_s = batch_period_s
         self._services: dict[Key, ServiceSpec] = {}
+        self._selecting = SelectorIndex()
         self._members: dict[Key, frozenset[str]] = {}  # pod names last listed per Service
+        self._member_of: dict[Key, set[Key]] = {}  # (namespace, pod) -> its Services, as listed
         self._written: dict[Key, tuple[list[dict[str, Any]], dict[str, str]]] = {}  # last write
         self._dirty: set[Key] = set()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a Service is marked
+        self._hurry = asyncio.Event()  # ... for a pod that must leave its Endpoints now
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -86,10 +99,10 @@ class EndpointsController:
 
     async def _load_services(self) -> int:
         objects, since = await self._store.list_objects(SERVICE)
-        self._services = {}
+        self._services, self._selecting = {}, SelectorIndex()
         for obj in objects:
             if (spec := _parsed(obj)) is not None:
-                self._services[spec.key] = spec
+                self._set_service(spec)
         self._mark_all()
         return since
 
@@ -128,16 +141,26 @@ class EndpointsController:
     async def _on_service(self, change: Change) -> None:
         key = (namespace_of(change.object), name_of(change.object))
         if change.type == "DELETED":
-            self._services.pop(key, None)
-            self._members.pop(key, None)
+            self._drop_service(key)
+            self._set_members(key, frozenset())
             await self._delete_endpoints(key)
             return
         spec = _parsed(change.object)
         if spec is None:
-            self._services.pop(key, None)
+            self._drop_service(key)
             return
-        self._services[key] = spec
+        self._set_service(spec)
         self._mark(key)
+
+    def _set_service(self, spec: ServiceSpec) -> None:
+        self._drop_service(spec.key)
+        self._services[spec.key] = spec
+        self._selecting.add(spec)
+
+    def _drop_service(self, key: Key) -> None:
+        old = self._services.pop(key, None)
+        if old is not None:
+            self._selecting.discard(old)
 
     async def _on_endpoints(self, change: Change) -> None:
         """Someone else changed or deleted managed Endpoints: put them right again."""
@@ -164,13 +187,32 @@ class EndpointsController:
                     await aclose()
             await asyncio.sleep(RETRY_PAUSE_S)
 
-    def _on_pod(self, _kind: str, pod: Mapping[str, Any]) -> None:
-        namespace, name, labels = namespace_of(pod), name_of(pod), labels_of(pod)
-        for key, service in self._services.items():
-            if key[0] == namespace and (
-                service.selects(labels) or name in self._members.get(key, ())
-            ):
-                self._mark(key)
+    def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
+        """Mark the Services that select the pod now, and those it was listed in (at once if
+        it is leaving them)."""
+        namespace = namespace_of(pod)
+        for key in self._selecting.selecting(namespace, labels_of(pod)):
+            self._mark(key)
+        listed = self._member_of.get((namespace, name_of(pod)), ())
+        if listed and _leaving(kind, pod):
+            self._hurry.set()
+        for key in listed:
+            self._mark(key)
+
+    def _set_members(self, key: Key, members: frozenset[str]) -> None:
+        """Note the pods last listed for Service ``key`` (to mark it when one of them changes,
+        whatever its labels say by then)."""
+        old = self._members.pop(key, frozenset())
+        if members:
+            self._members[key] = members
+        for pod in old - members:
+            services = self._member_of.get((key[0], pod))
+            if services is not None:
+                services.discard(key)
+                if not services:
+                    del self._member_of[(key[0], pod)]
+        for pod in members - old:
+            self._member_of.setdefault((key[0], pod), set()).add(key)
 
     def _mark(self, key: Key) -> None:
         self._dirty.add(key)
@@ -186,11 +228,17 @@ class EndpointsController:
     async def _work(self) -> None:
         while True:
             await self._wake.wait()
+            if self._batch_period_s > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):  # the changes of a moment: one pass
+                    async with asyncio.timeout(self._batch_period_s):
+                        await self._hurry.wait()
             self._wake.clear()
+            self._hurry.clear()
             dirty, self._dirty = self._dirty, set()
             for key in sorted(dirty):
                 service = self._services.get(key)
                 if service is None or service.selector is None:
+                    self._set_members(key, frozenset())
                     continue
                 try:
                     # only the selected pods are built: a cold start must not cost a Pod
@@ -203,7 +251,7 @@ class EndpointsController:
 
     async def _sync(self, service: ServiceSpec, pods: list[dict[str, Any]]) -> None:
         subsets, members = subsets_for(service, pods)
-        self._members[service.key] = members
+        self._set_members(service.key, members)
         labels = dict(service.labels)
         if service.headless:
             labels[HEADLESS_LABEL] = ""
@@ -234,6 +282,49 @@ class EndpointsController:
         self._written.pop(key, None)
         with contextlib.suppress(NotFound):
             await self._store.delete(ENDPOINTS, *key)
+
+
+class SelectorIndex:
+    """The Services with a selector, by namespace and the first label pair of their selector:
+    a pod is looked up by its own label pairs, not tested against every Service."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[tuple[str, str, str], dict[Key, ServiceSpec]] = {}
+
+    def add(self, service: ServiceSpec) -> None:
+        if service.selector:
+            self._by_pair.setdefault(_first_pair(service), {})[service.key] = service
+
+    def discard(self, service: ServiceSpec) -> None:
+        if not service.selector:
+            return
+        pair = _first_pair(service)
+        services = self._by_pair.get(pair)
+        if services is not None and services.pop(service.key, None) is not None and not services:
+            del self._by_pair[pair]
+
+    def selecting(self, namespace: str, labels: Mapping[str, str]) -> list[Key]:
+        """The Services of ``namespace`` that select a pod with ``labels``."""
+        return [
+            key
+            for label, value in labels.items()
+            for key, service in self._by_pair.get((namespace, label, value), {}).items()
+            if service.selects(labels)
+        ]
+
+
+def _first_pair(service: ServiceSpec) -> tuple[str, str, str]:
+    assert service.selector
+    label, value = service.selector[0]
+    return (service.namespace, label, value)
+
+
+def _leaving(kind: str, pod: Mapping[str, Any]) -> bool:
+    """Whether a change takes a pod out of the ready addresses: deleted, terminating, or not
+    ready (again)."""
+    return (
+        kind == "DELETED" or bool(metadata_of(pod).get("deletionTimestamp")) or not pod_ready(pod)
+    )
 
 
 def _same(

@@ -27,7 +27,7 @@ from funcmesh.runtime.instances import Instance, Revision, describe_exit
 from funcmesh.runtime.logs import LineSplitter
 from funcmesh.runtime.starters import PendingWorker, WorkerStarter, ZygoteStarter
 from funcmesh.runtime.stats import FunctionStats
-from funcmesh.runtime.worker_env import worker_environment
+from funcmesh.runtime.worker_env import linked_services, worker_environment
 from funcmesh.runtime.workers import SpawnRequest, WorkerLoadError
 
 if TYPE_CHECKING:
@@ -116,16 +116,14 @@ class InstanceLifecycle:
         revision = instance.revision
         return SpawnRequest(
             pod_name=instance.pod,
+            namespace=revision.namespace,
             module=revision.module,
             function=revision.handler,
             function_name=revision.name,
             code_dir=str(revision.code_dir),
             sys_paths=revision.sys_paths,
-            env=worker_environment(
-                instance,
-                dns_server=self._context.dns_server,
-                services=self._context.service_env,
-            ),
+            env=worker_environment(instance, dns_server=self._context.dns_server),
+            service_links=linked_services(instance, self._context.service_env),
             timeout_s=revision.timeout_s,
             runtime=revision.runtime.id,
             memory_limit=revision.memory_limit or "0",

@@ -62,12 +62,13 @@ RETRY_MAX_S: Final = 30.0
 def specialisation(
     request: SpawnRequest, *, secret_env: Iterable[tuple[str, str]] = ()
 ) -> dict[str, Any]:
-    """The message that turns a spare into an instance of the requested function; Kubeless's
-    variables (in the request's env) win over env values from Secrets."""
+    """The message that turns a spare into an instance of the requested function; env values
+    from Secrets win over the service variables, the request's env (Kubeless's variables) over
+    both."""
     return {
         "op": "specialise",
         "pod_name": request.pod_name,
-        "env": {**dict(secret_env), **request.env},
+        "env": {**request.service_links, **dict(secret_env), **request.env},
         "code_dir": request.code_dir,
         "node_paths": list(request.sys_paths),
         "module": request.module,

@@ -54,7 +54,9 @@ class PoolContext:
     on_pod_change: Callable[[str, Instance], None]
     starters: Mapping[str, WorkerStarter] = field(default_factory=dict)
     # Cluster names for the function's code: the DNS server (HOST:PORT) its shim asks, and
-    # the Kubernetes service variables of a namespace (``HELLO_SERVICE_HOST``...) at start.
+    # the Kubernetes service variables of a namespace (``HELLO_SERVICE_HOST``...) at start:
+    # the same mapping object until a Service of the namespace changes, so that a zygote is
+    # sent them once per change, not with every cold start.
     dns_server: str | None = None
     service_env: Callable[[str], Mapping[str, str]] | None = None
 
@@ -88,6 +90,13 @@ class FunctionPool:
     def queued(self) -> int:
         """Calls waiting for an instance."""
         return sum(1 for waiter in self._waiters if not waiter.done())
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """Its instances' labels (the revision's and ``function``), {} before a revision:
+        what mesh policies select (the gateway's ``Backend.labels``)."""
+        revision = self.revision
+        return {} if revision is None else {**revision.labels, "function": self.name}
 
     # desired state, from the function controller
 

@@ -161,23 +161,30 @@ class Pools:
 
     # the API's PodSource and StatsSource
 
-    def _instances(self, namespace: str | None) -> list[Instance]:
-        found = [
-            instance
-            for (ns, _), pool in self._pools.items()
-            if namespace is None or ns == namespace
-            for instance in pool.instances
-        ]
+    def _instances(self, namespace: str | None, *, function: str | None = None) -> list[Instance]:
+        """The instances in ``namespace`` (None: all), of ``function`` only when given."""
+        if namespace is not None and function is not None:
+            pool = self._pools.get((namespace, function))
+            pools = [] if pool is None else [pool]
+        else:
+            pools = [
+                pool
+                for (ns, name), pool in self._pools.items()
+                if (namespace is None or ns == namespace) and function in (None, name)
+            ]
+        found = [instance for pool in pools for instance in pool.instances]
         return sorted(found, key=lambda i: (i.revision.namespace, i.pod))
 
     def list_pods(
         self, namespace: str | None, *, selector: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """The Pods of the instances (those whose labels hold ``selector``, when given: only
-        those are built)."""
+        those are built). An instance's ``function`` label is its function's name, so a
+        selector naming one (every Function's Service has it) looks at that pool only."""
+        function = None if selector is None else selector.get("function")
         return [
             instance.pod_object()
-            for instance in self._instances(namespace)
+            for instance in self._instances(namespace, function=function)
             if selector is None or _holds(instance.pod_labels, selector)
         ]
 

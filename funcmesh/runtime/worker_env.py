@@ -1,8 +1,11 @@
 """The process environment of a function's worker, as Kubeless's runtimes see it.
 
-The namespace's Kubernetes service variables come first (``HELLO_SERVICE_HOST``...), then the
-user's env (which wins over them, as in Kubernetes), then the cluster DNS settings the worker
-shims resolve names with, and Kubeless's own variables last. Pure: no I/O.
+Two parts. The namespace's Kubernetes service variables (``HELLO_SERVICE_HOST``...) come first:
+one mapping shared by every instance of the namespace, which a starter hands to its processes
+once per change rather than with every cold start (with a few hundred Services it is thousands
+of variables). The instance's own variables come after and win over them: the user's env (as in
+Kubernetes), then the cluster DNS settings the worker shims resolve names with, and Kubeless's
+own variables last. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ from collections.abc import Callable, Mapping
 
 from funcmesh.model.pod_dns import search_domains
 from funcmesh.runtime.instances import Instance
+from funcmesh.runtime.workers import NO_VARIABLES
 
 
-def worker_environment(
-    instance: Instance,
-    *,
-    dns_server: str | None = None,
-    services: Callable[[str], Mapping[str, str]] | None = None,
-) -> dict[str, str]:
-    """The process environment of a worker: the namespace's service variables, then the
-    user's env (which wins over them, as in Kubernetes), Kubeless's variables last."""
+def linked_services(
+    instance: Instance, services: Callable[[str], Mapping[str, str]] | None
+) -> Mapping[str, str]:
+    """The service variables ``instance`` gets: its namespace's, unless its pod template says
+    ``enableServiceLinks: false``. The mapping is shared, never to be changed."""
     revision = instance.revision
-    links = services is not None and revision.service_links
-    env = dict(services(revision.namespace)) if links and services is not None else {}
-    env.update(revision.env)
+    if services is None or not revision.service_links:
+        return NO_VARIABLES
+    return services(revision.namespace)
+
+
+def worker_environment(instance: Instance, *, dns_server: str | None = None) -> dict[str, str]:
+    """The instance's own variables, which win over the service variables: the user's env,
+    then the DNS settings, Kubeless's variables last."""
+    revision = instance.revision
+    env = dict(revision.env)
     if dns_server:
         env.update(
             FUNCMESH_DNS_SERVER=dns_server,

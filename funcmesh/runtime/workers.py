@@ -14,23 +14,34 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
 
 from funcmesh.errors import FuncmeshError
+
+NO_VARIABLES: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpawnRequest:
-    """Everything a forked worker needs to load one function instance."""
+    """Everything a forked worker needs to load one function instance.
+
+    ``service_links`` are the Kubernetes service variables of the pod's namespace: one mapping
+    shared by every instance there (the same object until a Service of the namespace changes),
+    so a starter can hand it to its worker processes once instead of with every request.
+    ``env`` is this instance's own environment and wins over them.
+    """
 
     pod_name: str
+    namespace: str = ""
     module: str
     function: str
     function_name: str  # the Kubeless Function's name, shown as context["function-name"]
     code_dir: str
     sys_paths: tuple[str, ...]
     env: Mapping[str, str]
+    service_links: Mapping[str, str] = field(default_factory=lambda: NO_VARIABLES)
     timeout_s: float
     runtime: str
     memory_limit: str  # as shown in context["memory-limit"]; "0" if none
@@ -41,6 +52,8 @@ class SpawnRequest:
     gid: int | None = None
 
     def to_message(self) -> dict[str, Any]:
+        """The request as the zygote reads it, without ``service_links`` (the zygote gets
+        those in a message of their own)."""
         return {
             "op": "spawn",
             "pod_name": self.pod_name,

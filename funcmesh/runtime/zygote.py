@@ -6,8 +6,12 @@ listening socket and the log pipe of a new instance (and the memfd of its Secret
 along with a :class:`SpawnRequest` and returns a :class:`WorkerProcess` whose futures say when
 the function is loaded (or why not) and when the process exits (both in
 ``funcmesh.runtime.workers``, shared with the Node.js starter; their records are kept in
-``funcmesh.runtime.spawns``). If the zygote dies, its workers die with it (PDEATHSIG) and every
-pending future fails with :class:`~funcmesh.errors.Unavailable`; the pool starts a new zygote.
+``funcmesh.runtime.spawns``). A namespace's Kubernetes service variables go to the zygote once
+per change, in a message of their own, and a spawn request names them: with a few hundred
+Services they are thousands of variables, which the zygote prepares once for every worker it
+forks afterwards instead of each worker decoding and installing them. If the zygote dies, its
+workers die with it (PDEATHSIG) and every pending future fails with
+:class:`~funcmesh.errors.Unavailable`; the pool starts a new zygote.
 
 Must not: create or bind sockets, read worker logs, parse HTTP, decide limits or identities
 (the pool does), read os.environ, or block the event loop.
@@ -19,12 +23,14 @@ import array
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +57,14 @@ EXIT_TIMEOUT_S: Final = 5.0
 STDERR_TAIL_LINES: Final = 20
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _SentLinks:
+    """The service variables of a namespace as last sent to the zygote."""
+
+    variables: Mapping[str, str]  # kept: the next request's are usually this very object
+    version: int
+
+
 class Zygote:
     """A running zygote process and its control socket; create with :meth:`start`."""
 
@@ -65,7 +79,9 @@ class Zygote:
         self._buffer = bytearray(MAX_MESSAGE_BYTES)  # reused: allocating per message is slower
         self._hello: asyncio.Future[str] = self._loop.create_future()
         self._hello.add_done_callback(retrieve_exception)
-        self._send_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()  # also keeps "links" before the spawns that name them
+        self._links: dict[str, _SentLinks] = {}  # by namespace
+        self._link_versions = itertools.count(1)
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._alive = True
         self._closing = False
@@ -158,15 +174,11 @@ class Zygote:
         if secrets_fd is not None:
             message["secrets"] = True
             fds += (secrets_fd,)
-        payload = json.dumps(message).encode()
-        if len(payload) > MAX_MESSAGE_BYTES:
-            raise Invalid(
-                f"spawn request for pod {pod} is {len(payload)} bytes, more than "
-                f"{MAX_MESSAGE_BYTES}: the environment is too large"
-            )
         spawn = self._spawns.open(pod)
         try:
-            await self._send(payload, fds=fds)
+            async with self._send_lock:
+                message["links"] = await self._share_links(request)
+                await self._send(_encoded(message, f"spawn request for pod {pod}"), fds=fds)
         except BaseException:
             self._spawns.discard(pod)
             raise
@@ -230,20 +242,37 @@ class Zygote:
 
     # -- control socket
 
+    async def _share_links(self, request: SpawnRequest) -> dict[str, Any] | None:
+        """Name the request's service variables for the zygote, sending them first if it lacks
+        them (a Service of the namespace changed, or this is its first spawn there). The caller
+        holds the send lock, so the zygote reads them before the spawn that names them."""
+        variables, namespace = request.service_links, request.namespace
+        if not variables:
+            return None
+        sent = self._links.get(namespace)
+        if sent is None or (sent.variables is not variables and sent.variables != variables):
+            version = next(self._link_versions)
+            message = {"op": "links", "namespace": namespace, "version": version}
+            message["env"] = dict(variables)
+            what = f"the service variables of namespace {namespace}"
+            await self._send(_encoded(message, what))
+            sent = self._links[namespace] = _SentLinks(variables=variables, version=version)
+        return {"namespace": namespace, "version": sent.version}
+
     async def _send(self, payload: bytes, *, fds: tuple[int, ...] = ()) -> None:
+        """Send one message; the caller holds the send lock."""
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        async with self._send_lock:
-            while True:
-                if not self._alive:
-                    raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
-                try:
-                    self._control.sendmsg([payload], ancillary)
-                    return
-                except BlockingIOError:
-                    await self._writable()
-                except OSError as exc:
-                    self._lose(f"control socket failed: {exc}")
-                    raise Unavailable(f"the Python zygote (pid {self.pid}) is gone: {exc}") from exc
+        while True:
+            if not self._alive:
+                raise Unavailable(f"the Python zygote (pid {self.pid}) is not running")
+            try:
+                self._control.sendmsg([payload], ancillary)
+                return
+            except BlockingIOError:
+                await self._writable()
+            except OSError as exc:
+                self._lose(f"control socket failed: {exc}")
+                raise Unavailable(f"the Python zygote (pid {self.pid}) is gone: {exc}") from exc
 
     async def _writable(self) -> None:
         waiter: asyncio.Future[None] = self._loop.create_future()
@@ -379,3 +408,14 @@ class Zygote:
         for task in (self._watch_task, self._stderr_task):
             task.cancel()
         await asyncio.gather(self._watch_task, self._stderr_task, return_exceptions=True)
+
+
+def _encoded(message: Mapping[str, Any], what: str) -> bytes:
+    """``message`` as one packet; Invalid if it is more than the zygote reads."""
+    payload = json.dumps(message).encode()
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Invalid(
+            f"{what} is {len(payload)} bytes, more than {MAX_MESSAGE_BYTES}: "
+            "the environment is too large"
+        )
+    return payload

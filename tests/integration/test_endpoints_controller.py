@@ -1,10 +1,12 @@
 """The endpoints controller against a real store, fed by a pod source written here (the input,
 as the function pools and the workloads give it): Endpoints follow readiness, named ports,
-deletes; user Endpoints of selector-less Services are left alone."""
+deletes; user Endpoints of selector-less Services are left alone; a new pod's changes of a
+moment make one write, a pod that goes is taken out at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -17,7 +19,7 @@ from funcmesh.controllers.endpoints import EndpointsController
 from funcmesh.controllers.service_ips import ClusterIPs
 from funcmesh.errors import NotFound
 from funcmesh.model.kinds import ENDPOINTS, SERVICE
-from funcmesh.model.objects import RawObject
+from funcmesh.model.objects import RawObject, name_of
 from funcmesh.store.sqlite import Store
 
 
@@ -102,9 +104,7 @@ class World:
 
     async def ips_of(self, name: str, field: str = "addresses") -> list[str] | None:
         found = await self.endpoints(name)
-        if found is None:
-            return None
-        return [a["ip"] for s in found.get("subsets") or () for a in s.get(field) or ()]
+        return None if found is None else ips_in(found, field)
 
     async def wait_ips(self, name: str, wanted: list[str], field: str = "addresses") -> float:
         started = time.monotonic()
@@ -116,17 +116,40 @@ class World:
         return time.monotonic() - started
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+def ips_in(endpoints: RawObject, field: str = "addresses") -> list[str]:
+    return [a["ip"] for s in endpoints.get("subsets") or () for a in s.get(field) or ()]
+
+
+@contextlib.asynccontextmanager
+async def started_world(tmp_path: Path, **settings: float) -> AsyncIterator[World]:
     store = await Store.open(tmp_path / "state.db")
     pods = Pods()
-    controller = EndpointsController(store=store, pods=pods)
+    controller = EndpointsController(store=store, pods=pods, **settings)
     await controller.start()
     try:
         yield World(store, pods, ClusterIPs("127.99.8.0/24"))
     finally:
         await controller.close()
         await store.close()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with started_world(tmp_path) as started:
+        yield started
+
+
+async def writes_until(store: Store, name: str, since: int, ips: list[str]) -> list[RawObject]:
+    """The Endpoints ``name`` as written after resourceVersion ``since``, up to the first
+    write that lists ``ips`` as ready."""
+    written: list[RawObject] = []
+    async with asyncio.timeout(5), contextlib.aclosing(store.watch(ENDPOINTS, None, since)) as feed:
+        async for change in feed:
+            if name_of(change.object) == name:
+                written.append(change.object)
+                if ips_in(change.object) == ips:
+                    return written
+    raise AssertionError("the watch ended")
 
 
 async def test_endpoints_follow_pod_readiness(world: World) -> None:
@@ -213,3 +236,32 @@ async def test_orphan_endpoints_are_deleted_at_start(tmp_path: Path) -> None:
     finally:
         await controller.close()
         await store.close()
+
+
+async def test_a_new_pod_and_its_readiness_a_moment_later_make_one_write(tmp_path: Path) -> None:
+    """A cold start: the pod is created, then ready; its Service's Endpoints change once."""
+    async with started_world(tmp_path, batch_period_s=0.3) as world:
+        await world.create_service(service("web", selector={"app": "web"}, ports=[{"port": 80}]))
+        await world.wait_ips("web", [])
+        _, since = await world.store.list_objects(ENDPOINTS)
+        world.pods.put(pod("a", "127.128.9.1", ready=False))
+        await asyncio.sleep(0.05)  # the instance loads meanwhile
+        world.pods.put(pod("a", "127.128.9.1"))
+        written = await writes_until(world.store, "web", since, ["127.128.9.1"])
+        assert len(written) == 1
+        assert ips_in(written[0], "notReadyAddresses") == []
+
+
+async def test_a_pod_that_goes_leaves_its_endpoints_without_waiting(tmp_path: Path) -> None:
+    batch_period_s = 1.5
+    async with started_world(tmp_path, batch_period_s=batch_period_s) as world:
+        world.pods.put(pod("a", "127.128.9.1"))
+        world.pods.put(pod("b", "127.128.9.2"))
+        await world.create_service(service("web", selector={"app": "web"}, ports=[{"port": 80}]))
+        await world.wait_ips("web", ["127.128.9.1", "127.128.9.2"])
+
+        world.pods.remove("a")
+        assert await world.wait_ips("web", ["127.128.9.2"]) < batch_period_s / 2
+        world.pods.put(pod("b", "127.128.9.2", ready=False))
+        assert await world.wait_ips("web", []) < batch_period_s / 2
+        assert await world.ips_of("web", "notReadyAddresses") == ["127.128.9.2"]

@@ -155,6 +155,14 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+async def _poll(condition: Callable[[], bool], *, what: str, timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s:g} s")
+        await asyncio.sleep(0.01)
+
+
 # --------------------------------------------------------------------------- serving
 
 
@@ -209,15 +217,73 @@ async def test_worker_gets_its_environment_directory_paths_and_context(
     }
 
 
-async def test_a_large_environment_reaches_the_handler_and_its_children(spawn: Spawn) -> None:
+@pytest.mark.parametrize("shared", [False, True], ids=["in-the-request", "shared-links"])
+async def test_a_large_environment_reaches_the_handler_and_its_children(
+    spawn: Spawn, shared: bool
+) -> None:
     """Hundreds of service variables are set in one step (not a setenv each), and the result
     is a real process environment: children see it, and changes the handler makes."""
     env = {f"SVC_{n}_SERVICE_HOST": f"127.96.0.{n % 250}" for n in range(2000)}
-    instance = await spawn("child_env", env={"GREETING": "hi", **env, "LAST_VAR": "last"})
+    if shared:
+        own = {"GREETING": "hi", "LAST_VAR": "last"}
+        instance = await spawn("child_env", env=own, namespace="team", service_links=env)
+    else:
+        instance = await spawn("child_env", env={"GREETING": "hi", **env, "LAST_VAR": "last"})
     seen = (await instance.request("GET", "/")).json()
     assert seen["child"] == "last|yes|unset"
     assert seen["count"] == 2000 + 2  # the services, LAST_VAR, SET_BY_HANDLER; no GREETING
     assert seen["last"] == "last"
+
+
+def _service_links(count: int, *, address: str = "127.96.0") -> dict[str, str]:
+    return {f"SVC_{n}_SERVICE_HOST": f"{address}.{n % 250}" for n in range(count)}
+
+
+async def _environment(instance: Instance) -> tuple[dict[str, str], dict[str, str]]:
+    """What the handler sees in os.environ, and what a child process it starts sees."""
+    seen = (await instance.request("GET", "/")).json()
+    return seen["python"], seen["child"]
+
+
+async def test_service_variables_reach_every_worker_and_its_own_variables_win(
+    spawn: Spawn,
+) -> None:
+    """The namespace's variables go to the zygote once and every worker gets them (the first
+    one from a spare forked before they came); the instance's own variables win."""
+    links = {**_service_links(2000), "MODE": "from-a-service"}
+    instances = [
+        await spawn(
+            "environment",
+            namespace="team",
+            service_links=links,
+            env={"MODE": "mine", "POD_NAME": f"pod-{n}"},
+        )
+        for n in range(3)
+    ]
+    for n, instance in enumerate(instances):
+        python, child = await _environment(instance)
+        assert python == child == {**links, "MODE": "mine", "POD_NAME": f"pod-{n}"}
+
+
+async def test_a_spare_forked_before_the_service_variables_came_gets_them(
+    zygote: Zygote, spawn: Spawn
+) -> None:
+    await _poll(lambda: bool(_descendants(zygote.pid)), what="the zygote's spare")
+    links = _service_links(300)
+    instance = await spawn("environment", namespace="team", service_links=links, env={})
+    python, child = await _environment(instance)
+    assert python == child == links
+
+
+async def test_changed_service_variables_reach_the_next_worker_only(spawn: Spawn) -> None:
+    before = await spawn("environment", namespace="team", service_links=_service_links(300))
+    await before.worker.ready
+    changed = {**_service_links(299, address="127.96.1"), "NEW_SERVICE_HOST": "127.96.2.1"}
+    after = await spawn("environment", namespace="team", service_links=changed)
+    other = await spawn("environment", namespace="other", service_links={"DB_SERVICE_HOST": "x"})
+    assert (await _environment(before))[1] == {**_service_links(300), "GREETING": "hi"}
+    assert (await _environment(after))[1] == {**changed, "GREETING": "hi"}
+    assert (await _environment(other))[1] == {"DB_SERVICE_HOST": "x", "GREETING": "hi"}
 
 
 async def test_worker_writes_its_pid_to_the_cgroup_procs_file(spawn: Spawn, tmp_path: Path) -> None:
@@ -375,12 +441,15 @@ async def test_python_3_8_zygote_serves(code_dir: Path) -> None:
     listener = _listen()
     try:
         assert zygote.python_version.startswith("3.8.")
-        worker = await zygote.spawn(_request(code_dir, "inspect"), listen_socket=listener, log_fd=2)
+        links = {"WEB_SERVICE_HOST": "127.96.0.5", "GREETING": "from-a-service"}
+        request = replace(_request(code_dir, "inspect"), namespace="team", service_links=links)
+        worker = await zygote.spawn(request, listen_socket=listener, log_fd=2)
         await worker.ready
         async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
             host, port = listener.getsockname()
             seen = (await client.post(f"http://{host}:{port}/", json=[1])).json()
         assert seen["python"] == "3.8"
+        assert seen["env"] == {"WEB_SERVICE_HOST": "127.96.0.5", "GREETING": "hi"}
     finally:
         await zygote.close()
         listener.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import contextvars
 import email.parser
 import email.policy
 import io
@@ -583,6 +584,77 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+# --------------------------------------------------------------------------- trace context
+
+# The trace headers of the request a handler is serving, kept for the duration of the call so
+# the HTTP requests it makes carry them (``propagate_trace_context``). The gateway wrote this
+# hop's span into them, so a call the handler makes through the mesh becomes that span's child:
+# one trace across functions without the handler copying a header. Not a span of its own.
+TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+)
+_TRACE_HEADER_NAMES = frozenset(TRACE_HEADERS)
+_trace_context: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar(
+    "funcmesh_trace_context", default=()
+)
+
+
+def trace_context_of(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The trace headers among a request's (lower-case names), in a fixed order."""
+    return tuple([(name, headers[name]) for name in TRACE_HEADERS if name in headers])
+
+
+def propagate_trace_context() -> None:
+    """Make ``http.client`` (under urllib, requests and urllib3 too) add the trace headers of the
+    call being served to every request that carries none of its own. Idempotent.
+
+    The context lives in a ContextVar: a thread the handler starts (or a pool's worker) begins
+    with an empty one, and its requests go out without trace headers.
+    """
+    import http.client
+
+    connection = http.client.HTTPConnection
+    if getattr(connection.endheaders, "_funcmesh", False):
+        return
+    original_putrequest = connection.putrequest
+    original_putheader = connection.putheader
+    original_endheaders = connection.endheaders
+
+    def putrequest(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+        self._funcmesh_traced = False  # no trace header yet in this request
+        original_putrequest(self, method, url, *args, **kwargs)
+
+    def putheader(self: Any, header: Any, *values: Any) -> None:
+        name = header.decode("latin-1") if isinstance(header, bytes) else str(header)
+        if name.lower() in _TRACE_HEADER_NAMES:
+            self._funcmesh_traced = True
+        original_putheader(self, header, *values)
+
+    def endheaders(self: Any, message_body: Any = None, **kwargs: Any) -> None:
+        context = _trace_context.get()
+        if context and not getattr(self, "_funcmesh_traced", True):
+            for name, value in context:
+                original_putheader(self, name, value)
+        self._funcmesh_traced = True
+        original_endheaders(self, message_body, **kwargs)
+
+    for name, wrapper, original in (
+        ("putrequest", putrequest, original_putrequest),
+        ("putheader", putheader, original_putheader),
+        ("endheaders", endheaders, original_endheaders),
+    ):
+        wrapper._funcmesh = True  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+        setattr(connection, name, wrapper)
+
+
 # --------------------------------------------------------------------------- the function
 
 
@@ -605,6 +677,8 @@ class FunctionApp:
             return error_reply(exc.status, str(exc))
         started = time.perf_counter()
         failed = False
+        trace = trace_context_of(request.headers._values)
+        token = _trace_context.set(trace) if trace else None
         try:
             reply = map_result(self.handler(event, self.context))  # type: ignore[misc]
         except MemoryError:
@@ -614,6 +688,9 @@ class FunctionApp:
             traceback.print_exc()
             failed = True
             reply = error_reply(500, describe_exception(exc))
+        finally:
+            if token is not None:
+                _trace_context.reset(token)
         self.metrics.observe(request.method, time.perf_counter() - started, failed)
         return reply
 
@@ -1055,6 +1132,7 @@ def main() -> int:
         traceback.print_exc()
         load_error = describe_exception(exc)
     listener = socket.create_server(("", int(env.get("FUNC_PORT") or 8080)), backlog=1024)
+    propagate_trace_context()
     return Server(listener, FunctionApp(handler, context, load_error)).serve_forever()
 
 

@@ -5,12 +5,19 @@ control socket (fd ``$FUNCMESH_CONTROL_FD``, default 3). One JSON object per pac
 a spawn (listening socket, log pipe) ride along as SCM_RIGHTS. Messages:
 
   zygote -> daemon  {"op": "hello", "pid", "python"}
-  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>, "secrets"?} + [listen fd, log fd,
-                    and with "secrets": true a memfd of the function's Secrets]
+  daemon -> zygote  {"op": "links", "namespace", "version", "env"}   (no answer)
+  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>, "links"?, "secrets"?} + [listen fd,
+                    log fd, and with "secrets": true a memfd of the function's Secrets]
   zygote -> daemon  {"op": "spawned", "pod", "pid"}  or  {"op": "error", "pod", "error"}
   zygote -> daemon  {"op": "ready", "pod", "pid"}  or  {"op": "failed", "pod", "pid", "error"}
   daemon -> zygote  {"op": "kill", "pid", "signal"}
   zygote -> daemon  {"op": "exited", "pod", "pid", "returncode"}   (-N: killed by signal N)
+
+A namespace's Kubernetes service variables (thousands with a few hundred Services) come once,
+in a "links" message, and again only when they change; a spawn names them with
+``"links": {"namespace", "version"}`` and carries only the instance's own variables, which win.
+The zygote prepares them for the C ``environ`` and ``os.environ`` as they arrive, so a worker
+forked afterwards installs them without a step per variable (``install_environment``).
 
 The zygote keeps one spare child forked ahead of need: it has shed the zygote's state and
 rehearsed serving a request (so the memory pages serving touches are copied already), and waits
@@ -62,6 +69,7 @@ RLIMIT_THREAD_STACK_BYTES = 2 * 1024 * 1024
 MAX_ERROR_CHARS = 900  # a load report stays below PIPE_BUF (4 KiB), so it arrives whole
 FD_BYTES = array.array("i").itemsize
 PR_SET_PDEATHSIG = 1
+OWN_VARIABLES_ROOM = 64  # a worker's own variables beyond the shared ones, in ready-made blocks
 
 # What handlers typically import, loaded once here so forked workers start warm.
 WARM_MODULES = (
@@ -126,6 +134,21 @@ _names: ModuleType | None = None  # _funcmesh_names: cluster names for the handl
 _environ_block: Any = None  # the worker's C environment (install_environment)
 
 
+def _environ_pointer() -> Any:
+    """glibc's ``environ`` variable as a ctypes pointer (None without the symbol); looked up
+    here once, so that workers inherit it."""
+    try:
+        return ctypes.c_void_p.in_dll(_libc, "environ")
+    except ValueError:
+        return None
+
+
+_environ = _environ_pointer()
+# Every array length is a class of its own, and making one costs more than filling it: the
+# zygote makes the blocks' classes ahead, workers only instantiate them.
+_OWN_BLOCK = ctypes.c_char_p * (OWN_VARIABLES_ROOM + 1)
+
+
 def set_parent_death_signal() -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux only)."""
     if _prctl is not None and _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -157,12 +180,68 @@ def close_fds(fds: list[int]) -> None:
 class Spare:
     """A forked child waiting for its assignment: fork and warm-up are off the critical path."""
 
-    __slots__ = ("channel", "pid", "status_read")
+    __slots__ = ("channel", "generation", "pid", "status_read")
 
-    def __init__(self, pid: int, channel: socket.socket, status_read: int) -> None:
+    def __init__(self, pid: int, channel: socket.socket, status_read: int, generation: int) -> None:
         self.pid = pid
         self.channel = channel  # the spawn request and its 2 fds arrive here, once
         self.status_read = status_read  # the worker's one load report comes back here
+        self.generation = generation  # "links" messages before its fork: it lacks later ones
+
+
+class SharedEnvironment:
+    """A namespace's service variables, prepared once: the ``K=V`` strings and an array of
+    pointers to them for the C ``environ``, and the encoded pairs for ``os.environ``.
+
+    A worker forked after they came copies the pointer array as a whole and takes the encoded
+    pairs over, handling only its own few variables one by one; ``message`` (as received) goes
+    to a spare that was forked before they came.
+    """
+
+    __slots__ = (
+        "block_type",
+        "data",
+        "entries",
+        "generation",
+        "index",
+        "message",
+        "pointers",
+        "version",
+    )
+
+    def __init__(self, env: dict[str, str], *, version: int, generation: int, message: bytes):
+        self.version = version
+        self.generation = generation
+        self.message = message
+        self.entries = [f"{key}={value}".encode() for key, value in env.items()]
+        self.pointers = (ctypes.c_char_p * len(self.entries))(*self.entries)
+        self.block_type = ctypes.c_char_p * (len(self.entries) + OWN_VARIABLES_ROOM + 1)
+        self.index = {key: at for at, key in enumerate(env)}  # where a worker's own one goes
+        encode_key = getattr(os.environ, "encodekey", None)
+        encode_value = getattr(os.environ, "encodevalue", None)
+        self.data: dict[bytes, bytes] | None = None  # None: workers take the slow way
+        if encode_key is not None and encode_value is not None:
+            self.data = {encode_key(key): encode_value(value) for key, value in env.items()}
+
+    @classmethod
+    def from_message(
+        cls, message: dict[str, Any], *, generation: int, raw: bytes
+    ) -> tuple[str, SharedEnvironment]:
+        """The namespace and its variables from a "links" message; ValueError if malformed."""
+        namespace, version, env = (
+            message.get("namespace"),
+            message.get("version"),
+            message.get("env"),
+        )
+        if (
+            not isinstance(namespace, str)
+            or not isinstance(version, int)
+            or not isinstance(env, dict)
+        ):
+            raise ValueError("a links message needs a namespace, a version and an env")
+        if not all(isinstance(value, str) for value in env.values()):
+            raise ValueError(f"the service variables of namespace {namespace} must be strings")
+        return namespace, cls(env, version=version, generation=generation, message=raw)
 
 
 class Zygote:
@@ -180,6 +259,8 @@ class Zygote:
         self.children: dict[int, str | None] = {}  # pid -> pod (None: the spare)
         self.status_pipes: dict[int, int] = {}  # read fd -> pid, until it reported
         self.spare: Spare | None = None
+        self.links: dict[str, SharedEnvironment] = {}  # by namespace, the latest version
+        self.links_generation = 0  # how many "links" messages came
         self.spare_due = time.monotonic()  # when to fork the next spare, if there is none
         self.poller = select.poll()
         self.buffer = bytearray(MAX_MESSAGE_BYTES)  # allocating one per message costs more
@@ -238,8 +319,10 @@ class Zygote:
         wanted = 3 if op == "spawn" and message.get("secrets") else 2
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             self.send({"op": "error", "pod": pod, "error": "message truncated"})
+        elif op == "links":
+            self.keep_links(message, data)
         elif op == "spawn" and len(fds) == wanted:
-            self.spawn(pod, data, fds)
+            self.spawn(pod, data, message.get("links"), fds)
         elif op == "spawn":
             error = f"spawn needs {wanted} fds, got {len(fds)}"
             self.send({"op": "error", "pod": pod, "error": error})
@@ -250,23 +333,63 @@ class Zygote:
         close_fds(fds)  # the worker has its own copies now
         return True
 
-    def spawn(self, pod: str, request: bytes, fds: list[int]) -> None:
+    def keep_links(self, message: dict[str, Any], raw: bytes) -> None:
+        """A namespace's service variables, new or changed: prepare them for the next workers."""
+        try:
+            namespace, shared = SharedEnvironment.from_message(
+                message, generation=self.links_generation + 1, raw=raw
+            )
+        except (ValueError, TypeError) as exc:
+            self.send({"op": "error", "pod": None, "error": f"unusable service variables: {exc}"})
+            return
+        self.links_generation += 1
+        self.links[namespace] = shared
+        gc.freeze()  # like the warmed heap: workers' collections need not visit (and copy) them
+
+    def linked(self, ref: Any) -> SharedEnvironment | None:
+        """The service variables a spawn request names (None: it names none); ValueError if
+        this zygote does not have that version."""
+        if ref is None:
+            return None
+        namespace, version = ref.get("namespace"), ref.get("version")
+        shared = self.links.get(namespace)
+        if shared is None or shared.version != version:
+            raise ValueError(
+                f"the zygote lacks version {version} of the service variables of {namespace}"
+            )
+        return shared
+
+    def spawn(self, pod: str, request: bytes, links: Any, fds: list[int]) -> None:
         """Hand the request to the spare (a fresh child if there is none or it died)."""
+        try:
+            shared = self.linked(links)
+        except (ValueError, AttributeError) as exc:
+            self.send({"op": "error", "pod": pod, "error": str(exc)})
+            return
         spare, self.spare = self.spare, None
-        if spare is None or not self.assign(spare, pod, request, fds):
+        if spare is None or not self.assign(spare, pod, request, fds, shared):
             try:
                 spare = self.fork_spare()
             except OSError as exc:
                 self.send({"op": "error", "pod": pod, "error": f"fork failed: {exc}"})
                 return
-            if not self.assign(spare, pod, request, fds):
+            if not self.assign(spare, pod, request, fds, shared):
                 self.send({"op": "error", "pod": pod, "error": "the new worker died at once"})
                 return
         self.send({"op": "spawned", "pod": pod, "pid": spare.pid})
         self.spare_due = time.monotonic() + SPARE_DELAY_S
 
-    def assign(self, spare: Spare, pod: str, request: bytes, fds: list[int]) -> bool:
+    def assign(
+        self,
+        spare: Spare,
+        pod: str,
+        request: bytes,
+        fds: list[int],
+        shared: SharedEnvironment | None,
+    ) -> bool:
         try:
+            if shared is not None and shared.generation > spare.generation:
+                spare.channel.send(shared.message)  # it was forked before they came
             spare.channel.sendmsg(
                 [request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
             )
@@ -305,7 +428,7 @@ class Zygote:
         theirs.close()
         os.close(status_write)
         self.children[pid] = None
-        return Spare(pid, ours, status_read)
+        return Spare(pid, ours, status_read, self.links_generation)
 
     def fork_spare_or_none(self) -> Spare | None:
         try:
@@ -398,15 +521,27 @@ class Zygote:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the worker sets SIGTERM/SIGINT itself
         if not _has_data(channel):
             self.worker.rehearse()  # pages the serving path touches get copied now, not later
-        size, ancdata, _, _ = channel.recvmsg_into([self.buffer], socket.CMSG_SPACE(3 * FD_BYTES))
-        fds = receive_fds(ancdata)
+        while True:
+            size, ancdata, _, _ = channel.recvmsg_into(
+                [self.buffer], socket.CMSG_SPACE(3 * FD_BYTES)
+            )
+            fds = receive_fds(ancdata)
+            if not size:
+                break
+            request = json.loads(self.buffer[:size])
+            if request.get("op") != "links":
+                break
+            self.keep_links(request, b"")  # they came after this spare was forked
         channel.close()
         if not size or len(fds) not in (2, 3):
+            close_fds(fds)
             return 0  # the zygote is closing
-        request = json.loads(self.buffer[:size])
         request["zygote_pid"] = self.pid
+        shared = self.linked(request.get("links"))
         secrets_fd = fds[2] if len(fds) == 3 else None
-        return become_worker(self.worker, request, fds[0], fds[1], status_fd, secrets_fd)
+        return become_worker(
+            self.worker, request, fds[0], fds[1], status_fd, secrets_fd, shared=shared
+        )
 
 
 def become_worker(
@@ -416,6 +551,8 @@ def become_worker(
     log_fd: int,
     status_fd: int,
     secrets_fd: int | None = None,
+    *,
+    shared: SharedEnvironment | None = None,
 ) -> int:
     """Join the cgroup, take the log, load the function, report, and serve."""
     # A SIGTERM that comes before the server can drain waits for it (default: instant death).
@@ -435,7 +572,7 @@ def become_worker(
     handler = None
     if load_error is None:
         try:
-            handler = load(worker, request, secrets_fd)
+            handler = load(worker, request, secrets_fd, shared=shared)
         except BaseException as exc:  # noqa: BLE001 -- any failure is reported, then served
             load_error = worker.describe_exception(exc)
             traceback.print_exc()
@@ -466,7 +603,13 @@ def report_load(status_fd: int, load_error: str | None) -> None:
         os.close(status_fd)
 
 
-def load(worker: ModuleType, request: dict[str, Any], secrets_fd: int | None = None) -> Any:
+def load(
+    worker: ModuleType,
+    request: dict[str, Any],
+    secrets_fd: int | None = None,
+    *,
+    shared: SharedEnvironment | None = None,
+) -> Any:
     """Apply Secrets, limits, identity, environment and paths, then import the handler."""
     import resource
 
@@ -497,10 +640,12 @@ def load(worker: ModuleType, request: dict[str, Any], secrets_fd: int | None = N
         set_parent_death_signal()
         if os.getppid() != request.get("zygote_pid", os.getppid()):
             os._exit(1)  # the zygote died before the signal was set again
-    # empty before: the zygote cleared its own. Kubeless's variables (in the request) win.
-    install_environment({**secret_env, **(request.get("env") or {})})
+    # empty before: the zygote cleared its own. Env values from Secrets win over the service
+    # variables, Kubeless's variables (in the request) over both.
+    install_environment({**secret_env, **(request.get("env") or {})}, shared)
     if _names is not None:
         _names.install(os.environ)  # a no-op unless FUNCMESH_DNS_SERVER is set
+    worker.propagate_trace_context()  # calls the handler makes carry the call's trace headers
     code_dir = request["code_dir"]
     os.chdir(code_dir)
     sys_paths = list(request.get("sys_paths") or ())
@@ -510,28 +655,77 @@ def load(worker: ModuleType, request: dict[str, Any], secrets_fd: int | None = N
     return worker.load_function(request["module"], request["function"])
 
 
-def install_environment(env: dict[str, str]) -> None:
-    """Make ``env`` the (empty until now) process environment, in one step.
+def install_environment(env: dict[str, str], shared: SharedEnvironment | None = None) -> None:
+    """Make ``shared``'s variables and then ``env``'s (which win) the (empty until now) process
+    environment, in one step.
 
     ``os.environ.update`` calls setenv once per variable, and glibc's setenv scans the whole
     environment each time: with the service variables of a few hundred Services (eight per
     Service, as the kubelet writes them) that costs milliseconds per cold start. Here the C
-    ``environ`` array is built once, and ``os.environ``'s mapping is filled to match; where
-    that is not possible (no glibc symbol, another Python), the slow way.
+    ``environ`` array is built at once, from the pointers ``shared`` prepared in the zygote,
+    and ``os.environ``'s mapping is ``shared``'s encoded pairs, taken over as they are (this
+    process is a fork: its copy is its own) and completed with ``env``'s. Where that is not
+    possible (no glibc symbol, another Python), the slow way.
     """
     global _environ_block
     try:
-        entries = [f"{key}={value}".encode() for key, value in env.items()]
-        block = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
-        ctypes.c_void_p.in_dll(_libc, "environ").value = ctypes.addressof(block)
-        data = os.environ._data  # type: ignore[attr-defined]
+        if _environ is None or (shared is not None and shared.data is None):
+            raise AttributeError("no C environ, or no encoded os.environ mapping")
+        block = _environ_array(env, shared)
         encode_key = os.environ.encodekey  # type: ignore[attr-defined]
         encode_value = os.environ.encodevalue  # type: ignore[attr-defined]
-        data.clear()
-        data.update((encode_key(key), encode_value(value)) for key, value in env.items())
-        _environ_block = (block, entries)  # the C array points into these: keep them alive
+        pairs = [(encode_key(key), encode_value(value)) for key, value in env.items()]
+        _environ.value = ctypes.addressof(block)
+        data = os.environ._data  # type: ignore[attr-defined]
+        if shared is None or shared.data is None:
+            data.clear()
+        elif _adopt_mapping(shared.data):
+            data = shared.data  # copying thousands of pairs costs more than all the rest
+        else:
+            data.clear()
+            data.update(shared.data)
+        data.update(pairs)
+        _environ_block = (block, shared)  # the C array points into these: keep them alive
     except (AttributeError, ValueError, TypeError):
+        if shared is not None:
+            os.environ.update(entry.decode().split("=", 1) for entry in shared.entries)
         os.environ.update(env)
+
+
+def _environ_array(env: dict[str, str], shared: SharedEnvironment | None) -> Any:
+    """The NULL-terminated ``K=V`` pointer array: ``shared``'s, copied as a whole, with
+    ``env``'s in place of theirs or after them."""
+    size = 0 if shared is None else len(shared.entries)
+    block = _block_type(size, len(env), shared)()  # zeroed: NULL-terminated
+    if shared is not None:
+        ctypes.memmove(block, shared.pointers, ctypes.sizeof(shared.pointers))
+    end = size
+    for key, value in env.items():
+        at = None if shared is None else shared.index.get(key)
+        if at is None:
+            at, end = end, end + 1
+        block[at] = f"{key}={value}".encode()  # the array keeps the bytes alive
+    return block
+
+
+def _adopt_mapping(data: dict[bytes, bytes]) -> bool:
+    """Make ``data`` the mapping behind ``os.environ`` and ``os.environb``, if they share one
+    (as CPython's do on POSIX); False if they do not."""
+    environb = getattr(os, "environb", None)
+    if environb is not None and getattr(environb, "_data", None) is not os.environ._data:  # type: ignore[attr-defined]
+        return False
+    os.environ._data = data  # type: ignore[attr-defined]
+    if environb is not None:
+        environb._data = data
+    return True
+
+
+def _block_type(size: int, own: int, shared: SharedEnvironment | None) -> Any:
+    """The class of an ``environ`` array for ``size`` shared and ``own`` own variables and the
+    closing NULL: one the zygote made, unless the worker has more variables of its own."""
+    if own > OWN_VARIABLES_ROOM:
+        return ctypes.c_char_p * (size + own + 1)
+    return _OWN_BLOCK if shared is None else shared.block_type
 
 
 def _has_data(channel: socket.socket) -> bool:

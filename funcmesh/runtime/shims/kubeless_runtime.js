@@ -25,8 +25,10 @@
  * (the daemon kills the process and answers 504), or log per request (the daemon records calls).
  */
 
+const { AsyncLocalStorage } = require('async_hooks');
 const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const net = require('net');
 const path = require('path');
 const querystring = require('querystring');
@@ -379,6 +381,111 @@ class Metrics {
   }
 }
 
+// ------------------------------------------------------------------------- trace context
+
+// The trace headers of the request a handler is serving, kept (AsyncLocalStorage) for the
+// duration of the call and of everything it starts, so the HTTP requests it makes carry them.
+// The gateway wrote this hop's span into them, so a call through the mesh becomes that span's
+// child: one trace across functions without the handler copying a header. Not a span of its own.
+const TRACE_HEADERS = [
+  'traceparent',
+  'tracestate',
+  'b3',
+  'x-b3-traceid',
+  'x-b3-spanid',
+  'x-b3-parentspanid',
+  'x-b3-sampled',
+  'x-b3-flags',
+];
+const TRACE_HEADER_NAMES = new Set(TRACE_HEADERS);
+const traceStorage = new AsyncLocalStorage();
+
+/** The trace headers among a request's, as [name, value] pairs; null when there are none. */
+function traceContextOf(headers) {
+  let context = null;
+  for (const name of TRACE_HEADERS) {
+    const value = headers[name];
+    if (value !== undefined) (context || (context = [])).push([name, value]);
+  }
+  return context;
+}
+
+function hasTraceHeader(headers) {
+  if (headers === null || typeof headers !== 'object') return false;
+  if (Array.isArray(headers)) {
+    // raw headers: [name, value, name, value, ...] (or [[name, value], ...])
+    const names = Array.isArray(headers[0]) ? headers.map((pair) => pair[0]) : headers;
+    const step = Array.isArray(headers[0]) ? 1 : 2;
+    for (let index = 0; index < names.length; index += step) {
+      if (TRACE_HEADER_NAMES.has(String(names[index]).toLowerCase())) return true;
+    }
+    return false;
+  }
+  return Object.keys(headers).some((name) => TRACE_HEADER_NAMES.has(name.toLowerCase()));
+}
+
+/** A copy of request options with the context's headers, unless they carry trace headers. */
+function withTraceHeaders(options, context) {
+  const headers = options.headers;
+  if (hasTraceHeader(headers)) return options;
+  let merged;
+  if (Array.isArray(headers)) {
+    merged = headers.slice();
+    const pairs = Array.isArray(headers[0]);
+    for (const [name, value] of context) {
+      if (pairs) merged.push([name, value]);
+      else merged.push(name, value);
+    }
+  } else {
+    merged = Object.assign({}, headers);
+    for (const [name, value] of context) merged[name] = value;
+  }
+  return Object.assign({}, options, { headers: merged });
+}
+
+/** http.request / http.get (and https's) that add the call's trace headers. */
+function tracedRequest(original) {
+  const request = function (...args) {
+    const context = traceStorage.getStore();
+    if (context === undefined) return original.apply(this, args);
+    const [first, second] = args;
+    if (typeof first === 'string' || first instanceof URL) {
+      const hasOptions = second !== null && typeof second === 'object';
+      if (hasOptions) args[1] = withTraceHeaders(second, context);
+      else args.splice(1, 0, withTraceHeaders({}, context));
+    } else if (first !== null && typeof first === 'object') {
+      args[0] = withTraceHeaders(first, context);
+    }
+    return original.apply(this, args);
+  };
+  request.funcmeshTraced = true;
+  return request;
+}
+
+/** fetch() that adds the call's trace headers to a request that carries none. */
+function tracedFetch(original) {
+  return function fetch(input, init) {
+    const context = traceStorage.getStore();
+    if (context === undefined) return original.call(this, input, init);
+    const given = init && init.headers !== undefined;
+    const source = given ? init.headers : input instanceof globalThis.Request ? input.headers : {};
+    const headers = new globalThis.Headers(source);
+    if (TRACE_HEADERS.some((name) => headers.has(name))) return original.call(this, input, init);
+    for (const [name, value] of context) headers.set(name, value);
+    return original.call(this, input, Object.assign({}, init, { headers }));
+  };
+}
+
+/** Wrap http, https and fetch so the calls a handler makes carry its call's trace headers. */
+function propagateTraceContext() {
+  if (http.request.funcmeshTraced) return;
+  for (const module of [http, https]) {
+    module.request = tracedRequest(module.request);
+    module.get = tracedRequest(module.get); // get() calls the module's own request, not ours
+  }
+  if (typeof globalThis.fetch === 'function') globalThis.fetch = tracedFetch(globalThis.fetch);
+}
+
 // ------------------------------------------------------------------------- the function
 
 function describeError(error) {
@@ -551,9 +658,13 @@ function invoke(app, req, res, data) {
     extensions: { request: req, response: res },
   };
   const started = process.hrtime();
+  const trace = traceContextOf(headers);
   let result;
   try {
-    result = app.handler(event, app.context);
+    result =
+      trace === null
+        ? app.handler(event, app.context)
+        : traceStorage.run(trace, app.handler, event, app.context);
   } catch (error) {
     return fail(app, req, res, started, error);
   }
@@ -713,6 +824,7 @@ async function serveStandalone(env) {
     }),
     { bodyLimitBytes: bodyLimitBytes(env) },
   );
+  propagateTraceContext();
   await loadInto(app, spec);
   const server = createServer(app);
   drainOnSignals(server);
@@ -745,6 +857,7 @@ async function specialise(message, listenFd, control) {
   if (message.pod_name) process.title = `funcmesh-node ${message.pod_name}`; // for ps and top
   replaceEnvironment(message.env);
   names.install(process.env); // cluster names for http.get('http://hello:8080'); no-op without DNS
+  propagateTraceContext(); // before the handler loads: it may keep http.request in a variable
   const app = new FunctionApp(
     makeContext({
       functionName: message.function_name,
@@ -862,4 +975,12 @@ if (require.main === module) {
   main(process.argv.slice(2), process.env);
 }
 
-module.exports = { Metrics, Request, Response, describeError, loadHandler, writeResult };
+module.exports = {
+  Metrics,
+  Request,
+  Response,
+  describeError,
+  loadHandler,
+  propagateTraceContext,
+  writeResult,
+};

@@ -40,6 +40,32 @@ def test_specialisation_carries_what_the_shim_loads() -> None:
     }
 
 
+def test_secrets_win_over_service_variables_and_the_requests_env_over_both() -> None:
+    request = SpawnRequest(
+        pod_name="hello-abc",
+        namespace="team",
+        module="hello",
+        function="foo",
+        function_name="hello",
+        code_dir="/code/123",
+        sys_paths=(),
+        env={"POD_NAME": "hello-abc", "TOKEN": "from-the-request"},
+        service_links={"WEB_SERVICE_HOST": "127.96.0.5", "MODE": "link", "TOKEN": "link"},
+        timeout_s=30.0,
+        runtime="nodejs20",
+        memory_limit="0",
+    )
+
+    env = specialisation(request, secret_env=[("MODE", "secret"), ("TOKEN", "secret")])["env"]
+
+    assert env == {
+        "WEB_SERVICE_HOST": "127.96.0.5",
+        "MODE": "secret",
+        "TOKEN": "from-the-request",
+        "POD_NAME": "hello-abc",
+    }
+
+
 def test_the_shim_copy_is_readable_by_all_and_follows_the_package(tmp_path: Path) -> None:
     target = install_shim(tmp_path / "runtime")
 

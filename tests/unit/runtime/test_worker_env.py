@@ -8,7 +8,7 @@ from pathlib import Path
 from funcmesh.model.function import Scaling
 from funcmesh.runtime.catalog import Runtime
 from funcmesh.runtime.instances import Instance, Revision
-from funcmesh.runtime.worker_env import worker_environment
+from funcmesh.runtime.worker_env import linked_services, worker_environment
 
 
 def instance(
@@ -37,15 +37,21 @@ def instance(
     return Instance(pod="hello-1", ip="127.128.0.9", port=8080, revision=revision, uid="u")
 
 
-def test_service_variables_come_first_and_the_users_env_wins() -> None:
-    services = {"WEB_SERVICE_HOST": "127.96.0.5", "MODE": "from-a-service"}
-    env = worker_environment(
-        instance(env=(("MODE", "mine"),)),
-        dns_server="127.0.0.1:5353",
-        services=lambda namespace: services if namespace == "team" else {},
-    )
-    assert env["WEB_SERVICE_HOST"] == "127.96.0.5"
+def test_the_namespaces_service_variables_are_shared_not_copied() -> None:
+    """Every instance of a namespace gets the same mapping, which a zygote is sent once."""
+    team = {"WEB_SERVICE_HOST": "127.96.0.5"}
+    services = {"team": team, "other": {"DB_SERVICE_HOST": "127.96.0.6"}}
+    assert linked_services(instance(), services.__getitem__) is team
+    assert linked_services(instance("other"), services.__getitem__) == {
+        "DB_SERVICE_HOST": "127.96.0.6"
+    }
+    assert linked_services(instance(), None) == {}
+
+
+def test_own_variables_hold_the_users_env_dns_and_kubeless() -> None:
+    env = worker_environment(instance(env=(("MODE", "mine"),)), dns_server="127.0.0.1:5353")
     assert env["MODE"] == "mine"
+    assert "WEB_SERVICE_HOST" not in env  # those come from linked_services
     assert env["FUNCMESH_DNS_SERVER"] == "127.0.0.1:5353"
     assert env["FUNCMESH_DNS_SEARCH"] == "team.svc.cluster.local svc.cluster.local cluster.local"
     assert (env["POD_NAME"], env["POD_IP"], env["FUNC_PORT"]) == ("hello-1", "127.128.0.9", "8080")
@@ -59,10 +65,9 @@ def test_kubeless_variables_cannot_be_overridden_and_dns_is_optional() -> None:
 
 def test_enable_service_links_false_leaves_them_out() -> None:
     """Kubernetes' pod knob: with many Services the variables cost every cold start."""
-    env = worker_environment(
-        instance(service_links=False),
-        dns_server="127.0.0.1:5353",
-        services=lambda namespace: {"WEB_SERVICE_HOST": "127.96.0.5"},
-    )
+    disabled = instance(service_links=False)
+    links = linked_services(disabled, lambda namespace: {"WEB_SERVICE_HOST": "127.96.0.5"})
+    assert links == {}
+    env = worker_environment(disabled, dns_server="127.0.0.1:5353")
     assert "WEB_SERVICE_HOST" not in env
     assert env["FUNCMESH_DNS_SERVER"] == "127.0.0.1:5353"  # names still resolve
