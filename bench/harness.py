@@ -37,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from funcmesh.client.api import ApiClient
 from funcmesh.client.kubeconfig import load_kubeconfig
-from funcmesh.errors import AlreadyExists
+from funcmesh.errors import AlreadyExists, FuncmeshError, NotFound
 from funcmesh.model.conditions import find_condition
-from funcmesh.model.kinds import FUNCTION
+from funcmesh.model.kinds import ENDPOINTS, FUNCTION, ResourceType
 from funcmesh.model.objects import RawObject
 
 REPO = Path(__file__).resolve().parent.parent
@@ -665,3 +668,111 @@ def _other_daemons() -> list[int]:
 
 def megabytes(value_bytes: float) -> str:
     return f"{value_bytes / (1 << 20):.1f}"
+
+
+# ---- Services, Endpoints, Deployments and metrics through the API ----
+
+
+def http_service(
+    name: str,
+    *,
+    port: int,
+    target_port: int | None = None,
+    selector: Mapping[str, str] | None = None,
+) -> RawObject:
+    """A ClusterIP Service with one port named ``http`` (Istio's convention: the mesh routes
+    its requests); without ``selector``, its Endpoints are written by hand."""
+    spec: dict[str, Any] = {
+        "ports": [{"name": "http", "port": port, "targetPort": target_port or port}]
+    }
+    if selector is not None:
+        spec["selector"] = dict(selector)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def node_deployment(
+    name: str,
+    source: str,
+    *,
+    labels: Mapping[str, str],
+    port: int,
+    env: Mapping[str, str] | None = None,
+    replicas: int = 1,
+) -> RawObject:
+    """A Deployment running ``node -e SOURCE`` (which listens on $HOST:$PORT), ready once its
+    port accepts connections."""
+    container = {
+        "name": name,
+        "image": "node:20",
+        "command": ["node", "-e", source],
+        "env": [{"name": key, "value": value} for key, value in (env or {}).items()],
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "labels": dict(labels)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def ready_endpoints(client: ApiClient, service: str) -> dict[str, str]:
+    """Pod IP -> pod name ("" for a hand-written address) of a Service's ready endpoints."""
+    try:
+        endpoints = client.get(ENDPOINTS, "default", service)
+    except NotFound:
+        return {}
+    return {
+        address["ip"]: (address.get("targetRef") or {}).get("name", "")
+        for subset in endpoints.get("subsets") or []
+        for address in subset.get("addresses") or []
+    }
+
+
+def create_objects(
+    client: ApiClient, kind: ResourceType, objects: Sequence[RawObject], *, parallel: int = 8
+) -> list[str]:
+    """POST every object of ``kind``, ``parallel`` at a time; the errors, one line each."""
+
+    def create(obj: RawObject) -> str | None:
+        try:
+            client.create(kind, obj)
+        except FuncmeshError as exc:
+            return f"{obj['metadata']['name']}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(parallel) as pool:
+        return [error for error in pool.map(create, objects) if error is not None]
+
+
+def api_text(daemon: Daemon, path: str) -> str:
+    """GET ``path`` on the daemon's API (``/metrics``) as text, with the kubeconfig's token."""
+    config = load_kubeconfig(daemon.env)
+    context = ssl.create_default_context(cadata=config.ca_pem)
+    headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    with httpx.Client(
+        base_url=config.server, verify=context, headers=headers, trust_env=False, timeout=30
+    ) as http:
+        response = http.get(path)
+        response.raise_for_status()
+        return response.text
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` in Prometheus ``text`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
