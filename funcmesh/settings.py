@@ -22,6 +22,7 @@ DEFAULT_SERVICE_CIDR = "127.96.0.0/16"
 DEFAULT_DNS_ADDR = "127.0.0.1:5353"
 DNS_PORT = 53
 NO_DNS_UPSTREAM = "none"
+OTLP_TRACES_PATH = "/v1/traces"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +50,14 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TracingSettings:
+    """The mesh's spans: where they are exported and how many new traces are sampled."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP traces URL (…/v1/traces); None: no export
+    sample_ratio: float = 1.0  # of new traces; an incoming sampled flag is always obeyed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonSettings:
     """Everything ``funcmesh up`` needs to know before it starts."""
 
@@ -66,6 +75,7 @@ class DaemonSettings:
     dns_upstream: tuple[Address, ...] | None = None
     # plain Services' VIPs by kernel NAT (nftables) when root and nft work; FUNCMESH_VIP_NAT=off
     vip_nat: bool = True
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def db_path(self) -> Path:
@@ -105,6 +115,7 @@ def load_daemon_settings(
     gateway_tls_addr: str | None = None,
     dns_addr: str | None = None,
     dns_upstream: Sequence[str] = (),
+    otlp_endpoint: str | None = None,
 ) -> DaemonSettings:
     """Flags win over ``FUNCMESH_*`` variables, which win over the defaults."""
     api = api_addr or env.get("FUNCMESH_API_ADDR") or DEFAULT_API_ADDR
@@ -139,7 +150,47 @@ def load_daemon_settings(
         dns_addr=parse_address(dns, what="--dns-addr"),
         dns_upstream=parse_dns_upstream(upstream),
         vip_nat=parse_switch(env.get("FUNCMESH_VIP_NAT", ""), what="FUNCMESH_VIP_NAT"),
+        tracing=load_tracing_settings(env, otlp_endpoint=otlp_endpoint),
     )
+
+
+def load_tracing_settings(
+    env: Mapping[str, str], *, otlp_endpoint: str | None = None
+) -> TracingSettings:
+    """``--otlp-endpoint`` (else ``FUNCMESH_OTLP_ENDPOINT``) and ``FUNCMESH_TRACE_SAMPLE_RATIO``."""
+    endpoint = otlp_endpoint or env.get("FUNCMESH_OTLP_ENDPOINT")
+    ratio = env.get("FUNCMESH_TRACE_SAMPLE_RATIO", "").strip()
+    return TracingSettings(
+        otlp_endpoint=parse_otlp_endpoint(endpoint) if endpoint else None,
+        sample_ratio=parse_sample_ratio(ratio) if ratio else 1.0,
+    )
+
+
+def parse_otlp_endpoint(text: str) -> str:
+    """An OTLP/HTTP collector URL; a URL without a path gets the traces path ``/v1/traces``
+    (``http://127.0.0.1:4318`` is a collector's base URL, as OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or too big
+    except ValueError as exc:
+        raise Invalid(f"--otlp-endpoint must be http://HOST:PORT[/PATH]: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"--otlp-endpoint must be an http:// or https:// URL, got {text!r}")
+    if parts.path in ("", "/"):
+        return parts._replace(path=OTLP_TRACES_PATH).geturl()
+    return url
+
+
+def parse_sample_ratio(text: str) -> float:
+    """``FUNCMESH_TRACE_SAMPLE_RATIO``: the share of new traces sampled, from 0 to 1."""
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise Invalid(f"FUNCMESH_TRACE_SAMPLE_RATIO must be a number from 0 to 1, got {text!r}")
+    return ratio
 
 
 def parse_switch(text: str, *, what: str) -> bool:

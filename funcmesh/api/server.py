@@ -2,8 +2,8 @@
 
 Middlewares, outermost first: request metrics, errors (every failure becomes a Status, via the
 one table in ``status``), bearer token authentication. Routes: health and version (public),
-discovery, resources, the service proxy, server configuration, the mesh's access log and
-``/metrics``. ``close``
+discovery, resources, the service proxy, server configuration, the mesh's access log and traces,
+mesh certificates, and ``/metrics``. ``close``
 ends watches and log follows with a proper end of stream, drains in-flight requests, then stops.
 The access log is written at debug level and holds neither bodies nor credentials.
 """
@@ -20,7 +20,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from funcmesh.api import discovery, mesh_logs, openapi
+from funcmesh.api import discovery, mesh_certs, mesh_logs, openapi
 from funcmesh.api.auth import PUBLIC_PATHS, Handler, bearer_token_middleware
 from funcmesh.api.extensions import Extensions
 from funcmesh.api.negotiation import discovery_version
@@ -29,8 +29,11 @@ from funcmesh.api.providers import ApiProviders
 from funcmesh.api.proxy import ASYNC_PATH, ServiceProxy
 from funcmesh.api.resources import ResourceHandlers
 from funcmesh.api.sources import PodObjects, StoredObjects
+from funcmesh.api.traces import TRACES_PATH, TracesEndpoint
 from funcmesh.api.wire import error_response, http_error_response, json_response
 from funcmesh.mesh.access_log import AccessLog
+from funcmesh.mesh.identity import MeshIdentity
+from funcmesh.mesh.trace_store import TraceStore
 from funcmesh.model.kinds import POD
 from funcmesh.store.sqlite import Store
 
@@ -58,6 +61,8 @@ class ApiServer:
         metrics_registry: prometheus_client.CollectorRegistry,
         is_ready: Callable[[], bool],
         access_log: AccessLog | None = None,
+        traces: TraceStore | None = None,
+        mesh_identity: MeshIdentity | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_proxy_body_bytes: int = MAX_PROXY_BODY_BYTES,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
@@ -74,6 +79,8 @@ class ApiServer:
         self._proxy = ServiceProxy(gateway_url=gateway_url, max_body_bytes=max_proxy_body_bytes)
         self._extensions = Extensions(store=store, providers=providers, stop=self._stop)
         self._mesh_access_log = mesh_logs.MeshAccessLogEndpoint(access_log, stop=self._stop)
+        self._traces = TracesEndpoint(traces)
+        self._mesh_certs = mesh_certs.MeshCertificatesEndpoint(mesh_identity, store=store)
         self._resources = ResourceHandlers(
             stored=StoredObjects(store),
             derived={
@@ -150,6 +157,9 @@ class ApiServer:
         app.router.add_get("/funcmesh/v1/server-config", self._extensions.server_config)
         app.router.add_get("/funcmesh/v1/calls/{id}", self._extensions.async_call)
         app.router.add_get(mesh_logs.PATH, self._mesh_access_log.serve)
+        app.router.add_get(TRACES_PATH, self._traces.list)
+        app.router.add_post(mesh_certs.PATH, self._mesh_certs.issue)
+        app.router.add_get(TRACES_PATH + "/{trace_id}", self._traces.get)
         app.router.add_route("*", ASYNC_PATH, self._proxy.handle_async)
         app.router.add_route("*", ASYNC_PATH + "/{tail:.*}", self._proxy.handle_async)
         app.router.add_get("/metrics", self._prometheus)
@@ -197,6 +207,8 @@ class ApiServer:
             "/apis",
             "/funcmesh/v1/server-config",
             mesh_logs.PATH,
+            TRACES_PATH,
+            mesh_certs.PATH,
             "/metrics",
             "/openapi/v3",
             *PUBLIC_PATHS,

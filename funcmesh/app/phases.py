@@ -53,11 +53,17 @@ from funcmesh.discovery.service_feed import ServiceFeed
 from funcmesh.discovery.services import ServiceTable
 from funcmesh.discovery.tls import Certificates
 from funcmesh.gateway.server import Gateway
+from funcmesh.gateway.vip_tls import VipSecurity
 from funcmesh.gateway.vips import VipListeners
 from funcmesh.mesh.access_log import AccessLog
+from funcmesh.mesh.authz import Authorizer
 from funcmesh.mesh.feed import MeshFeed
+from funcmesh.mesh.identity import MeshIdentity
 from funcmesh.mesh.table import MeshTable
 from funcmesh.mesh.telemetry import Telemetry
+from funcmesh.mesh.trace_store import TraceStore
+from funcmesh.mesh.tracing import Tracer
+from funcmesh.mesh.tracing_export import OtlpExporter
 from funcmesh.nameserver.server import NameServer
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.builds import DependencyBuilder
@@ -84,8 +90,12 @@ class Daemon:
     service_ips: ClusterIPs
     service_table: ServiceTable
     mesh: MeshTable
+    mesh_identity: MeshIdentity  # the mesh CA: workload certificates, the VIPs' mTLS
+    authorizer: Authorizer  # AuthorizationPolicy and PeerAuthentication decisions
     access_log: AccessLog
     telemetry: Telemetry
+    traces: TraceStore
+    tracer: Tracer
     # names
     nameserver: NameServer
     pod_dns: ClusterDns
@@ -158,6 +168,8 @@ class Daemon:
         mesh_feed = MeshFeed(self.store, self.mesh)
         stack.push_async_callback(mesh_feed.close)
         await mesh_feed.start()
+        self.authorizer = Authorizer(self.mesh)
+        self.mesh_identity = await asyncio.to_thread(MeshIdentity.open, settings.pki_dir / "mesh")
 
     async def start_names(self) -> None:
         """The DNS server, before the workloads: their resolv.conf names it."""
@@ -201,6 +213,14 @@ class Daemon:
         )
         stack.callback(self.access_log.close)
         self.telemetry = Telemetry(self.registry, self.access_log)
+        self.traces = TraceStore()
+        endpoint = settings.tracing.otlp_endpoint
+        exporter = OtlpExporter(endpoint) if endpoint else None
+        if exporter is not None:  # closed after the data plane stops: its spans are sent
+            stack.push_async_callback(asyncio.to_thread, exporter.close)
+        self.tracer = Tracer(
+            self.traces, exporter=exporter, sample_ratio=settings.tracing.sample_ratio
+        )
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)
         addresses, limiter = AddressPool(settings.runtime.pod_cidr), MemoryLimiter()
@@ -295,6 +315,8 @@ class Daemon:
             services=self.service_table,
             telemetry=self.telemetry,
             pods=self.pods,
+            authorizer=self.authorizer,
+            tracer=self.tracer,
         )
         plain = f"gateway on {settings.gateway_addr}"
         await listening(self.gateway.start(), plain, "--gateway-addr")
@@ -306,8 +328,18 @@ class Daemon:
         nat = await kernel_nat(settings, self.env)
         if nat is not None:
             stack.push_async_callback(nat.close)  # after the listeners: the table goes last
+        security = VipSecurity(
+            self.mesh_identity.server_context(),
+            self.authorizer,
+            services=self.service_table,
+            functions=self.pools,
+        )
         self.vips = VipListeners(
-            self.service_table, functions=self.gateway, kernel=nat, mesh=self.mesh
+            self.service_table,
+            functions=self.gateway,
+            kernel=nat,
+            mesh=self.mesh,
+            security=security,
         )
         self.vips.start()
         stack.push_async_callback(self.vips.close)  # before the gateway drains its connections
@@ -356,6 +388,8 @@ class Daemon:
             gateway_url=self.gateway_url,
             metrics_registry=self.registry,
             access_log=self.access_log,
+            traces=self.traces,
+            mesh_identity=self.mesh_identity,
             is_ready=lambda: self.ready,
         )
         await listening(api.start(), f"API on {settings.api_addr}", "--api-addr")

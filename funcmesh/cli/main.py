@@ -34,6 +34,7 @@ ROOT_COMMANDS = {
     "mesh": "funcmesh.cli.mesh:mesh",
     "run": "funcmesh.cli.run:run",
     "scale": "funcmesh.cli.run:scale",
+    "traces": "funcmesh.cli.traces:traces",
     "trigger": "funcmesh.cli.trigger:trigger",
     "version": "funcmesh.cli.serverconfig:version",
     "up": "funcmesh.cli.up:up",

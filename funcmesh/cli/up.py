@@ -35,6 +35,12 @@ import click
     help="Where names outside cluster.local go (repeatable or comma list; 'none' refuses them) "
     "[$FUNCMESH_DNS_UPSTREAM, else the nameservers of /etc/resolv.conf].",
 )
+@click.option(
+    "--otlp-endpoint",
+    metavar="URL",
+    help="Export the mesh's spans with OTLP/HTTP to this collector, e.g. http://127.0.0.1:4318 "
+    "(/v1/traces is added to a URL without a path) [$FUNCMESH_OTLP_ENDPOINT].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def up(
     api_addr: str | None,
@@ -43,6 +49,7 @@ def up(
     nats_url: str | None,
     dns_addr: str | None,
     dns_upstream: tuple[str, ...],
+    otlp_endpoint: str | None,
     verbose: bool,
 ) -> None:
     """Run the funcmesh daemon: API server, gateway, DNS server, controllers and runtimes."""
@@ -66,6 +73,7 @@ def up(
             nats_url=nats_url,
             dns_addr=dns_addr,
             dns_upstream=dns_upstream,
+            otlp_endpoint=otlp_endpoint,
         )
     except FuncmeshError as exc:
         raise click.ClickException(str(exc)) from exc

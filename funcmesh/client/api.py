@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -47,7 +48,20 @@ FUNCTION_PORT_NAME = "http-function-port"
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 MESH_ACCESS_LOG_PATH = "/funcmesh/v1/mesh/accesslog"
+TRACES_PATH = "/funcmesh/v1/traces"
+MESH_CERTIFICATES_PATH = "/funcmesh/v1/mesh/certificates"
 Params = Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeshCertificate:
+    """A mesh identity's certificate, private key and the mesh CA (PEM), and its expiry."""
+
+    spiffe_id: str
+    certificate: str
+    private_key: str
+    ca_certificate: str
+    not_after: str  # RFC 3339
 
 
 class ApiClient:
@@ -269,6 +283,45 @@ class ApiClient:
         yield from self._stream_lines(
             MESH_ACCESS_LOG_PATH, params=params, read_timeout_s=read_timeout_s
         )
+
+    def traces(
+        self,
+        *,
+        function: str | None = None,
+        service: str | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+    ) -> Sequence[dict[str, Any]]:
+        """Recent traces through the mesh, the most recently active first, each with its spans."""
+        params = {"function": function, "service": service, "namespace": namespace}
+        query = {key: value for key, value in params.items() if value}
+        if limit is not None:
+            query["limit"] = str(limit)
+        document = self._json("GET", TRACES_PATH, params=query)
+        traces: Sequence[dict[str, Any]] = document["traces"]
+        return traces
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        """One trace with its kept spans."""
+        document: dict[str, Any] = self._json("GET", f"{TRACES_PATH}/{segment(trace_id)}")
+        return document
+
+    def mesh_certificate(self, namespace: str, service_account: str) -> MeshCertificate:
+        """A certificate for ``spiffe://cluster.local/ns/<namespace>/sa/<service_account>``
+        from the mesh CA: what a workload presents to a Service's VIP for mTLS."""
+        body = {"namespace": namespace, "serviceAccount": service_account}
+        what = f"POST {MESH_CERTIFICATES_PATH}"
+        document = self._json("POST", MESH_CERTIFICATES_PATH, body=body)
+        try:
+            return MeshCertificate(
+                spiffe_id=str(document["spiffeId"]),
+                certificate=str(document["certificate"]),
+                private_key=str(document["privateKey"]),
+                ca_certificate=str(document["caCertificate"]),
+                not_after=str(document["notAfter"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise FuncmeshError(f"the funcmesh API answered {what} without {exc}") from exc
 
     def function_stats(self, namespace: str, name: str) -> FunctionStats:
         path = object_path(FUNCTION, namespace, name) + "/stats"

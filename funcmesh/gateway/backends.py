@@ -59,6 +59,17 @@ class Backend(Protocol):
         """``namespace/name``, as users see it in error messages."""
         ...
 
+    @property
+    def namespace(self) -> str:
+        """The namespace of the workload: where the mesh's policies for it are."""
+        ...
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The labels of the workload's pods ({} while unknown): what the selectors of
+        AuthorizationPolicies match. Read only while a policy may apply."""
+        ...
+
     def try_acquire(self) -> Lease | None:
         """Reserve an instance that has room now, or None: then the caller awaits ``acquire``,
         which starts an instance, queues, or raises. Never waits and never raises; it is the

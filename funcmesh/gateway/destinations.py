@@ -91,15 +91,50 @@ class EndpointBackend:
     """A ready endpoint of a Service as a ``Backend``: always has room (limits are the
     EndpointSet's)."""
 
-    __slots__ = ("_lease", "address_text", "display_name", "namespace", "workload")
+    __slots__ = (
+        "_labels",
+        "_lease",
+        "_pod",
+        "_pods",
+        "address_text",
+        "display_name",
+        "namespace",
+        "port",
+        "workload",
+    )
 
-    def __init__(self, namespace: str, address: tuple[str, int], pod: str | None) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        address: tuple[str, int],
+        pod: str | None,
+        *,
+        pods: PodLabels | None = None,
+    ) -> None:
         host, port = address
         self.namespace = namespace
+        self.port = port
         self.address_text = f"{host}:{port}"
         self.display_name = f"{namespace}/{pod}" if pod else self.address_text
         self.workload = _workload_of(pod) if pod else "unknown"
         self._lease = EndpointLease(address, self.address_text)
+        self._pod = pod
+        self._pods = pods
+        self._labels: Mapping[str, str] | None = None
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """Its pod's labels (a pod keeps them for life: looked up once found); {} for an
+        address the user wrote, or a pod not known (yet)."""
+        labels = self._labels
+        if labels is None:
+            found = None
+            if self._pod is not None and self._pods is not None:
+                found = self._pods.pod_labels(self.namespace, self._pod)
+            if found is None:
+                return {}
+            labels = self._labels = found
+        return labels
 
     def __repr__(self) -> str:
         """The address: where consistent hashing places the endpoint on its ring."""
@@ -244,7 +279,9 @@ class Destinations:
     ) -> EndpointBackend:
         backend = self._endpoints.get(address)
         if backend is None:
-            backend = self._endpoints[address] = EndpointBackend(namespace, address, pod)
+            backend = self._endpoints[address] = EndpointBackend(
+                namespace, address, pod, pods=self._pods
+            )
         return backend
 
 

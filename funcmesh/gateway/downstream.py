@@ -6,7 +6,9 @@ each request (head and body, within limits), hands complete requests to its ``Co
 order), and relays responses back with the right framing, in one write per read from the
 instance. It also protects the gateway from a client: heads over the size limit get 431, bodies
 over it 413, garbage 400, a head or body that trickles in too slowly 408, each followed by a
-lingering close. It knows nothing about functions or instances.
+lingering close. On a VIP's mesh mTLS side it learns the caller's identity (the principal of
+its client certificate) once per connection, and every request carries it. It knows nothing
+about functions or instances.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from funcmesh.gateway.messages import (
     text_response,
 )
 from funcmesh.gateway.upstream import ResponseSource
+from funcmesh.mesh.identity import principal_of, requested_server_name
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,9 @@ class ClientConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._client_ip = b""
+        self._principal = ""  # the caller's mesh identity, over mesh mTLS
+        self._mtls = False
+        self._server_name = ""
         self._queue: deque[Request | Rejection] = deque()
         self._deadline_s = math.inf
         # reading side
@@ -129,6 +135,11 @@ class ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None and self._scheme == b"http":  # a VIP's mesh mTLS side
+            self._mtls = True
+            self._principal = principal_of(ssl_object.getpeercert())
+            self._server_name = requested_server_name(ssl_object)
         self._deadline_s = self._loop.time() + self._limits.idle_timeout_s
         self._owner.connection_opened(self)
 
@@ -234,6 +245,9 @@ class ClientConnection(asyncio.Protocol):
             http11=self._parser.get_http_version() != "1.0",
             client_ip=self._client_ip,
             scheme=self._scheme,
+            principal=self._principal,
+            mtls=self._mtls,
+            server_name=self._server_name,
         )
         self._reading = False
         self._deadline_s = math.inf

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backend
 from funcmesh.gateway.destinations import Destinations, EndpointBackend, Resolved
+from funcmesh.gateway.mesh_access import MeshAccess
 from funcmesh.gateway.mesh_attempts import (
     NO_SOURCE,
     Attempt,
@@ -38,9 +39,11 @@ from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.mesh import telemetry as tm
+from funcmesh.mesh.authz import namespace_of_principal
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
+from funcmesh.mesh.tracing import Span, Tracer, with_trace_headers
 from funcmesh.model.istio_networking import HeaderOperations
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times t
 RETRY_MAX_S = 0.25
 _OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
 _NO_OPERATIONS = HeaderOperations()
+_MUTUAL_TLS, _PLAINTEXT = "mutual_tls", "none"  # Istio's connection_security_policy
 
 
 class MeshPlane:
@@ -64,10 +68,14 @@ class MeshPlane:
         *,
         telemetry: Telemetry | None = None,
         rng: random.Random | None = None,
+        access: MeshAccess | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.relay = relay
+        self.tracer = tracer  # a span per call, its context passed on upstream
         self.destinations = destinations
         self.telemetry = telemetry
+        self.access = access  # AuthorizationPolicy, checked before each attempt
         self.loop = relay.loop
         self.draw = (rng or random.Random()).random
         self.waiting: set[MeshCall] = set()  # between attempts or in a fault delay
@@ -99,12 +107,15 @@ class MeshPlane:
         for call in list(self.waiting):
             call.give_up(503, "the gateway is closing")
 
-    def record(self, record: RequestRecord) -> None:
-        if self.telemetry is not None:
-            try:
+    def record(self, record: RequestRecord, span: Span | None) -> None:
+        """Count the call, log it, end its span; a failure here never reaches the client."""
+        try:
+            if self.telemetry is not None:
                 self.telemetry.record(record)
-            except Exception:
-                logger.exception("recording a mesh call failed")
+            if span is not None and self.tracer is not None:
+                self.tracer.finish_call(span, record)
+        except Exception:
+            logger.exception("recording a mesh call failed")
 
 
 class MeshCall:
@@ -121,6 +132,7 @@ class MeshCall:
         "_request",
         "_resolved",
         "_route",
+        "_span",
         "_started_s",
         "_target",
         "_timer",
@@ -155,6 +167,11 @@ class MeshCall:
         self._deadline_s: float | None = None
         self._ended = False
         self.record = _record_of(request)
+        tracer = plane.tracer
+        self._span = tracer.start(request.headers) if tracer is not None else None
+        if self._span is not None:  # every attempt and mirror carries this hop's context
+            headers = with_trace_headers(request.headers, self._span)
+            self._request = dataclasses.replace(request, headers=headers)
 
     # the start: fault, destination, mirror
 
@@ -269,11 +286,21 @@ class MeshCall:
         self, backend: Backend, route: FunctionRoute, *, resolved: Resolved | None = None
     ) -> None:
         """One attempt at ``backend``."""
+        request = self._outgoing() if resolved is not None else self._request
+        access = self._plane.access
+        if access is not None:
+            port = resolved.port if resolved is not None else self._port
+            denial = access.check(backend, request, route.target, service_port=port)
+            if denial is not None:
+                if resolved is not None:  # the member was counted in flight
+                    resolved.members.finished(backend, latency_s=0.0, status=denial.status)
+                self.record.response_code_details = denial.details
+                self._answer_local(denial.status, denial.body, plain=True)
+                return
         self._tries += 1
         self._last = backend
         timeout_s = self._attempt_timeout()
         attempt = Attempt(self, backend, self._plane.loop.time())
-        request = self._outgoing() if resolved is not None else self._request
         policy = resolved.policy if resolved is not None else None
         self._plane.relay.call(
             backend,
@@ -382,18 +409,27 @@ class MeshCall:
         return apply_header_operations(headers, operations)
 
     def _answer_local(
-        self, status: int, message: str, *, flag: str = "", headers: Headers = ()
+        self,
+        status: int,
+        message: str,
+        *,
+        flag: str = "",
+        headers: Headers = (),
+        plain: bool = False,
     ) -> None:
+        """Answer ``{"error": message}`` (``plain``: ``message`` as text/plain, as Envoy's
+        RBAC filter answers) without an upstream."""
         if self._ended:
             return
         if flag:
             self._flags.append(flag)
         client = self.client
-        body = json.dumps({"error": message}).encode()
+        body = message.encode() if plain else json.dumps({"error": message}).encode()
         if client.response_started:
             client.abort()
         elif not client.client_gone:
-            head = [(b"Content-Type", b"application/json"), *headers]
+            content_type = b"text/plain" if plain else b"application/json"
+            head = [(b"Content-Type", content_type), *headers]
             head.append((b"Content-Length", b"%d" % len(body)))
             if client.start_response(status, b"", head, BodyFraming.CONTENT_LENGTH, NO_SOURCE):
                 if not self._request.head_only:
@@ -410,7 +446,7 @@ class MeshCall:
         record.response_flags = ",".join(self._flags) if self._flags else "-"
         record.bytes_sent = bytes_sent
         record.duration_s = self._plane.loop.time() - self._started_s
-        self._plane.record(record)
+        self._plane.record(record, self._span)
         self.client.end_call()
 
 
@@ -478,6 +514,12 @@ def _record_of(request: Request) -> RequestRecord:
         elif lower == b"x-forwarded-for":
             record.forwarded_for = value
     record.bytes_received = len(request.body)
+    record.connection_security_policy = _MUTUAL_TLS if request.mtls else _PLAINTEXT
+    if request.mtls:
+        record.requested_server_name = request.server_name
+        if request.principal:
+            record.source_principal = request.principal
+            record.source_namespace = namespace_of_principal(request.principal) or tm.UNKNOWN
     return record
 
 

@@ -41,6 +41,12 @@ class Request:
     http11: bool
     client_ip: bytes
     scheme: bytes = b"http"  # b"https" when it came through the TLS listener
+    # The caller's mesh identity ("cluster.local/ns/NS/sa/SA") when it came over mesh mTLS
+    # (a VIP's TLS side), "" for plaintext or unknown; ``mtls`` whether it came so, and
+    # ``server_name`` the SNI of that connection.
+    principal: str = ""
+    mtls: bool = False
+    server_name: str = ""
 
     @property
     def head_only(self) -> bool:

@@ -25,15 +25,18 @@ from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.connections import ConnectionLimits
 from funcmesh.gateway.destinations import Destinations, PodLabels
 from funcmesh.gateway.downstream import ClientConnection
+from funcmesh.gateway.mesh_access import MeshAccess
 from funcmesh.gateway.mesh_calls import MeshPlane, default_route
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function
 from funcmesh.gateway.triggers import HttpTriggers
 from funcmesh.gateway.upstream_pool import MAX_IDLE_PER_INSTANCE, UpstreamPool
+from funcmesh.mesh.authz import Authorizer
 from funcmesh.mesh.hosts import authority_host
 from funcmesh.mesh.table import MeshTable
 from funcmesh.mesh.telemetry import Telemetry
+from funcmesh.mesh.tracing import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +67,15 @@ class Gateway:
         services: ServiceTable | None = None,
         telemetry: Telemetry | None = None,
         pods: PodLabels | None = None,
+        authorizer: Authorizer | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._mesh = mesh
         self._services = services
         self._telemetry = telemetry
         self._pods = pods
+        self._authorizer = authorizer  # AuthorizationPolicy decisions, with the mesh table
+        self._tracer = tracer
         self._plane: MeshPlane | None = None
         self._triggers = None if http_routes is None else HttpTriggers(http_routes, backends)
         self._backends = backends
@@ -131,7 +138,16 @@ class Gateway:
             destinations = Destinations(
                 self._services, self._mesh, self._backends, clock=loop.time, pods=self._pods
             )
-        self._plane = MeshPlane(self._relay, destinations, telemetry=self._telemetry)
+        access = None
+        if self._mesh is not None and self._authorizer is not None:
+            access = MeshAccess(self._authorizer, self._mesh)
+        self._plane = MeshPlane(
+            self._relay,
+            destinations,
+            telemetry=self._telemetry,
+            access=access,
+            tracer=self._tracer,
+        )
         try:
             self._server = await loop.create_server(
                 lambda: ClientConnection(self), self._host, self._port, backlog=self._backlog

@@ -13,8 +13,11 @@ match the table:
 - the ports of a function's Service always listen (a function can start from zero), and every
   HTTP request on them is a call of the function through the gateway (``FunctionEntrances``);
 - so do the HTTP ports (named ``http`` or ``http-*``, Istio's convention) of a Service with
-  mesh rules (a VirtualService or DestinationRule for its host, ``MeshRules``): the gateway
-  routes their requests.
+  mesh rules (a VirtualService or DestinationRule for its host, ``MeshRules``), or whose
+  PeerAuthentication mode is STRICT: the gateway routes their requests;
+- given a ``VipSecurity`` (``vip_tls``), those gateway-served ports take mesh mTLS as their
+  PeerAuthentication mode says (PERMISSIVE: TLS or plaintext, STRICT: TLS only, DISABLE:
+  plaintext only).
 
 Given a ``KernelForwarding`` (``vip_nat.NatTable``: root, nftables), the ports of plain Services
 are forwarded by kernel NAT instead, as kube-proxy's iptables mode does: no socket is bound for
@@ -40,6 +43,7 @@ from funcmesh.gateway.balancing import Balancer, ClientIpAffinity, Endpoint, Rou
 from funcmesh.gateway.datagrams import DatagramPort
 from funcmesh.gateway.splicing import Splices, forward, reset
 from funcmesh.gateway.vip_ports import BACKLOG, VipAddress, VipPort, WantedPort
+from funcmesh.gateway.vip_tls import VipSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +113,13 @@ class VipListeners:
         functions: FunctionEntrances | None = None,
         kernel: KernelForwarding | None = None,
         mesh: MeshRules | None = None,
+        security: VipSecurity | None = None,
         balancer: BalancerFactory = RoundRobin,
         backlog: int = BACKLOG,
     ) -> None:
         self._table = table
         self._mesh = mesh
+        self._security = security
         self._functions = functions
         self._kernel = kernel
         self._new_balancer = balancer
@@ -182,6 +188,8 @@ class VipListeners:
     def _changed(self, key: Key) -> None:
         view = self._table.service(*key)
         routed = self._mesh is not None and self._mesh.has_rules(*key)
+        if not routed and view is not None and view.function is None and self._security:
+            routed = self._security.requires_mtls(view, is_http_port)
         wanted = _wanted_ports(self._table, view, functions=bool(self._functions), routed=routed)
         if self._kernel is not None:
             self._hand_to_kernel(key, view, wanted)
@@ -239,7 +247,7 @@ class VipListeners:
         if want.function is not None:
             assert self._functions is not None
             entrance = self._functions.function_entrance(*want.function, want.service_port)
-            return VipPort(address, want, on_accept=self._adopter(entrance))
+            return VipPort(address, want, on_accept=self._adopter(entrance, want))
         balancer = self._balancer(want)
         if address[2] == "UDP":
             return VipPort(address, want, datagrams=DatagramPort(address[:2], balancer))
@@ -265,11 +273,17 @@ class VipListeners:
         return accepted
 
     def _adopter(
-        self, entrance: Callable[[], asyncio.Protocol]
+        self, entrance: Callable[[], asyncio.Protocol], want: WantedPort
     ) -> Callable[[socket.socket, str], None]:
+        security, service, port = self._security, want.function, want.service_port
+        assert service is not None
+
         async def adopt(client: socket.socket) -> None:
             assert self._loop is not None
-            await self._loop.connect_accepted_socket(entrance, client)
+            if security is None:
+                await self._loop.connect_accepted_socket(entrance, client)
+            else:  # the mode read per connection: a new PeerAuthentication acts at once
+                await security.adopt(client, entrance, mode=security.mode(*service, port))
 
         def accepted(client: socket.socket, client_ip: str) -> None:
             self._spawn(adopt(client), client)

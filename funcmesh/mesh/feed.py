@@ -5,7 +5,10 @@ PeerAuthentication is parsed and put into the table; then each committed change 
 it comes, so the data plane routes by a new rule within one pass of the event loop. A watch
 that ends early (it fell behind) or fails is followed by a fresh list of that kind, and
 whatever the table holds that the store no longer has is removed. Objects that do not parse
-(an older schema) are left out of the table with a warning. It never answers requests.
+(an older schema) are left out of the table with a warning. An AuthorizationPolicy whose
+sources name a namespace that does not exist is kept (as Istio does: that part matches
+nothing) and warned about in the log, once per policy and namespace. It never answers
+requests.
 """
 
 from __future__ import annotations
@@ -20,11 +23,16 @@ from funcmesh.errors import Invalid
 from funcmesh.mesh.table import MeshTable
 from funcmesh.model.istio_destinations import parse_destination_rule, parse_gateway
 from funcmesh.model.istio_networking import parse_virtual_service
-from funcmesh.model.istio_security import parse_authorization_policy, parse_peer_authentication
+from funcmesh.model.istio_security import (
+    AuthorizationPolicySpec,
+    parse_authorization_policy,
+    parse_peer_authentication,
+)
 from funcmesh.model.kinds import (
     AUTHORIZATION_POLICY,
     DESTINATION_RULE,
     GATEWAY,
+    NAMESPACE,
     PEER_AUTHENTICATION,
     VIRTUAL_SERVICE,
     ResourceType,
@@ -85,6 +93,8 @@ class MeshFeed:
             ),
         )
         self._held: dict[str, set[Key]] = {kind.rt.key: set() for kind in self._kinds}
+        self._unchecked: list[AuthorizationPolicySpec] = []  # namespaces not looked at yet
+        self._warned: set[tuple[str, str, str]] = set()  # (namespace, name, missing one)
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -109,6 +119,7 @@ class MeshFeed:
                 async for change in self._store.watch(kind.rt, None, since):
                     since = change.resource_version
                     self._apply(kind, change)
+                    await self._warn_unknown_namespaces()
                 logger.warning("the watch of %s ended early; listing them again", kind.rt.plural)
             except Exception:  # the task's boundary: keep the table following the store
                 logger.exception("following %s for the mesh table failed", kind.rt.plural)
@@ -131,6 +142,7 @@ class MeshFeed:
             self._put(kind, obj)
         for key in old - held:
             kind.remove(*key)
+        await self._warn_unknown_namespaces()
         return since
 
     def _put(self, kind: _Kind, obj: RawObject) -> None:
@@ -143,7 +155,38 @@ class MeshFeed:
             return
         self._held[kind.rt.key].add(key)
         kind.put(spec)
+        if isinstance(spec, AuthorizationPolicySpec):
+            self._unchecked.append(spec)
+
+    async def _warn_unknown_namespaces(self) -> None:
+        specs, self._unchecked = self._unchecked, []
+        for spec in specs:
+            for namespace in sorted(source_namespaces(spec)):
+                warning = (spec.namespace, spec.name, namespace)
+                if warning in self._warned or await self._store.exists(NAMESPACE, "", namespace):
+                    continue
+                self._warned.add(warning)
+                logger.warning(
+                    "AuthorizationPolicy %s/%s names the namespace %s, which does not exist: "
+                    "that part of the policy matches nothing",
+                    spec.namespace,
+                    spec.name,
+                    namespace,
+                )
 
     def _remove(self, kind: _Kind, key: Key) -> None:
         self._held[kind.rt.key].discard(key)
         kind.remove(*key)
+
+
+def source_namespaces(spec: AuthorizationPolicySpec) -> set[str]:
+    """The namespaces a policy's sources and ``source.namespace`` conditions name exactly
+    (patterns with ``*`` left out)."""
+    names: set[str] = set()
+    for rule in spec.rules:
+        for source in rule.sources:
+            names.update(source.namespaces.values, source.namespaces.not_values)
+        for condition in rule.conditions:
+            if condition.key == "source.namespace":
+                names.update(condition.values.values, condition.values.not_values)
+    return {name for name in names if "*" not in name}

@@ -206,6 +206,11 @@ class MeshTable:
         found = self._destination_rules[min(keys, key=rank)] if keys else None
         return _remember(self._rule_cache, key, found)
 
+    @property
+    def has_authorization_policies(self) -> bool:
+        """Whether any AuthorizationPolicy is stored: while none is, no request is checked."""
+        return bool(self._authorization_policies)
+
     def has_rules(self, namespace: str, name: str) -> bool:
         """Whether a mesh-bound VirtualService or a DestinationRule names Service
         namespace/name (its HTTP ports must then go through the daemon, not kernel NAT)."""
@@ -239,9 +244,10 @@ class MeshTable:
         """Call ``listener(services)`` after each change of a VirtualService or
         DestinationRule that names a Service, with the Services (namespace, name) whose rules
         may have changed: those named by the object before and after the change. An empty set
-        means "possibly any" (the object names a wildcard host). Changes of Gateways and
-        security policies are not told (``version`` counts every change). Returns the
-        unsubscribe function."""
+        means "possibly any" (the object names a wildcard host). A PeerAuthentication's
+        change is told with an empty set (its mode may make any Service's VIP require mTLS).
+        Changes of Gateways and AuthorizationPolicies are not told (``version`` counts every
+        change). Returns the unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -329,12 +335,16 @@ class MeshTable:
             self.version += 1
 
     def put_peer_authentication(self, spec: PeerAuthenticationSpec) -> None:
-        self._peer_authentications[(spec.namespace, spec.name)] = spec
-        self.version += 1
+        key = (spec.namespace, spec.name)
+        if self._peer_authentications.get(key) != spec:
+            self._peer_authentications[key] = spec
+            self.version += 1
+            self._tell(set())
 
     def remove_peer_authentication(self, namespace: str, name: str) -> None:
         if self._peer_authentications.pop((namespace, name), None) is not None:
             self.version += 1
+            self._tell(set())
 
     def _gateway_changed(self) -> None:
         self.version += 1
@@ -351,6 +361,9 @@ class MeshTable:
             services = {s for host in hosts if (s := service_of(host)) is not None}
             if not services:
                 return  # only external names: no Service is concerned
+        self._tell(services)
+
+    def _tell(self, services: set[Key]) -> None:
         for listener in list(self._listeners):
             try:
                 listener(set(services))

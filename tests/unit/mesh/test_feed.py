@@ -133,3 +133,29 @@ async def test_a_restarted_feed_lists_again(store: Store, feed: MeshFeed) -> Non
     await store.create(VIRTUAL_SERVICE, virtual_service("after", ["reviews"]))
     await feed.start()
     assert route_names(feed.table, REVIEWS) == ["after"]
+
+
+async def test_a_policy_naming_a_namespace_that_does_not_exist_is_kept_and_warned_once(
+    store: Store, feed: MeshFeed, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = [
+        {"from": [{"source": {"namespaces": ["default", "ghost", "prod-*"]}}]},
+        {"when": [{"key": "source.namespace", "notValues": ["phantom"]}]},
+    ]
+    await store.create(AUTHORIZATION_POLICY, obj("from-ghost", {"rules": rules}))
+    await eventually(lambda: bool(feed.table.authorization_policies("default")), "the policy")
+    current = await store.get(AUTHORIZATION_POLICY, "default", "from-ghost")
+    current["metadata"]["labels"] = {"changed": "yes"}
+    await store.update(AUTHORIZATION_POLICY, current)
+    await eventually(
+        lambda: len([r for r in caplog.records if "does not exist" in r.getMessage()]) >= 2,
+        "the warnings",
+    )
+    await asyncio.sleep(0.05)  # the update is seen too: it must not warn again
+    warnings = sorted(r.getMessage() for r in caplog.records if "does not exist" in r.getMessage())
+    assert warnings == [
+        "AuthorizationPolicy default/from-ghost names the namespace ghost, which does not exist: "
+        "that part of the policy matches nothing",
+        "AuthorizationPolicy default/from-ghost names the namespace phantom, which does not "
+        "exist: that part of the policy matches nothing",
+    ]

@@ -378,3 +378,29 @@ def test_listings_and_security_policies() -> None:
     table.remove_peer_authentication("shop", "strict")
     assert table.authorization_policies("shop") == []
     assert table.peer_authentications("shop") == []
+
+
+def test_peer_authentication_changes_are_told_to_subscribers_as_any_service() -> None:
+    table = MeshTable()
+    told: list[set[tuple[str, str]]] = []
+    table.subscribe(told.append)
+    strict = parse_peer_authentication(
+        envelope("PeerAuthentication", "strict", "shop", {"mtls": {"mode": "STRICT"}})
+    )
+    table.put_peer_authentication(strict)
+    table.put_peer_authentication(strict)  # unchanged: nothing to tell
+    table.remove_peer_authentication("shop", "strict")
+    table.remove_peer_authentication("shop", "strict")
+    assert told == [set(), set()]
+
+
+def test_whether_any_authorization_policy_is_stored() -> None:
+    table = MeshTable()
+    assert not table.has_authorization_policies
+    allow = parse_authorization_policy(
+        envelope("AuthorizationPolicy", "allow", "shop", {"action": "ALLOW"})
+    )
+    table.put_authorization_policy(allow)
+    assert table.has_authorization_policies
+    table.remove_authorization_policy("shop", "allow")
+    assert not table.has_authorization_policies
