@@ -16,7 +16,6 @@ one attempt to one function, so every call is measured the same way.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import json
 import logging
@@ -43,7 +42,13 @@ from funcmesh.mesh.authz import namespace_of_principal
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
-from funcmesh.mesh.tracing import Span, Tracer, with_trace_headers
+from funcmesh.mesh.tracing import (
+    TRACE_HEADERS,
+    Span,
+    Tracer,
+    traceparent_line,
+    with_trace_headers,
+)
 from funcmesh.model.istio_networking import HeaderOperations
 
 if TYPE_CHECKING:
@@ -125,6 +130,7 @@ class MeshCall:
         "_attempts_left",
         "_deadline_s",
         "_ended",
+        "_extra_head",
         "_flags",
         "_last",
         "_plane",
@@ -166,12 +172,17 @@ class MeshCall:
         self._started_s = plane.loop.time()
         self._deadline_s: float | None = None
         self._ended = False
-        self.record = _record_of(request)
+        trace_headers: list[tuple[bytes, bytes]] = []
+        self.record = _record_of(request, trace_headers)
+        self._extra_head = b""
         tracer = plane.tracer
-        self._span = tracer.start(request.headers) if tracer is not None else None
-        if self._span is not None:  # every attempt and mirror carries this hop's context
-            headers = with_trace_headers(request.headers, self._span)
-            self._request = dataclasses.replace(request, headers=headers)
+        self._span = tracer.start(trace_headers) if tracer is not None else None
+        if self._span is None:
+            pass
+        elif trace_headers:  # the incoming context is replaced by this hop's, in every form
+            self._request = request.with_headers(with_trace_headers(request.headers, self._span))
+        else:  # the common case: one traceparent line added as the head is written
+            self._extra_head = traceparent_line(self._span)
 
     # the start: fault, destination, mirror
 
@@ -237,12 +248,12 @@ class MeshCall:
             (name, value + b"-shadow" if name.lower() == b"host" else value)
             for name, value in request.headers
         ]
-        shadow = dataclasses.replace(request, headers=headers)
+        shadow = request.with_headers(headers)
         sink = Shadow(resolved, member, self._plane.loop.time())
         route = FunctionRoute(
             namespace=resolved.namespace, name=resolved.service, target=self._target
         )
-        self._plane.relay.call(member, route, shadow, sink)
+        self._plane.relay.call(member, route, shadow, sink, extra_head=self._extra_head)
 
     # attempts
 
@@ -309,6 +320,7 @@ class MeshCall:
             attempt,
             timeout_s=timeout_s,
             max_exchanges=policy.connection_pool.max_requests_per_connection if policy else 0,
+            extra_head=self._extra_head,
         )
 
     def _attempt_timeout(self) -> float | None:
@@ -397,7 +409,7 @@ class MeshCall:
         if authority:
             headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             headers.append((b"Host", authority.encode()))
-        return dataclasses.replace(self._request, headers=headers)
+        return self._request.with_headers(headers)
 
     def response_headers(self, headers: Headers) -> Headers:
         route = self._route
@@ -496,7 +508,9 @@ _DETAILS = {
 }
 
 
-def _record_of(request: Request) -> RequestRecord:
+def _record_of(request: Request, trace_headers: list[tuple[bytes, bytes]]) -> RequestRecord:
+    """The call's record from the request; its trace headers are put into ``trace_headers``
+    on the way (one pass over the headers for both)."""
     record = RequestRecord(
         start_wall_s=time.time(),
         method=request.method,
@@ -513,6 +527,8 @@ def _record_of(request: Request) -> RequestRecord:
             record.request_id = value
         elif lower == b"x-forwarded-for":
             record.forwarded_for = value
+        elif lower in TRACE_HEADERS:
+            trace_headers.append((lower, value))
     record.bytes_received = len(request.body)
     record.connection_security_policy = _MUTUAL_TLS if request.mtls else _PLAINTEXT
     if request.mtls:

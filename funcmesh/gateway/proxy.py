@@ -80,6 +80,7 @@ class Call:
         "_backend",
         "_connection",
         "_ended",
+        "_extra_head",
         "_function",
         "_head",
         "_lease",
@@ -103,8 +104,10 @@ class Call:
         *,
         timeout_s: float | None = None,
         max_exchanges: int = 0,
+        extra_head: bytes = b"",
     ) -> None:
         self._relay = relay
+        self._extra_head = extra_head  # header lines the mesh adds (its traceparent)
         self._timeout_s = timeout_s  # a route's timeout, when shorter than the function's
         self._max_exchanges = max_exchanges  # maxRequestsPerConnection; 0: unlimited
         self._backend = backend
@@ -196,7 +199,7 @@ class Call:
         if self._responder.client_gone:  # it left while the call waited for an instance
             self._end(CLIENT_CLOSED_STATUS, ok=True)
             return
-        self._head = self._relay.upstream_head(lease, self._route, self._request)
+        self._head = self._relay.upstream_head(lease, self._route, self._request, self._extra_head)
         connection = self._relay.pool.take_idle(lease.instance_id)
         if connection is None or not self._exchange(connection):
             self._task = self._relay.spawn(self, self._connect_then_exchange())

@@ -51,11 +51,13 @@ class Relay:
         *,
         timeout_s: float | None = None,
         max_exchanges: int = 0,
+        extra_head: bytes = b"",
     ) -> None:
         """Answer ``request`` with the function's response, or with an error that says why not;
         ``responder.end_call()`` follows, at once or later. ``timeout_s`` (a mesh route's)
         shortens the backend's own timeout; ``max_exchanges`` (a DestinationRule's
-        maxRequestsPerConnection) closes a connection that served that many requests."""
+        maxRequestsPerConnection) closes a connection that served that many requests;
+        ``extra_head`` (header lines) is added to the request sent upstream."""
         call = Call(
             self,
             backend,
@@ -64,6 +66,7 @@ class Relay:
             responder,
             timeout_s=timeout_s,
             max_exchanges=max_exchanges,
+            extra_head=extra_head,
         )
         self._calls.add(call)
         if self._ticker is None:
@@ -106,7 +109,9 @@ class Relay:
         if not calls and self._all_ended is not None and not self._all_ended.done():
             self._all_ended.set_result(None)
 
-    def upstream_head(self, lease: Lease, route: FunctionRoute, request: Request) -> bytes:
+    def upstream_head(
+        self, lease: Lease, route: FunctionRoute, request: Request, extra: bytes = b""
+    ) -> bytes:
         host, port = lease.address
         return rewrite_request_head(
             request.method,
@@ -118,6 +123,7 @@ class Relay:
             event_id=self._event_id(),
             event_time=self._event_time(),
             scheme=request.scheme,
+            extra=extra,
         )
 
     # deadlines: one tick while calls are in flight, not a timer per call

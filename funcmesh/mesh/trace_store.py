@@ -1,8 +1,9 @@
 """The spans of recent traces, kept in memory for ``funcmesh traces`` (``GET /funcmesh/v1/traces``).
 
 Bounded by spans, grouped by trace, least recently active trace out first. Filled on the event
-loop's thread by ``Tracer.finish`` and read there by the API: no locks. Nothing here logs or
-does I/O.
+loop's thread by ``Tracer.finish`` and read there by the API: no locks. A span's name and
+attributes are drawn from its call's record when a query first reads it (``Span.settle``), not
+on the request's path. Nothing here logs or does I/O.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class TraceStore:
     def trace(self, trace_id: bytes) -> list[Span] | None:
         """The kept spans of one trace, in the order they finished; None when none are kept."""
         spans = self._traces.get(trace_id)
-        return list(spans) if spans else None
+        return [span.settle() for span in spans] if spans else None
 
     def traces(
         self,
@@ -76,8 +77,8 @@ class TraceStore:
         for spans in reversed(self._traces.values()):
             if limit is not None and len(found) >= limit:
                 break
-            if any(_matches(span, function, service, namespace) for span in spans):
-                found.append(list(spans))
+            if any(_matches(span.settle(), function, service, namespace) for span in spans):
+                found.append([span.settle() for span in spans])
         return found
 
 

@@ -98,6 +98,18 @@ class Span:
     b3_multi: bool = False
     b3_single: bool = False
     had_context: bool = False  # the request carried trace headers: replace them upstream
+    # a mesh call's record, its name and attributes not drawn from it yet (``settle``)
+    record: RequestRecord | None = None
+
+    def settle(self) -> Span:
+        """Draw the name and attributes from the call's record, if not done yet: deferred from
+        the request's path to the first reader (the store's queries, the exporter)."""
+        record = self.record
+        if record is not None:
+            self.record = None
+            self.name = span_name(record)
+            self.attributes = {**call_attributes(record), **self.attributes}
+        return self
 
     @property
     def duration_ns(self) -> int:
@@ -233,11 +245,9 @@ class Tracer:
         if not span.sampled:  # nobody will read the name or the attributes
             span.end_ns, span.status = self._clock_ns(), record.response_code
             return
-        span.name = span_name(record)
+        span.record = record  # the name and attributes are drawn when first read
         end_ns = span.start_ns + int(record.duration_s * 1e9) if record.duration_s else None
-        self.finish(
-            span, status=record.response_code, attributes=call_attributes(record), end_ns=end_ns
-        )
+        self.finish(span, status=record.response_code, end_ns=end_ns)
 
 
 # incoming context
@@ -393,6 +403,17 @@ def outgoing_headers(span: Span) -> list[tuple[bytes, bytes]]:
             single += b"-" + span.parent_span_id.hex().encode()
         headers.append((B3, single))
     return headers
+
+
+def traceparent_line(span: Span) -> bytes:
+    """The ``traceparent`` header line (CRLF included) of a span started without incoming
+    context: all such a request needs upstream, added to its head as it is written."""
+    flags = b"01" if span.sampled else b"00"
+    return b"traceparent: 00-%s-%s-%s\r\n" % (
+        span.trace_id.hex().encode(),
+        span.span_id.hex().encode(),
+        flags,
+    )
 
 
 def with_trace_headers(headers: HeaderList, span: Span) -> list[tuple[bytes, bytes]]:

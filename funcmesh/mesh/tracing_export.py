@@ -89,6 +89,7 @@ class OtlpExporter:
     def readable(self, span: Span) -> ReadableSpan:
         """``span`` as the SDK's ReadableSpan: ids, parent (remote), times, attributes, and an
         error status for a 5xx or no answer, as OpenTelemetry marks HTTP server spans."""
+        span.settle()
         flags = self._flags[span.sampled]
         context = self._span_context(
             int.from_bytes(span.trace_id, "big"),

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from funcmesh.gateway.messages import error_response, relay_response_head, rewrite_request_head
+from funcmesh.gateway.messages import (
+    Request,
+    error_response,
+    relay_response_head,
+    rewrite_request_head,
+)
 
 EVENT_ID = b"AbCdEfGhIjKlMnO"
 EVENT_TIME = b"2021-05-03T11:31:53Z"
@@ -196,3 +202,28 @@ def test_error_response_to_head_has_no_body() -> None:
     response = error_response(404, "nope", head_only=True)
     assert response.endswith(b"\r\n\r\n")
     assert b"Content-Length: 17" in response
+
+
+def test_with_headers_keeps_every_other_field() -> None:
+    """A field added to Request must be carried by with_headers too (it is hand-written)."""
+    original = Request(
+        method=b"POST",
+        target=b"/a?b=1",
+        headers=[(b"Host", b"h")],
+        body=b"body",
+        keep_alive=False,
+        http11=False,
+        client_ip=b"127.0.0.9",
+        scheme=b"https",
+        principal="cluster.local/ns/a/sa/b",
+        mtls=True,
+        server_name="hello.default.svc.cluster.local",
+    )
+    changed = original.with_headers([(b"Host", b"other")])
+    assert changed.headers == [(b"Host", b"other")]
+    for field in dataclasses.fields(Request):
+        if field.name != "headers":
+            assert getattr(changed, field.name) == getattr(original, field.name), field.name
+        # every field differs from its default, so a forgotten one would show
+        if field.default is not dataclasses.MISSING:
+            assert getattr(original, field.name) != field.default, field.name
