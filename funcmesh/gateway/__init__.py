@@ -5,5 +5,11 @@ Modules: ``server`` (lifecycle, routing of requests), ``downstream`` (client con
 ``messages`` (HTTP heads), ``routing`` (``/function/NAME[.NS]``), ``backends`` (the Protocols the
 runtime's instance pool satisfies). Service VIPs (the kube-proxy): ``vips`` (a listener per
 cluster IP and port), ``splicing`` (TCP forwarding), ``datagrams`` (UDP), ``balancing`` (which
-endpoint). Never imports ``api``, ``nameserver`` or the runtime.
+endpoint), ``vip_ports`` and ``vip_nat`` (listening sockets, kernel NAT), ``vip_tls`` (mTLS at a
+VIP: the first byte decides, PeerAuthentication's mode allows). The mesh (``funcmesh.mesh`` holds
+its rules and pure parts): ``mesh_calls`` (one call through the mesh: route, attempts, retries,
+telemetry), ``mesh_attempts`` (an attempt's view of the client), ``mesh_access``
+(AuthorizationPolicy before each attempt), ``destinations`` (a route's destination resolved to
+function pools or endpoints), ``triggers`` (HTTPTriggers), ``async_calls``. Never imports
+``api``, ``nameserver`` or the runtime.
 """
