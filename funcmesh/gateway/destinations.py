@@ -35,6 +35,7 @@ from funcmesh.model.istio_destinations import LoadBalancer, TrafficPolicy
 # A workload has no timeout of its own; Istio's route timeout is off by default. This bounds
 # a connection attempt and an answer that never comes, as Envoy's stream idle timeout does.
 ENDPOINT_TIMEOUT_S = 300.0
+_MAX_ENDPOINTS = 4096  # endpoint backends kept before the unused ones are forgotten
 
 HashKey = Callable[[Request], bytes | None]
 
@@ -168,7 +169,8 @@ class Destinations:
         self._rng = rng or random.Random()
         self._version = 0
         self._resolved: dict[tuple[str, str, int], Resolved] = {}
-        self._endpoints: dict[tuple[str, int], EndpointBackend] = {}
+        # one backend per (namespace, address, pod): a new pod on a reused IP is a new member
+        self._endpoints: dict[tuple[str, tuple[str, int], str | None], EndpointBackend] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._unsubscribe = [services.subscribe(self._changed), mesh.subscribe(self._changed)]
 
@@ -277,12 +279,26 @@ class Destinations:
     def _endpoint(
         self, namespace: str, address: tuple[str, int], pod: str | None
     ) -> EndpointBackend:
-        backend = self._endpoints.get(address)
+        key = (namespace, address, pod)
+        backend = self._endpoints.get(key)
         if backend is None:
-            backend = self._endpoints[address] = EndpointBackend(
+            if len(self._endpoints) >= _MAX_ENDPOINTS:
+                self._forget_unused_endpoints()
+            backend = self._endpoints[key] = EndpointBackend(
                 namespace, address, pod, pods=self._pods
             )
         return backend
+
+    def _forget_unused_endpoints(self) -> None:
+        """Keep only the endpoint backends some resolved destination still has."""
+        used = {
+            id(member)
+            for resolved in self._resolved.values()
+            for member in resolved.members.members()
+        }
+        self._endpoints = {
+            key: backend for key, backend in self._endpoints.items() if id(backend) in used
+        }
 
 
 def _workload_of(pod: str) -> str:
