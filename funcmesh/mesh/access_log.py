@@ -14,11 +14,10 @@ on one line, with "-" for every empty value, START_TIME in UTC with milliseconds
 in whole milliseconds, as Envoy writes them. The format holds no Authorization or Cookie value
 and must keep it so; a stray line break in a value is escaped so one request stays one line.
 
-A line is formatted when it is read or written, not when its request ends (that is the hot
-path). The last ``keep_lines`` lines stay in memory with sequence numbers (the first line is 1) for
+The last ``keep_lines`` lines stay in memory with sequence numbers (the first line is 1) for
 ``funcmesh mesh logs``; followers wait on one shared future that the next line resolves, so
 there is no polling and nothing per request while nobody follows. With a path, lines are also
-appended to a file (mode 0600), buffered: written when about ``flush_bytes`` wait, when the timer
+appended to a file (mode 0600), buffered: written when ``flush_bytes`` wait, when the timer
 that the first buffered line arms fires (``flush_interval_s`` later, through the ``call_later``
 the daemon passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write
 system call per request. At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
@@ -46,7 +45,6 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 64 * 1024
 ROTATE_BYTES = 50 * 1024 * 1024
 FILE_MODE = 0o600
-LINE_BYTES = 256  # about one line: the flush threshold counts records, not bytes
 _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a lookup beats formatting
 
 
@@ -94,8 +92,7 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        # records, formatted when read or written (not on the request's path)
-        self._lines: deque[RequestRecord] = deque(maxlen=keep_lines)
+        self._lines: deque[str] = deque(maxlen=keep_lines)
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -107,8 +104,8 @@ class AccessLog:
         self._rotate_bytes = rotate_bytes
         self._call_later = call_later
         self._timer: TimerHandle | None = None
-        self._pending: list[RequestRecord] = []
-        self._pending_limit = max(1, flush_bytes // LINE_BYTES)
+        self._pending: list[str] = []
+        self._pending_chars = 0
         self._write_failed = False
         self._fd = -1
         self._file_bytes = 0
@@ -132,16 +129,16 @@ class AccessLog:
         return self._closed
 
     def append(self, record: RequestRecord) -> None:
-        """Keep one finished record (the hot path: its line is formatted when read or written,
-        no I/O unless a flush is due). The record must not change afterwards."""
+        """Format and keep one record's line (the hot path: no I/O unless a flush is due)."""
         if self._closed:
             return
-        self._lines.append(record)
+        line = format_line(record, self._start_time(record.start_wall_s))
+        self._lines.append(line)
         self._next_seq += 1
         if self._path is not None:
-            pending = self._pending
-            pending.append(record)
-            if len(pending) >= self._pending_limit:
+            self._pending.append(line)
+            self._pending_chars += len(line) + 1
+            if self._pending_chars >= self._flush_bytes:
                 self.flush()
             elif self._timer is None and self._call_later is not None:
                 self._timer = self._call_later(self._flush_interval_s, self._flush_on_timer)
@@ -163,13 +160,7 @@ class AccessLog:
             count = min(count, max(0, tail))
         newest_first = list(itertools.islice(reversed(self._lines), count))
         first_seq = self._next_seq - count
-        return [
-            (first_seq + index, self._line(record))
-            for index, record in enumerate(reversed(newest_first))
-        ]
-
-    def _line(self, record: RequestRecord) -> str:
-        return format_line(record, self._start_time(record.start_wall_s))
+        return [(first_seq + index, line) for index, line in enumerate(reversed(newest_first))]
 
     async def wait(self, after_seq: int) -> bool:
         """Return True once a line newer than ``after_seq`` exists, False once closed."""
@@ -197,8 +188,9 @@ class AccessLog:
             self._timer = None
         if not self._pending:
             return
-        data = ("\n".join(map(self._line, self._pending)) + "\n").encode("utf-8")
+        data = ("\n".join(self._pending) + "\n").encode("utf-8")
         self._pending.clear()
+        self._pending_chars = 0
         if self._path is None:
             return
         try:

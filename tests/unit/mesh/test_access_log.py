@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.access_log import LINE_BYTES, AccessLog, format_line
+from funcmesh.mesh.access_log import AccessLog, format_line
 from funcmesh.mesh.telemetry import RequestRecord, rbac_denied_details
 
 
@@ -219,7 +219,8 @@ def test_lines_reach_the_file_when_the_timer_fires_not_per_request(tmp_path: Pat
 
 def test_a_full_buffer_is_written_without_waiting(tmp_path: Path) -> None:
     path = tmp_path / "mesh-access.log"
-    log = AccessLog(path, flush_bytes=3 * LINE_BYTES)  # about three lines
+    line_bytes = len(format_line(request(1), "2025-05-11T05:15:24.816Z")) + 1
+    log = AccessLog(path, flush_bytes=3 * line_bytes)
     log.append(request(1))
     log.append(request(2))
     assert path.read_text() == ""
