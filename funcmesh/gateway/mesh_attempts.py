@@ -161,22 +161,6 @@ class Shadow:
         self._resolved.members.finished(self._backend, latency_s=latency_s, status=self._status)
 
 
-class _NoSource:
-    """The source of an answer the mesh writes itself: nothing to pause or abandon."""
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
-NO_SOURCE = _NoSource()
-
-
 def apply_header_operations(
     headers: Headers, operations: HeaderOperations
 ) -> list[tuple[bytes, bytes]]:

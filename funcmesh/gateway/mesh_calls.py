@@ -28,7 +28,6 @@ from funcmesh.gateway.backends import Backend
 from funcmesh.gateway.destinations import Destinations, EndpointBackend, Resolved
 from funcmesh.gateway.mesh_access import MeshAccess
 from funcmesh.gateway.mesh_attempts import (
-    NO_SOURCE,
     Attempt,
     Shadow,
     apply_header_operations,
@@ -37,6 +36,7 @@ from funcmesh.gateway.mesh_attempts import (
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
+from funcmesh.gateway.upstream import NO_SOURCE
 from funcmesh.mesh import telemetry as tm
 from funcmesh.mesh.authz import namespace_of_principal
 from funcmesh.mesh.endpoint_sets import Overflow

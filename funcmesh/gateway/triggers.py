@@ -24,7 +24,7 @@ from funcmesh.gateway.backends import Backend, Backends
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
-from funcmesh.gateway.upstream import ResponseSource
+from funcmesh.gateway.upstream import NO_SOURCE, ResponseSource
 
 logger = logging.getLogger(__name__)
 
@@ -204,28 +204,12 @@ class _CorsResponder:
         self._connection.end_call()
 
 
-class _NoSource:
-    """The source of a response the gateway writes itself: nothing to pause or abandon."""
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def abandon(self) -> None:
-        pass
-
-
-_NO_SOURCE = _NoSource()
-
-
 def _send_complete(
     responder: Responder, request: Request, status: int, headers: Headers, body: bytes
 ) -> None:
     framing = BodyFraming.CONTENT_LENGTH if body else BodyFraming.NONE
     length = () if status == 204 else ((b"Content-Length", b"%d" % len(body)),)
-    if not responder.start_response(status, b"", [*headers, *length], framing, _NO_SOURCE):
+    if not responder.start_response(status, b"", [*headers, *length], framing, NO_SOURCE):
         return
     if body and not request.head_only:
         responder.send_body(body)

@@ -56,6 +56,22 @@ class ResponseSource(Protocol):
         ...
 
 
+class _NoSource:
+    """The source of an answer the gateway writes itself: nothing to pause or abandon."""
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+
+NO_SOURCE: ResponseSource = _NoSource()
+
+
 class ResponseSink(Protocol):
     """Where a response goes, piece by piece, as it arrives from the instance."""
 

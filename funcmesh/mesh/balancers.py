@@ -126,13 +126,16 @@ class Picker(Protocol[K]):
     ) -> Member[K]: ...
 
 
-class PeakEwma(Generic[K]):
-    """The default: power of two choices on ``Member.cost`` (Linkerd / tower)."""
+class PowerOfTwoChoices(Generic[K]):
+    """Of two distinct random members, the less loaded. ``by_latency``: load is
+    ``Member.cost`` (peak EWMA latency times requests in flight, Linkerd / tower: the default);
+    otherwise requests in flight alone (Envoy's ``LEAST_REQUEST``)."""
 
-    __slots__ = ("_random",)
+    __slots__ = ("_random", "by_latency")
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, *, by_latency: bool) -> None:
         self._random = rng.random
+        self.by_latency = by_latency
 
     def update(self, members: Sequence[Member[K]]) -> None:
         pass
@@ -149,32 +152,8 @@ class PeakEwma(Generic[K]):
         if count == 1:
             return candidates[0]
         first, second = _two_distinct(candidates, count, self._random)
-        return first if first.cost(now_s) <= second.cost(now_s) else second
-
-
-class LeastRequest(Generic[K]):
-    """Envoy's ``LEAST_REQUEST``: of two distinct random members, the one with fewer in flight."""
-
-    __slots__ = ("_random",)
-
-    def __init__(self, rng: random.Random) -> None:
-        self._random = rng.random
-
-    def update(self, members: Sequence[Member[K]]) -> None:
-        pass
-
-    def pick(
-        self,
-        candidates: Sequence[Member[K]],
-        *,
-        hash_key: bytes | None,
-        excluded: Member[K] | None,
-        now_s: float,
-    ) -> Member[K]:
-        count = len(candidates)
-        if count == 1:
-            return candidates[0]
-        first, second = _two_distinct(candidates, count, self._random)
+        if self.by_latency:
+            return first if first.cost(now_s) <= second.cost(now_s) else second
         return first if first.in_flight <= second.in_flight else second
 
 
@@ -276,13 +255,13 @@ def picker_for(balancer: LoadBalancer, rng: random.Random) -> Picker[K]:
     if balancer.hash_header or balancer.hash_cookie or balancer.hash_source_ip:
         return HashRing(rng)
     if balancer.simple == "":
-        return PeakEwma(rng)
+        return PowerOfTwoChoices(rng, by_latency=True)
     if balancer.simple == "ROUND_ROBIN":
         return RoundRobin()
     if balancer.simple == "RANDOM":
         return Random(rng)
     if balancer.simple == "LEAST_REQUEST":
-        return LeastRequest(rng)
+        return PowerOfTwoChoices(rng, by_latency=False)
     # parse_destination_rule refuses the others (LEAST_CONN and PASSTHROUGH among them).
     raise Invalid(f"load balancer {balancer.simple!r} is not supported")
 

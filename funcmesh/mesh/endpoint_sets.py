@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.balancers import HashRing, Member, PeakEwma, Picker, picker_for
+from funcmesh.mesh.balancers import HashRing, Member, Picker, PowerOfTwoChoices, picker_for
 from funcmesh.mesh.outliers import OutlierDetector
 from funcmesh.model.istio_destinations import TrafficPolicy
 
@@ -86,7 +86,8 @@ class EndpointSet(Generic[K]):
         self._label = label or "the destination"
         self._clock = clock
         self._picker: Picker[K] = picker_for(policy.load_balancer, rng or random.Random())
-        self._tracks_latency = isinstance(self._picker, PeakEwma)
+        picker = self._picker
+        self._tracks_latency = isinstance(picker, PowerOfTwoChoices) and picker.by_latency
         detection = policy.outlier_detection
         self._outliers = None if detection is None else OutlierDetector[K](detection)
         self._max_in_flight = policy.connection_pool.max_connections  # None: unlimited
