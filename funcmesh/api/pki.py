@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import os
 import secrets
 import ssl
 from collections.abc import Sequence
@@ -29,6 +28,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from funcmesh.certificates import (
+    certificate_builder,
+    ensure_private_dir,
+    key_pem,
+    key_usage,
+    write_private_file,
+)
 from funcmesh.errors import Invalid
 from funcmesh.model.codec import dump_yaml, load_yaml_object
 
@@ -99,7 +105,7 @@ def _ensure_ca(pki_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certific
     logger.info("creating a new certificate authority in %s", pki_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _ca_certificate(key)
-    write_private_file(key_path, _key_pem(key))
+    write_private_file(key_path, key_pem(key))
     write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return key, cert
 
@@ -118,7 +124,7 @@ def _ensure_serving_cert(
     logger.info("issuing the API serving certificate for %s", sorted(str(n.value) for n in names))
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _serving_certificate(key, ca_key=ca_key, ca_cert=ca_cert, names=names)
-    write_private_file(key_path, _key_pem(key))
+    write_private_file(key_path, key_pem(key))
     write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
@@ -157,10 +163,14 @@ def _load_pair(
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "funcmesh-ca")])
-    usage = _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
+    usage = key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
     builder = (
-        _certificate_builder(
-            subject=name, issuer=name, public_key=key.public_key(), validity=CA_VALIDITY
+        certificate_builder(
+            subject=name,
+            issuer=name,
+            public_key=key.public_key(),
+            validity=CA_VALIDITY,
+            skew=CLOCK_SKEW,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage, critical=True)
@@ -180,14 +190,15 @@ def _serving_certificate(
     ordered_names = sorted(names, key=lambda n: (type(n).__name__, str(n.value)))
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
-        _certificate_builder(
+        certificate_builder(
             subject=subject,
             issuer=ca_cert.subject,
             public_key=key.public_key(),
             validity=SERVING_VALIDITY,
+            skew=CLOCK_SKEW,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(key_usage(digital_signature=True), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(ordered_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -197,49 +208,6 @@ def _serving_certificate(
         )
     )
     return builder.sign(ca_key, hashes.SHA256())
-
-
-def _certificate_builder(
-    *,
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    validity: timedelta,
-) -> x509.CertificateBuilder:
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + validity)
-    )
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 # kubeconfig
@@ -337,28 +305,3 @@ def _read_text(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         logger.warning("cannot read %s: %s", path, exc)
         return None
-
-
-# files
-
-
-def ensure_private_dir(path: Path, *, enforce: bool) -> None:
-    """Create ``path`` (and parents) with mode 0700; with ``enforce``, tighten an existing one."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if enforce and path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-
-
-def write_private_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically with ``data``; readers see the old or the new file, whole."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import ssl
 import tempfile
 import time
@@ -44,6 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from funcmesh.certificates import cert_pem, key_pem, key_usage, write_private_file
 from funcmesh.errors import Invalid
 from funcmesh.mesh.hosts import CLUSTER_DOMAIN
 from funcmesh.model.names import dns1123_label_error, dns1123_subdomain_error
@@ -126,8 +126,8 @@ class MeshIdentity:
         if loaded is None:
             key = ec.generate_private_key(ec.SECP256R1())
             cert = _ca_certificate(key, now=datetime.fromtimestamp(clock(), UTC))
-            _write_private(directory / "ca.key", _key_pem(key))
-            _write_private(directory / "ca.crt", _cert_pem(cert), mode=0o644)
+            write_private_file(directory / "ca.key", key_pem(key))
+            write_private_file(directory / "ca.crt", cert_pem(cert), mode=0o644)
             loaded = key, cert
         return cls(directory, *loaded, clock=clock)
 
@@ -157,8 +157,8 @@ class MeshIdentity:
         )
         issued = Issued(
             spiffe_id=identity,
-            cert_pem=_cert_pem(cert).decode("ascii"),
-            key_pem=_key_pem(private_key).decode("ascii"),
+            cert_pem=cert_pem(cert).decode("ascii"),
+            key_pem=key_pem(private_key).decode("ascii"),
             ca_pem=self.ca_pem,
             not_after=cert.not_valid_after_utc,
         )
@@ -229,7 +229,7 @@ class MeshIdentity:
         names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
         names += [x509.DNSName(name) for name in dns_names]
         ca_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        usage = _key_usage(digital_signature=True)
+        usage = key_usage(digital_signature=True)
         purposes = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         builder = (
             x509.CertificateBuilder()
@@ -282,7 +282,7 @@ def _load_chain(
     fd, name = tempfile.mkstemp(prefix=".serving-", suffix=".pem", dir=directory)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(_key_pem(key) + _cert_pem(cert))
+            file.write(key_pem(key) + cert_pem(cert))
         context.load_cert_chain(name)
     finally:
         os.unlink(name)
@@ -310,7 +310,7 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, *, now: datetime) -> x509.C
             x509.NameAttribute(NameOID.COMMON_NAME, "funcmesh-mesh-ca"),
         ]
     )
-    usage = _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
+    usage = key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -324,44 +324,3 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, *, now: datetime) -> x509.C
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-
-
-def _key_usage(
-    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
-) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=key_cert_sign,
-        crl_sign=crl_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically (temporary file + rename) with ``data``, created ``mode``."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
