@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,7 @@ from funcmesh.runtime.builds import DependencyBuilder
 from funcmesh.runtime.catalog import RuntimeCatalog
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
+from funcmesh.runtime.mesh_credentials import MeshCredentials
 from funcmesh.runtime.pod_sources import PodDirectory
 from funcmesh.runtime.pools import PodEvents, Pools, Zygotes
 from funcmesh.runtime.secret_files import SecretFiles
@@ -235,6 +237,11 @@ class Daemon:
         )
         await asyncio.to_thread(self.secret_files.start)
         stack.push_async_callback(asyncio.to_thread, self.secret_files.close)
+        # the instances' mesh certificates: closed after the pools and workloads stop
+        credentials = MeshCredentials(
+            self.mesh_identity, service_cidr=settings.runtime.service_cidr
+        )
+        stack.push_async_callback(credentials.close)
         pod_events = PodEvents()
         context = pool_context(
             settings,
@@ -246,20 +253,21 @@ class Daemon:
             starters={"nodejs": node},
             services=self.service_table,
         )
+        context = dataclasses.replace(context, mesh_credentials=credentials)
         self.pools = Pools(context=context, metrics=Metrics(self.registry), pod_events=pod_events)
         stack.push_async_callback(self.pools.close)
         self.pools.start()
-        self.workloads = Workloads(  # Deployments' replicas: processes on pod IPs of the same pool
-            workload_context(
-                settings,
-                self.logbook,
-                pod_events,
-                addresses=addresses,
-                work_dir=self.work_dir,
-                dns=self.pod_dns,
-                before_stop=self._leave_vips,
-            )
+        replicas = workload_context(
+            settings,
+            self.logbook,
+            pod_events,
+            addresses=addresses,
+            work_dir=self.work_dir,
+            dns=self.pod_dns,
+            before_stop=self._leave_vips,
         )
+        # Deployments' replicas: processes on pod IPs of the same pool
+        self.workloads = Workloads(dataclasses.replace(replicas, mesh_credentials=credentials))
         stack.push_async_callback(self.workloads.close)
         self.pods = PodDirectory(functions=self.pools, workloads=self.workloads, events=pod_events)
 

@@ -290,6 +290,8 @@ class FunctionController:
                     spec.memory_limit,
                     secret_digest,
                     spec.service_links,
+                    # another identity is another instance (leaves the hashes of the rest be)
+                    *(() if spec.service_account == "default" else (spec.service_account,)),
                 )
             ).encode()
         ).hexdigest()[:10]
@@ -322,6 +324,7 @@ class FunctionController:
             secret_volumes=volumes,
             secrets_dir=secrets_dir,
             service_links=spec.service_links,
+            service_account=spec.service_account,
         )
 
     async def _finish(

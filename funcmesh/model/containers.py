@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from funcmesh.errors import Cause
-from funcmesh.model.names import dns1123_label_error
+from funcmesh.model.names import dns1123_label_error, dns1123_subdomain_error
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 HTTP_SCHEMES = ("HTTP", "HTTPS")
@@ -30,6 +30,7 @@ PROBE_DEFAULTS = {
 PROBE_MINIMUMS = {"periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1}
 PROBE_ACTIONS = ("httpGet", "tcpSocket", "exec")
 UNSUPPORTED_CONTAINER_FIELDS = ("envFrom", "startupProbe", "lifecycle")
+DEFAULT_SERVICE_ACCOUNT = "default"  # Kubernetes's, when a pod template names none
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _REFERENCE = re.compile(r"\$(\$|\(([^)]*)\))")
@@ -390,3 +391,17 @@ def environment_of(container: Container, base: Mapping[str, str]) -> dict[str, s
 def command_line(container: Container, env: Mapping[str, str]) -> tuple[str, ...]:
     """Command and args with ``$(NAME)`` references to ``env`` expanded."""
     return tuple(expand_references(word, env.get) for word in container.command)
+
+
+def service_account_of(pod_spec: Mapping[str, Any], field: str, causes: list[Cause]) -> str:
+    """The pod template's ``serviceAccountName`` (``field`` names it in a Cause): the
+    ``serviceAccount`` part of the pod's mesh identity, ``default`` when none is named. funcmesh
+    has no ServiceAccount objects: any DNS-1123 subdomain is accepted."""
+    value = pod_spec.get("serviceAccountName")
+    if value in (None, ""):
+        return DEFAULT_SERVICE_ACCOUNT
+    error = dns1123_subdomain_error(value) if isinstance(value, str) else "must be a string"
+    if error:
+        causes.append(Cause(field=field, message=error))
+        return DEFAULT_SERVICE_ACCOUNT
+    return str(value)

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from funcmesh.errors import Cause, Invalid
-from funcmesh.model.containers import Container, parse_container
+from funcmesh.model.containers import (
+    DEFAULT_SERVICE_ACCOUNT,
+    Container,
+    parse_container,
+    service_account_of,
+)
 from funcmesh.model.kinds import DEPLOYMENT
 from funcmesh.model.names import dns1123_label_error, label_key_error, label_value_error
 from funcmesh.model.objects import (
@@ -79,6 +84,8 @@ class PodTemplate:
     subdomain: str | None
     termination_grace_s: int
     hash: str  # the pod-template-hash: 10 characters of HASH_ALPHABET
+    # serviceAccountName: the pods' mesh identity is spiffe://cluster.local/ns/<ns>/sa/<this>
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,6 +271,9 @@ def _template(value: Any, causes: list[Cause], selector: Selector | None) -> Pod
         subdomain=_dns_label(pod_spec, "subdomain", causes),
         termination_grace_s=grace,
         hash=template_hash(value),
+        service_account=service_account_of(
+            pod_spec, "spec.template.spec.serviceAccountName", causes
+        ),
     )
 
 

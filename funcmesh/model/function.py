@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from funcmesh.errors import Cause, Invalid
+from funcmesh.model.containers import DEFAULT_SERVICE_ACCOUNT, service_account_of
 from funcmesh.model.durations import parse_duration_s
 from funcmesh.model.function_secrets import (
     SecretKeyRef,
@@ -86,6 +87,9 @@ class FunctionSpec:
     secret_env: tuple[SecretKeyRef, ...] = ()
     # the pod spec's enableServiceLinks: the namespace's <NAME>_SERVICE_HOST... variables
     service_links: bool = True
+    # the pod spec's serviceAccountName: the instances' mesh identity is
+    # spiffe://cluster.local/ns/<namespace>/sa/<service_account>
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
 
     @property
     def key(self) -> str:
@@ -131,6 +135,9 @@ def parse_function(obj: Mapping[str, Any]) -> FunctionSpec:
         secrets=parse_secret_mounts(_pod_spec(spec), container, causes),
         secret_env=secret_env,
         service_links=_service_links(_pod_spec(spec), causes),
+        service_account=service_account_of(
+            _pod_spec(spec), "spec.deployment.spec.template.spec.serviceAccountName", causes
+        ),
     )
     raise_if_causes(causes, kind="Function", name=result.name)
     return result

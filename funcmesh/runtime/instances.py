@@ -60,6 +60,7 @@ class Revision:
     secret_volumes: tuple[SecretVolume, ...] = field(default=(), repr=False)
     secrets_dir: str | None = None
     service_links: bool = True  # the namespace's service variables in the environment
+    service_account: str = "default"  # mesh identity: spiffe://cluster.local/ns/NS/sa/THIS
 
 
 @dataclass(slots=True, kw_only=True)
@@ -127,6 +128,7 @@ class Instance:
                     }
                 ],
                 "nodeName": socket.gethostname(),
+                "serviceAccountName": revision.service_account,
             },
             "status": {
                 "phase": phase,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from funcmesh.errors import FuncmeshError, Unavailable
 from funcmesh.runtime.instances import Instance, Revision, describe_exit
 from funcmesh.runtime.logs import LineSplitter
+from funcmesh.runtime.mesh_credentials import MeshCredential
 from funcmesh.runtime.starters import PendingWorker, WorkerStarter, ZygoteStarter
 from funcmesh.runtime.stats import FunctionStats
 from funcmesh.runtime.worker_env import linked_services, worker_environment
@@ -100,8 +101,12 @@ class InstanceLifecycle:
 
     async def _launch(self, instance: Instance, pending: PendingWorker) -> None:
         context, revision = self._context, instance.revision
+        credentials = context.mesh_credentials
+        credential = None  # made once per identity, then a dictionary lookup
+        if credentials is not None:
+            credential = await credentials.credential(revision.namespace, revision.service_account)
         fence = context.limiter.fence(instance.pod, revision.memory_limit_bytes)
-        request = self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit)
+        request = self._spawn_request(instance, fence.cgroup_procs, fence.use_rlimit, credential)
         started = await pending.start(request)
         instance.process = started.process
         sink = context.logbook.instance_sink(revision.namespace, revision.name, instance.pod)
@@ -111,7 +116,11 @@ class InstanceLifecycle:
         self.guard(self._supervise(instance))
 
     def _spawn_request(
-        self, instance: Instance, cgroup_procs: str | None, use_rlimit: bool
+        self,
+        instance: Instance,
+        cgroup_procs: str | None,
+        use_rlimit: bool,
+        credential: MeshCredential | None = None,
     ) -> SpawnRequest:
         revision = instance.revision
         return SpawnRequest(
@@ -132,6 +141,7 @@ class InstanceLifecycle:
             cgroup_procs=cgroup_procs,
             uid=self._context.worker_uid,
             gid=self._context.worker_gid,
+            credential=credential,
         )
 
     async def _supervise(self, instance: Instance) -> None:

@@ -9,6 +9,9 @@ context): it loads the function, starts accepting and answers ready or failed. A
 the missing spares start in the background. A function whose process needs something at start
 (``NODE_OPTIONS``, or a heap limit) gets a fresh process instead.
 
+Mesh identity: the specialisation names the service CIDR; the instance asks for its certificate
+over the control socket when its code first calls a VIP there (nothing per cold start).
+
 Secrets: env values from Secret keys go in the specialisation (straight to that process). Secret
 volumes to mount (the daemon runs as root) need a private mount namespace, which a spare running
 as nobody cannot get any more: such an instance is a fresh process started through
@@ -64,8 +67,9 @@ def specialisation(
 ) -> dict[str, Any]:
     """The message that turns a spare into an instance of the requested function; env values
     from Secrets win over the service variables, the request's env (Kubeless's variables) over
-    both."""
-    return {
+    both. With a mesh identity, the service CIDR whose calls it upgrades to mTLS (it asks for
+    its certificate when its code first calls one, ``node_processes``)."""
+    message: dict[str, Any] = {
         "op": "specialise",
         "pod_name": request.pod_name,
         "env": {**request.service_links, **dict(secret_env), **request.env},
@@ -78,6 +82,9 @@ def specialisation(
         "runtime": request.runtime,
         "memory_limit": request.memory_limit,
     }
+    if request.credential is not None:
+        message["mesh"] = {"cidr": request.credential.service_cidr}
+    return message
 
 
 class NodeStarter:
@@ -191,6 +198,7 @@ class NodeStarter:
         the identity it was made with, from its start.
         """
         node.specialised = True
+        node.credential = request.credential  # what it is answered when it asks for one
         try:
             if not node.alive:
                 raise ConnectionError("it exited")

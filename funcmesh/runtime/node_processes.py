@@ -7,8 +7,9 @@ signal, which the kernel clears when credentials change, so the order matters. A
 mounts Secrets starts one step earlier: ``python -I -S shims/_funcmesh_secrets.py`` reads them
 from an inherited memfd, mounts them in a private mount namespace as root, then executes the
 ``setpriv ... node`` command line. A :class:`NodeProcess` reads the process's reports on the
-control socket (``hello`` once warm, then ``ready`` or ``failed`` once specialised) and awaits
-its exit through a pidfd.
+control socket (``hello`` once warm, then ``ready`` or ``failed`` once specialised, and
+``certificate`` when its code first calls a mesh VIP: it is answered with the mesh credentials
+of its identity) and awaits its exit through a pidfd.
 
 Must not: decide which process serves what (``funcmesh.runtime.node`` does), speak HTTP, read
 os.environ, or block the event loop (processes start with vfork; under uvloop, asyncio's own
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from funcmesh.errors import Unavailable
+from funcmesh.runtime.mesh_credentials import MeshCredential
 from funcmesh.runtime.secret_files import SECRETS_SHIM, payload_fd
 from funcmesh.runtime.workers import WorkerLoadError, resolve, retrieve_exception
 
@@ -38,7 +40,10 @@ logger = logging.getLogger(__name__)
 
 SHIM_PATH: Final = Path(__file__).parent / "shims" / "kubeless_runtime.js"
 # Modules the runtime shim requires from its own directory: copied beside it.
-SHIM_MODULES: Final = (SHIM_PATH.with_name("funcmesh_names.js"),)
+SHIM_MODULES: Final = (
+    SHIM_PATH.with_name("funcmesh_names.js"),
+    SHIM_PATH.with_name("funcmesh_mtls.js"),
+)
 DAEMON_PID_ENV: Final = "FUNCMESH_DAEMON_PID"
 EXIT_REPORT_WAIT_S: Final = 0.2  # for the last control line of a process that has exited
 LOG_TAIL_BYTES: Final = 2048
@@ -94,6 +99,7 @@ class NodeProcess:
         self.executable = executable
         self.ip = ip
         self.specialised = False
+        self.credential: MeshCredential | None = None  # its identity's, once specialised
         self.hello: asyncio.Future[None] = loop.create_future()
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
@@ -183,10 +189,23 @@ class NodeProcess:
             case {"op": "failed", "error": str(error)}:
                 if not self.ready.done():
                     self.ready.set_exception(WorkerLoadError(error))
+            case {"op": "certificate"}:
+                self._send_credentials()
             case _:
                 logger.warning(
                     "node process %d sent an unexpected message: %.200r", self.pid, message
                 )
+
+    def _send_credentials(self) -> None:
+        """Answer an instance's question for its mesh credentials: its own identity's, as they
+        are now (the payload is JSON already), never another's."""
+        credential = self.credential
+        if credential is None or not self.specialised:
+            answer = b'{"op": "certificate", "error": "this instance has no mesh identity"}'
+        else:
+            answer = b'{"op": "certificate", "credentials": ' + credential.payload + b"}"
+        with contextlib.suppress(OSError):  # it is gone: its reader sees the end
+            self._writer.write(answer + b"\n")
 
     def _settle_exit(self, returncode: int) -> None:
         reason = f"exited with status {returncode} before it was ready"

@@ -28,6 +28,7 @@ from funcmesh.runtime.instances import Instance, Lease, Revision
 from funcmesh.runtime.lifecycle import InstanceLifecycle
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
+from funcmesh.runtime.mesh_credentials import MeshCredentials
 from funcmesh.runtime.starters import WorkerStarter, ZygoteSource
 from funcmesh.runtime.stats import FunctionStats
 from funcmesh.runtime.workers import WorkerLoadError
@@ -59,6 +60,8 @@ class PoolContext:
     # sent them once per change, not with every cold start.
     dns_server: str | None = None
     service_env: Callable[[str], Mapping[str, str]] | None = None
+    # the mesh certificates of the instances' identities (None: they call in plaintext)
+    mesh_credentials: MeshCredentials | None = None
 
 
 class FunctionPool:

@@ -30,6 +30,7 @@ from typing import Any, Final
 from funcmesh.model.containers import Probe, command_line, environment_of
 from funcmesh.model.deployments import DeploymentSpec, PodTemplate
 from funcmesh.model.objects import RawObject, rfc3339
+from funcmesh.runtime.mesh_credentials import MeshCredential
 from funcmesh.runtime.probes import ProbeCounter, ProbeResult, check
 from funcmesh.runtime.workload_context import WorkloadContext, deployment_log_name, take_pod_address
 from funcmesh.runtime.workload_pods import workload_pod
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 8080  # PORT when the container declares none
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MESH_CERTS_ENV: Final = "FUNCMESH_MESH_CERTS_DIR"  # Istio's file names in it
+MESH_CERTS_DIR: Final = "mesh-certs"  # in the pod's home (a private tmpfs as root)
 MAX_BACKOFF_FACTOR: Final = 30  # 10 s doubling up to 300 s
 RESET_BACKOFF_FACTOR: Final = 60  # a process that ran 600 s starts the count over
 _SEQUENCE = itertools.count()
@@ -97,6 +100,7 @@ class Replica:
         self.last_state: dict[str, Any] = {}
         self.deleted_at: float | None = None
         self.process: WorkloadProcess | None = None
+        self.credential: MeshCredential | None = None  # its mesh identity's, once started
         self.gone = asyncio.Event()
         self._context = context
         self._service_env = service_env
@@ -130,6 +134,10 @@ class Replica:
         failures = 0
         try:
             await asyncio.to_thread(self._prepare_home)
+            if (credentials := self._context.mesh_credentials) is not None:
+                self.credential = await credentials.credential(
+                    self.namespace, self.template.service_account
+                )
             while not self._stop.is_set():
                 began = time.monotonic()
                 await self._run_container(restart=failures > 0)
@@ -262,6 +270,8 @@ class Replica:
             "POD_NAME": self.name,
             "POD_NAMESPACE": self.namespace,
         }
+        if self.credential is not None:
+            base[MESH_CERTS_ENV] = str(self.home / MESH_CERTS_DIR)
         return environment_of(self.template.container, base)
 
     # probes
@@ -334,6 +344,8 @@ class Replica:
             gid=self._context.worker_gid,
             etc_dir=None if self.etc is None else str(self.etc.directory),
             hostname=None if self.etc is None else self.etc.hostname,
+            mesh_fd=None if self.credential is None else self.credential.reader_fd,
+            mesh_dir=None if self.credential is None else str(self.home / MESH_CERTS_DIR),
         )
 
     # state

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from funcmesh.errors import FuncmeshError
+from funcmesh.runtime.mesh_credentials import MeshCredential
 
 NO_VARIABLES: Final[Mapping[str, str]] = MappingProxyType({})
 
@@ -30,7 +31,9 @@ class SpawnRequest:
     ``service_links`` are the Kubernetes service variables of the pod's namespace: one mapping
     shared by every instance there (the same object until a Service of the namespace changes),
     so a starter can hand it to its worker processes once instead of with every request.
-    ``env`` is this instance's own environment and wins over them.
+    ``env`` is this instance's own environment and wins over them. ``credential`` is the mesh
+    certificate of the instance's identity (None: it calls in plaintext): a descriptor the
+    starter passes on, never the certificate itself (``funcmesh.runtime.mesh_credentials``).
     """
 
     pod_name: str
@@ -50,10 +53,11 @@ class SpawnRequest:
     cgroup_procs: str | None = None
     uid: int | None = None
     gid: int | None = None
+    credential: MeshCredential | None = field(default=None, repr=False, compare=False)
 
     def to_message(self) -> dict[str, Any]:
         """The request as the zygote reads it, without ``service_links`` (the zygote gets
-        those in a message of their own)."""
+        those in a message of their own) and ``credential`` (its descriptor goes with it)."""
         return {
             "op": "spawn",
             "pod_name": self.pod_name,

@@ -19,6 +19,7 @@ from funcmesh.errors import Unavailable
 from funcmesh.model.objects import RawObject
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.logs import LogBook
+from funcmesh.runtime.mesh_credentials import MeshCredentials
 from funcmesh.runtime.workload_dns import ClusterDns
 
 BIND_ATTEMPTS: Final = 16
@@ -41,6 +42,8 @@ class WorkloadContext:
     # address out of the Service VIPs first, as a terminating pod leaves kube-proxy's rules.
     before_stop: Callable[[str], Awaitable[None]] | None = None
     before_stop_wait_s: float = 1.0
+    # the mesh certificates of the pods' identities (None: no FUNCMESH_MESH_CERTS_DIR)
+    mesh_credentials: MeshCredentials | None = None
 
 
 def deployment_log_name(deployment: str) -> str:

@@ -69,6 +69,7 @@ def _spec(replica: Replica) -> dict[str, Any]:
         "dnsPolicy": "ClusterFirst",
         "enableServiceLinks": True,
         "nodeName": NODE_NAME,
+        "serviceAccountName": template.service_account,
     }
     if template.hostname:
         spec["hostname"] = template.hostname

@@ -2,7 +2,8 @@
 
 A workload's command runs below ``shims/_funcmesh_workload.py``, which the daemon starts in a
 new session with the pod's environment: the shim gives the pod its own ``/etc/resolv.conf``,
-``/etc/hosts`` and host name when asked to (cluster DNS: ``funcmesh.runtime.workload_dns``),
+``/etc/hosts`` and host name when asked to (cluster DNS: ``funcmesh.runtime.workload_dns``) and
+the files of its mesh certificate when it has one (``funcmesh.runtime.mesh_credentials``),
 drops to the worker identity, ties the process tree's life to the daemon's (even a SIGKILL of
 the daemon ends every process of the pod), and reports on a pipe whether the command started
 (``{"pid": N}``) or why not (``{"error": ...}``: the "executable file not found" a user must
@@ -52,6 +53,12 @@ class LaunchSpec:
     # a private mount namespace, and its host name (a UTS namespace): root only.
     etc_dir: str | None = None
     hostname: str | None = None
+    # The pod's mesh credentials (a read-only memfd, ``funcmesh.runtime.mesh_credentials``): the
+    # launcher writes Istio's cert-chain.pem, key.pem and root-cert.pem for the command into
+    # ``mesh_dir`` (a tmpfs in its private mount namespace as root) and rewrites them after
+    # each renewal.
+    mesh_fd: int | None = None
+    mesh_dir: str | None = None
 
 
 class WorkloadProcess:
@@ -149,13 +156,17 @@ def _exec(python: str, spec: LaunchSpec, *, status_fd: int, log: int) -> subproc
         argv += ["--gid", str(spec.gid)]
     if spec.etc_dir is not None:
         argv += ["--etc", spec.etc_dir, "--hostname", spec.hostname or ""]
+    fds: tuple[int, ...] = (status_fd,)
+    if spec.mesh_fd is not None and spec.mesh_dir is not None:
+        argv += ["--mesh-fd", str(spec.mesh_fd), "--mesh-dir", spec.mesh_dir]
+        fds += (spec.mesh_fd,)
     try:
         return subprocess.Popen(
             [*argv, "--", *spec.argv],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            pass_fds=(status_fd,),
+            pass_fds=fds,
             env=dict(spec.env),
             cwd="/",
             start_new_session=True,  # one process group per pod; Ctrl-C of the daemon spares it

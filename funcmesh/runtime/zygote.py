@@ -162,7 +162,9 @@ class Zygote:
 
         ``secrets_fd`` (a memfd, see ``funcmesh.runtime.secret_files``) goes to the worker as a
         third descriptor that the zygote passes on unread: Secret values never enter the
-        zygote's memory, which every later worker inherits.
+        zygote's memory, which every later worker inherits. So does the request's mesh
+        credential, a read-only descriptor of its identity's memfd, always the last one
+        (``funcmesh.runtime.mesh_credentials``): per spawn a reference, never a certificate.
         """
         pod = request.pod_name
         if not self._alive or self._closing:
@@ -174,6 +176,9 @@ class Zygote:
         if secrets_fd is not None:
             message["secrets"] = True
             fds += (secrets_fd,)
+        if (credential := request.credential) is not None:  # last, after the Secrets memfd
+            message["mesh"] = {"cidr": credential.service_cidr}
+            fds += (credential.reader_fd,)
         spawn = self._spawns.open(pod)
         try:
             async with self._send_lock:

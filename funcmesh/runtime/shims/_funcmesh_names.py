@@ -8,7 +8,8 @@ resolv.conf-style expansions fall inside the cluster zone is asked of funcmesh's
 (``FUNCMESH_DNS_SERVER``, ``HOST:PORT``) first, over UDP (TCP when the answer is truncated);
 what the cluster does not know goes to the machine's resolver unchanged. Answers are cached for
 their TTL. ``urllib``, ``http.client``, ``requests`` and ``socket.create_connection`` all end in
-``getaddrinfo``, so they all see the cluster.
+``getaddrinfo``, so they all see the cluster. ``ClusterResolver.service_name`` tells which
+Service a name resolved to (the mTLS shim's SNI).
 
 Standard library only, Python 3.8+: this runs inside users' interpreters.
 """
@@ -68,6 +69,20 @@ class ClusterResolver:
             if addresses:
                 return addresses
         return UNRESOLVED
+
+    def service_name(self, name: str) -> str | None:
+        """The Service name ``<svc>.<ns>.svc.<zone>`` that ``name`` resolved to lately (the
+        first of its candidates with addresses in the cache), None when it resolved to no
+        Service (a pod's name, a name outside the cluster, nothing yet). The mTLS shim sends
+        it as SNI and checks the VIP's certificate against it."""
+        for candidate in self.candidates(name):
+            key = candidate.lower()
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is not None and cached[1]:
+                labels = key[: -len(self.zone) - 1].split(".")
+                return key if len(labels) == 3 and labels[2] == "svc" else None
+        return None
 
     def _lookup(self, name: str) -> list[str]:
         key = name.lower()

@@ -11,6 +11,12 @@ script then:
   host name is the pod's, as a container sees them; the mounts are private, so the machine never
   sees them, and they go away with the pod's last process. When that fails, the pod runs with
   the machine's files and its log says why;
+- with ``--mesh-fd N --mesh-dir DIR`` (the pod has a mesh identity), writes Istio's files
+  ``cert-chain.pem``, ``key.pem`` and ``root-cert.pem`` into DIR for the command, from the
+  credentials in memfd N (JSON, ``funcmesh.runtime.mesh_credentials``; the command never gets
+  the descriptor), and writes them again after each renewal (the daemon rewrites the memfd).
+  As root DIR is a tmpfs mounted in the pod's private mount namespace, so other pods, which
+  run as the same user, never see them; otherwise files 0600 in DIR (the pod's home);
 - starts the command in its own process group (the session's), dropping to the worker identity
   first when one is given, with a parent-death signal of SIGKILL on the command itself;
 - reports ``{"pid": N}`` or ``{"error": "..."}`` as one JSON line on the status descriptor;
@@ -30,6 +36,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -39,6 +47,10 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 ETC_FILES = ("resolv.conf", "hosts")
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MESH_PAYLOAD_BYTES = 1 << 16
+MESH_REREAD_AFTER_S = 5.0  # after the payload's renewAt: the daemon renews at that time
+MESH_RETRY_S = 30.0
 START_ERROR_EXIT_CODE = 128  # what Kubernetes reports for a container that could not start
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -58,8 +70,9 @@ def _check(result, what):
 
 def _parse(argv):
     """``--status-fd N --parent PID [--uid U --gid G] [--cwd DIR] [--etc DIR --hostname NAME]
-    -- COMMAND...``"""
+    [--mesh-fd N --mesh-dir DIR] -- COMMAND...``"""
     options = {"uid": None, "gid": None, "cwd": None, "etc": None, "hostname": None}
+    options.update(mesh_fd=None, mesh_dir=None)
     words = list(argv)
     while words and words[0] != "--":
         key, value = words[0].lstrip("-").replace("-", "_"), words[1]
@@ -76,15 +89,24 @@ def _report(fd, message):
     os.close(fd)
 
 
+_private_mounts = []  # [True] once this process has a private mount namespace
+
+
+def _enter_private_mounts(namespaces=CLONE_NEWNS):
+    """A mount namespace of this process's own (and ``namespaces``' others), every mount in it
+    private. Private, recursively: on a systemd machine "/" is shared, and the mounts made
+    here would otherwise show up in the machine's."""
+    _check(_libc.unshare(namespaces), "unshare")
+    flags = ctypes.c_ulong(MS_REC | MS_PRIVATE)
+    _check(_libc.mount(b"none", b"/", None, flags, None), "making / private")
+    _private_mounts.append(True)
+
+
 def _enter_private_etc(etc_dir, hostname):
     """The pod's own /etc/resolv.conf, /etc/hosts and host name, for this process and all it
     starts. Whatever fails is said on stderr (the pod's log); the pod runs on regardless."""
     try:
-        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
-        # Private, recursively: on a systemd machine "/" is shared, and the bind mounts below
-        # would otherwise show up in the machine's /etc.
-        flags = ctypes.c_ulong(MS_REC | MS_PRIVATE)
-        _check(_libc.mount(b"none", b"/", None, flags, None), "making / private")
+        _enter_private_mounts(CLONE_NEWNS | CLONE_NEWUTS)
     except OSError as exc:
         _warn(f"no private /etc/resolv.conf, /etc/hosts or host name: {exc.strerror}")
         return
@@ -101,6 +123,77 @@ def _enter_private_etc(etc_dir, hostname):
             _check(_libc.sethostname(encoded, ctypes.c_size_t(len(encoded))), "sethostname")
         except OSError as exc:
             _warn(f"the pod keeps the machine's host name: {exc.strerror}")
+
+
+def _place_mesh_certs(fd, directory, uid, gid):
+    """Istio's three files for the pod's mesh certificate in ``directory``; the renewal time
+    they name (None when they could not be placed: said in the pod's log)."""
+    try:
+        payload = _read_mesh_payload(fd)
+        if os.getuid() == 0:  # a tmpfs of the pod's own: its files are no other pod's business
+            if not _private_mounts:
+                _enter_private_mounts()
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            owner = f"uid={-1 if uid is None else uid},gid={-1 if gid is None else gid}"
+            options = f"mode=0500,size=1m,{owner}" if uid is not None else "mode=0500,size=1m"
+            flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            mounted = _libc.mount(b"tmpfs", directory.encode(), b"tmpfs", flags, options.encode())
+            _check(mounted, f"mounting a tmpfs on {directory}")
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        _write_mesh_files(directory, payload, uid, gid)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _warn(f"no mesh certificate files in {directory}: {exc}")
+        return None
+    return float(payload["renewAt"])
+
+
+def _read_mesh_payload(fd):
+    for attempt in range(3):  # a read racing the daemon's rewrite does not parse
+        try:
+            payload = json.loads(os.pread(fd, MESH_PAYLOAD_BYTES, 0).decode("utf-8"))
+            if isinstance(payload, dict) and "certChain" in payload:
+                return payload
+        except ValueError:
+            pass
+        time.sleep(0.01 * (attempt + 1))
+    raise ValueError("the mesh credentials do not parse")
+
+
+def _write_mesh_files(directory, payload, uid, gid):
+    """cert-chain.pem and root-cert.pem 0444, key.pem 0400, owned by the pod's user, each
+    replaced at once (a reader sees the old file or the new one)."""
+    files = (
+        ("cert-chain.pem", payload["certChain"], 0o444),
+        ("key.pem", payload["key"], 0o400),
+        ("root-cert.pem", payload["root"], 0o444),
+    )
+    for name, text, mode in files:
+        staged = os.path.join(directory, f".{name}.new")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, text.encode("ascii"))
+            if os.getuid() == 0 and uid is not None:
+                os.fchown(fd, uid, -1 if gid is None else gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(staged, os.path.join(directory, name))
+
+
+def _renew_mesh_certs(fd, directory, uid, gid, renew_at):
+    """Forever (a daemon thread): after each renewal time, the files again from the memfd."""
+    while True:
+        time.sleep(max(renew_at + MESH_REREAD_AFTER_S - time.time(), 1.0))
+        try:
+            payload = _read_mesh_payload(fd)
+            if float(payload["renewAt"]) > renew_at:
+                _write_mesh_files(directory, payload, uid, gid)
+                renew_at = float(payload["renewAt"])
+                continue
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _warn(f"cannot renew the mesh certificate files: {exc}")
+        renew_at = time.time() + MESH_RETRY_S - MESH_REREAD_AFTER_S
 
 
 def _warn(message):
@@ -198,6 +291,11 @@ def main(argv):
         _enter_private_etc(options["etc"], options["hostname"])
     uid = None if options["uid"] is None else int(options["uid"])
     gid = None if options["gid"] is None else int(options["gid"])
+    mesh_fd = None if options["mesh_fd"] is None else int(options["mesh_fd"])
+    renew_at = None
+    if mesh_fd is not None:
+        os.set_inheritable(mesh_fd, False)
+        renew_at = _place_mesh_certs(mesh_fd, options["mesh_dir"], uid, gid)
     try:
         child = subprocess.Popen(
             command,
@@ -210,6 +308,13 @@ def main(argv):
         _report(status_fd, {"error": _start_error(command, options["cwd"], exc)})
         os._exit(START_ERROR_EXIT_CODE)
     _report(status_fd, {"pid": child.pid})
+    if renew_at is not None:  # after the fork: a thread must not exist while preexec_fn runs
+        renewer = threading.Thread(
+            target=_renew_mesh_certs,
+            args=(mesh_fd, options["mesh_dir"], uid, gid, renew_at),
+            daemon=True,
+        )
+        renewer.start()
     while True:
         try:
             pid, status = os.waitpid(-1, 0)

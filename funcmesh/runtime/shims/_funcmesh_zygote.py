@@ -6,8 +6,9 @@ a spawn (listening socket, log pipe) ride along as SCM_RIGHTS. Messages:
 
   zygote -> daemon  {"op": "hello", "pid", "python"}
   daemon -> zygote  {"op": "links", "namespace", "version", "env"}   (no answer)
-  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>, "links"?, "secrets"?} + [listen fd,
-                    log fd, and with "secrets": true a memfd of the function's Secrets]
+  daemon -> zygote  {"op": "spawn", <SpawnRequest fields>, "links"?, "secrets"?, "mesh"?} +
+                    [listen fd, log fd, with "secrets": true a memfd of the function's Secrets,
+                    with "mesh": {"cidr"} a read-only memfd of its mesh credentials, last]
   zygote -> daemon  {"op": "spawned", "pod", "pid"}  or  {"op": "error", "pod", "error"}
   zygote -> daemon  {"op": "ready", "pod", "pid"}  or  {"op": "failed", "pod", "pid", "error"}
   daemon -> zygote  {"op": "kill", "pid", "signal"}
@@ -29,7 +30,9 @@ must not be able to forge messages or shut the socket down for every worker) and
 "failed". On EOF of the control socket the zygote SIGKILLs its children and exits 0.
 
 Secret values reach a worker only through the memfd, which the zygote passes on unread: what
-the zygote reads stays in its memory, and every later worker inherits that. As root, the worker
+the zygote reads stays in its memory, and every later worker inherits that. The same goes for
+the mesh credentials (certificate and key of the instance's identity): the worker reads them
+itself, when its code first calls a mesh VIP (``_funcmesh_mtls.py``). As root, the worker
 mounts them in a private mount namespace (``_funcmesh_secrets.py``) before dropping privileges.
 
 Must not: import anything outside the standard library (it runs in the user's interpreter,
@@ -131,6 +134,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _prctl = getattr(_libc, "prctl", None)
 _secrets: ModuleType | None = None  # _funcmesh_secrets, imported by main() with the worker
 _names: ModuleType | None = None  # _funcmesh_names: cluster names for the handler's code
+_mtls: ModuleType | None = None  # _funcmesh_mtls: its identity on calls to mesh VIPs
 _environ_block: Any = None  # the worker's C environment (install_environment)
 
 
@@ -316,7 +320,9 @@ class Zygote:
             close_fds(fds)
             self.send({"op": "error", "pod": None, "error": f"unreadable message: {exc}"})
             return True
-        wanted = 3 if op == "spawn" and message.get("secrets") else 2
+        wanted = (
+            2 + bool(message.get("secrets")) + bool(message.get("mesh")) if op == "spawn" else 2
+        )
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             self.send({"op": "error", "pod": pod, "error": "message truncated"})
         elif op == "links":
@@ -523,7 +529,7 @@ class Zygote:
             self.worker.rehearse()  # pages the serving path touches get copied now, not later
         while True:
             size, ancdata, _, _ = channel.recvmsg_into(
-                [self.buffer], socket.CMSG_SPACE(3 * FD_BYTES)
+                [self.buffer], socket.CMSG_SPACE(4 * FD_BYTES)
             )
             fds = receive_fds(ancdata)
             if not size:
@@ -533,14 +539,22 @@ class Zygote:
                 break
             self.keep_links(request, b"")  # they came after this spare was forked
         channel.close()
-        if not size or len(fds) not in (2, 3):
+        if not size or len(fds) != 2 + bool(request.get("secrets")) + bool(request.get("mesh")):
             close_fds(fds)
             return 0  # the zygote is closing
         request["zygote_pid"] = self.pid
         shared = self.linked(request.get("links"))
-        secrets_fd = fds[2] if len(fds) == 3 else None
+        secrets_fd = fds[2] if request.get("secrets") else None
+        mesh_fd = fds[-1] if request.get("mesh") else None
         return become_worker(
-            self.worker, request, fds[0], fds[1], status_fd, secrets_fd, shared=shared
+            self.worker,
+            request,
+            fds[0],
+            fds[1],
+            status_fd,
+            secrets_fd,
+            shared=shared,
+            mesh_fd=mesh_fd,
         )
 
 
@@ -553,6 +567,7 @@ def become_worker(
     secrets_fd: int | None = None,
     *,
     shared: SharedEnvironment | None = None,
+    mesh_fd: int | None = None,
 ) -> int:
     """Join the cgroup, take the log, load the function, report, and serve."""
     # A SIGTERM that comes before the server can drain waits for it (default: instant death).
@@ -572,7 +587,7 @@ def become_worker(
     handler = None
     if load_error is None:
         try:
-            handler = load(worker, request, secrets_fd, shared=shared)
+            handler = load(worker, request, secrets_fd, shared=shared, mesh_fd=mesh_fd)
         except BaseException as exc:  # noqa: BLE001 -- any failure is reported, then served
             load_error = worker.describe_exception(exc)
             traceback.print_exc()
@@ -609,10 +624,13 @@ def load(
     secrets_fd: int | None = None,
     *,
     shared: SharedEnvironment | None = None,
+    mesh_fd: int | None = None,
 ) -> Any:
     """Apply Secrets, limits, identity, environment and paths, then import the handler."""
     import resource
 
+    if mesh_fd is not None:  # the handler's own children must not get its credentials
+        os.set_inheritable(mesh_fd, False)
     secret_env = {}
     if secrets_fd is not None:  # first: mounting needs root (and memory a limit may deny)
         if _secrets is None:
@@ -643,8 +661,9 @@ def load(
     # empty before: the zygote cleared its own. Env values from Secrets win over the service
     # variables, Kubeless's variables (in the request) over both.
     install_environment({**secret_env, **(request.get("env") or {})}, shared)
-    if _names is not None:
-        _names.install(os.environ)  # a no-op unless FUNCMESH_DNS_SERVER is set
+    resolver = None if _names is None else _names.install(os.environ)  # needs the DNS server
+    if mesh_fd is not None and _mtls is not None:  # read at its first call to a mesh VIP
+        _mtls.install(mesh_fd, request["mesh"]["cidr"], resolver)
     worker.propagate_trace_context()  # calls the handler makes carry the call's trace headers
     code_dir = request["code_dir"]
     os.chdir(code_dir)
@@ -751,16 +770,17 @@ def _join_cgroup(procs: str, pid: int) -> None:
 
 
 def import_worker(shim_dir: str) -> ModuleType:
-    """Import the worker, secrets and names shims and warm the stdlib, with the shim dir on sys.path
-    only meanwhile (a handler's module of the same name must not shadow them later)."""
+    """Import the worker, secrets, names and mTLS shims and warm the stdlib, with the shim dir
+    on sys.path only meanwhile (a handler's module of the same name must not shadow them)."""
     import importlib
 
-    global _secrets, _names
+    global _secrets, _names, _mtls
     sys.path.insert(0, shim_dir)
     try:
         worker = importlib.import_module("_funcmesh_worker")
         _secrets = importlib.import_module("_funcmesh_secrets")
         _names = importlib.import_module("_funcmesh_names")
+        _mtls = importlib.import_module("_funcmesh_mtls")
         for name in WARM_MODULES:
             # an interpreter built without one (ssl, say) serves without it
             with contextlib.suppress(ImportError):

@@ -61,6 +61,24 @@ class ClusterResolver {
     next(0);
   }
 
+  /**
+   * The Service name `<svc>.<ns>.svc.<zone>` that `name` resolved to lately (the first of its
+   * candidates with addresses in the cache), null when it resolved to no Service: the mTLS
+   * shim's SNI and the name it checks the VIP's certificate against.
+   */
+  serviceName(name) {
+    if (typeof name !== 'string' || !name) return null;
+    for (const candidate of this.candidates(name)) {
+      const key = candidate.toLowerCase();
+      const cached = this.cache.get(key);
+      if (cached && cached.addresses.length) {
+        const labels = key.slice(0, -this.zone.length - 1).split('.');
+        return labels.length === 3 && labels[2] === 'svc' ? key : null;
+      }
+    }
+    return null;
+  }
+
   lookupOne(name, callback) {
     const key = name.toLowerCase();
     const cached = this.cache.get(key);

@@ -19,7 +19,10 @@
  *     warm, waits for one line {"op":"specialise", ...}, loads the function, starts accepting,
  *     and answers {"op":"ready"} or {"op":"failed","error":"..."} (it then serves that error as
  *     500). The daemon keeps its end open for the instance's whole life: end of file means the
- *     daemon is gone, and the process exits.
+ *     daemon is gone, and the process exits. An instance with a mesh identity (the
+ *     specialisation's "mesh": {"cidr"}) asks {"op":"certificate"} when its code first calls a
+ *     mesh VIP, and again once they are due; the daemon answers {"op":"certificate",
+ *     "credentials": {...}} or {"op":"certificate","error":"..."} (funcmesh_mtls.js).
  *
  * Must not: use npm packages (Node's standard library only, Node 14 or newer), enforce timeouts
  * (the daemon kills the process and answers 504), or log per request (the daemon records calls).
@@ -35,6 +38,7 @@ const querystring = require('querystring');
 const util = require('util');
 const Module = require('module');
 const names = require('./funcmesh_names.js');
+const mtls = require('./funcmesh_mtls.js');
 
 const DEFAULT_BODY_LIMIT_MB = 1; // Kubeless's REQ_MB_LIMIT default
 const MAX_HEADER_BYTES = 64 * 1024;
@@ -856,7 +860,16 @@ function replaceEnvironment(env) {
 async function specialise(message, listenFd, control) {
   if (message.pod_name) process.title = `funcmesh-node ${message.pod_name}`; // for ps and top
   replaceEnvironment(message.env);
-  names.install(process.env); // cluster names for http.get('http://hello:8080'); no-op without DNS
+  // cluster names for http.get('http://hello:8080'); no-op without DNS
+  const resolver = names.install(process.env);
+  if (message.mesh) {
+    // its identity on plain-HTTP calls to mesh VIPs; credentials asked for at the first one
+    mtls.install({
+      cidr: message.mesh.cidr,
+      fetchCredentials: (callback) => askForCredentials(control, callback),
+      resolver,
+    });
+  }
   propagateTraceContext(); // before the handler loads: it may keep http.request in a variable
   const app = new FunctionApp(
     makeContext({
@@ -893,6 +906,31 @@ async function specialise(message, listenFd, control) {
 
 function send(control, message, done) {
   control.write(JSON.stringify(message) + '\n', done);
+}
+
+// Callbacks waiting for the daemon's answer to {"op":"certificate"}: one question at a time.
+let credentialWaiters = null;
+
+/** callback(error, credentials): this instance's mesh credentials, from the daemon. */
+function askForCredentials(control, callback) {
+  if (credentialWaiters !== null) return credentialWaiters.push(callback);
+  credentialWaiters = [callback];
+  send(control, { op: 'certificate' });
+}
+
+/** A line from the daemon after the specialisation: the answer about credentials. */
+function onDaemonLine(line) {
+  let message;
+  try {
+    message = JSON.parse(line);
+  } catch (error) {
+    return;
+  }
+  if (message.op !== 'certificate' || credentialWaiters === null) return;
+  const waiters = credentialWaiters;
+  credentialWaiters = null;
+  const error = message.credentials ? null : new Error(message.error || 'no credentials');
+  for (const waiter of waiters) waiter(error, message.credentials);
 }
 
 function failAndExit(control, error) {
@@ -936,7 +974,7 @@ function serveAsSpare(listenFd, controlFd) {
   control.on('error', () => process.exit(1));
   control.on('end', () => process.exit(0)); // the daemon is gone, or no longer needs this process
   readLines(control, (line) => {
-    if (specialised) return;
+    if (specialised) return onDaemonLine(line);
     specialised = true;
     let message;
     try {

@@ -1,0 +1,278 @@
+"""Mesh mTLS for the plain-HTTP calls a Python function makes to cluster Services.
+
+Every instance has a mesh identity (``spiffe://cluster.local/ns/<ns>/sa/<serviceAccount>``). Its
+worker gets a read-only descriptor of its credentials: a memfd the daemon rewrites in place when
+it renews the certificate, holding JSON with the certificate chain, the private key, the mesh
+root, ``notAfter`` and ``renewAt`` (``funcmesh.runtime.mesh_credentials``), and the service
+CIDR. ``install`` wraps ``http.client.HTTPConnection.connect`` (urllib.request and http.client
+use it): once the TCP connection stands, when its peer is a ClusterIP (in the service CIDR) and
+the connection is plain HTTP (never an ``HTTPSConnection``, never a tunnel through a proxy), it
+is upgraded to mutual TLS with the instance's certificate. The name sent as SNI, and checked
+against the VIP's certificate, is ``<svc>.<ns>.svc.cluster.local`` when the code named the
+Service (the names shim says which Service a name resolved to); when it gave an address, no
+SNI is sent and the certificate is checked against the mesh root only. The code sees the same
+response as before; its calls now carry its identity. Its HTTPS calls are never touched.
+
+Which VIPs take mTLS changes at run time (a VirtualService or a STRICT PeerAuthentication
+moves a Service from kernel NAT into the daemon's mesh entrance, deleting it moves it back),
+so the shim does not keep a list: it tries TLS first. A VIP the mesh entrance serves answers
+with a certificate of the mesh CA; any other (kernel NAT or a forwarder to a plain workload)
+answers the ClientHello with an HTTP error, closes, or presents a certificate of another CA,
+and the call is made again in plaintext on a new connection, which is what the code asked for.
+That (address, port) is then called in plaintext for ``PLAIN_FOR_S`` before TLS is tried again.
+A published list of mesh VIPs would save that one probe per half minute, but it would have to
+follow every rule change into every worker (docs/mesh.md, "Identity, mTLS and access policy").
+
+The credentials are read at the first call to a VIP, not at start (a cold start costs nothing
+more): ``ssl`` loads a key from files only, so chain and key go to a private memfd, loaded
+through ``/proc/self/fd/N`` and closed at once; nothing touches the disk. They are read again
+once their ``renewAt`` has passed. Not covered: libraries that connect on their own instead of
+through ``HTTPConnection.connect`` (urllib3 and so requests, aiohttp, httpx): their calls stay
+plaintext.
+
+Standard library only, Python 3.8+: this runs inside users' interpreters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+PAYLOAD_FORMAT = "funcmesh.io/mesh-credentials/v1"
+MAX_PAYLOAD_BYTES = 1 << 16
+PLAIN_FOR_S = 30.0  # an (address, port) that refused TLS is called in plaintext this long
+HANDSHAKE_TIMEOUT_S = 2.0  # a plain server that waits for more than a ClientHello
+REREAD_AFTER_S = 5.0  # after the payload's renewAt: the daemon renews at that time
+REREAD_RETRY_S = 30.0  # when the payload was not renewed yet, or did not parse
+READ_ATTEMPTS = 3  # a read racing the daemon's rewrite does not parse: read again
+AGAIN_IN_PLAINTEXT = object()  # the upgrade failed and closed the socket
+MAX_SESSIONS = 256  # TLS sessions kept for resumption, by (address, port, name)
+
+
+class ResumableSocket(ssl.SSLSocket):
+    """An SSLSocket that hands its TLS session to ``keep_session`` when it closes: with TLS
+    1.3 the session ticket comes after the handshake, with the first answer, so the end of the
+    connection is when the session is worth keeping. The next connection to the same VIP
+    resumes it (no certificate signatures to make or check: about a third less CPU, for the
+    caller and for the daemon)."""
+
+    keep_session: Optional[Callable[[Any], None]] = None
+
+    def _real_close(self) -> None:  # the one way every close of an SSLSocket goes
+        keep = self.keep_session
+        if keep is not None:
+            self.keep_session = None
+            try:
+                session = self.session
+                if session is not None and session.has_ticket:
+                    keep(session)
+            except (OSError, ValueError, AttributeError):
+                pass
+        super()._real_close()  # type: ignore[misc]
+
+
+class Credentials:
+    """Client contexts with the instance's certificate: one that checks the VIP's name, one for
+    calls by address (mesh root only); when to read the payload again."""
+
+    __slots__ = ("by_address", "by_name", "not_after", "renew_at", "sessions", "spiffe_id")
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        if payload.get("format") != PAYLOAD_FORMAT:
+            raise ValueError("not funcmesh mesh credentials: %r" % payload.get("format"))
+        pem = (payload["key"] + payload["certChain"]).encode("ascii")
+        self.by_name = client_context(pem, payload["root"], check_hostname=True)
+        self.by_address = client_context(pem, payload["root"], check_hostname=False)
+        self.spiffe_id = str(payload["spiffeId"])
+        self.not_after = float(payload["notAfter"])
+        self.renew_at = float(payload["renewAt"])
+        # sessions of these contexts only: renewed credentials start without any
+        self.sessions: dict[tuple[str, int, Optional[str]], Any] = {}
+
+    def keeper(self, key: tuple[str, int, Optional[str]]) -> Callable[[Any], None]:
+        def keep(session: Any) -> None:
+            if len(self.sessions) >= MAX_SESSIONS:
+                self.sessions.clear()
+            self.sessions[key] = session
+
+        return keep
+
+
+def read_payload(fd: int) -> dict[str, Any]:
+    """The credentials in memfd ``fd`` (left open); ValueError if they do not parse (the daemon
+    is rewriting them, or they are not there)."""
+    data = os.pread(fd, MAX_PAYLOAD_BYTES, 0)
+    payload = json.loads(data.decode("utf-8"))
+    if not isinstance(payload, dict):
+        raise ValueError("the mesh credentials are not a JSON object")
+    return payload
+
+
+def client_context(pem: bytes, root: str, *, check_hostname: bool) -> ssl.SSLContext:
+    """TLS 1.2+, the mesh root as the only trust anchor, ``pem`` (key and chain) presented."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname  # verify_mode stays CERT_REQUIRED either way
+    context.load_verify_locations(cadata=root)
+    load_chain_from_memory(context, pem)
+    context.sslsocket_class = ResumableSocket
+    return context
+
+
+def load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
+    """``context.load_cert_chain`` from bytes: ssl reads files only, so a private memfd (no
+    name, no disk; closed at once) read through /proc/self/fd, which a process may open even
+    after dropping root (it is no longer dumpable then)."""
+    fd = os.memfd_create("funcmesh-mesh-key", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(pem)
+        while view:
+            view = view[os.write(fd, view) :]
+        context.load_cert_chain("/proc/self/fd/%d" % fd)
+    finally:
+        os.close(fd)
+
+
+def parse_cidr(cidr: str) -> tuple[int, int]:
+    """(network, mask) of an IPv4 CIDR, as integers."""
+    address, _, bits = cidr.partition("/")
+    length = int(bits or 32)
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF if length else 0
+    return struct.unpack("!I", socket.inet_aton(address))[0] & mask, mask
+
+
+class Originator:
+    """Decides which connections to upgrade, and does it."""
+
+    def __init__(
+        self,
+        fd: int,
+        cidr: str,
+        service_name: Optional[Callable[[str], Optional[str]]] = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.fd = fd
+        self.network, self.mask = parse_cidr(cidr)
+        self.service_name = service_name  # host -> "<svc>.<ns>.svc.<zone>" or None
+        self.clock = clock
+        self.credentials: Optional[Credentials] = None
+        self.read_after = 0.0  # when to read the payload (again)
+        self.plain_until: dict[tuple[str, int], float] = {}
+        self.complained = False
+        self.lock = threading.Lock()
+
+    def is_vip(self, ip: str) -> bool:
+        try:
+            packed = socket.inet_aton(ip)
+        except OSError:
+            return False  # IPv6: no ClusterIP
+        return struct.unpack("!I", packed)[0] & self.mask == self.network
+
+    def upgrade(self, sock: socket.socket, host: str) -> Any:
+        """``sock`` (connected) upgraded to mTLS; None to use it as it is;
+        ``AGAIN_IN_PLAINTEXT`` when the upgrade failed (``sock`` is closed then)."""
+        try:
+            ip, port = sock.getpeername()[:2]
+        except (OSError, ValueError):
+            return None
+        now = self.clock()
+        if not self.is_vip(ip) or self.plain_until.get((ip, port), 0.0) > now:
+            return None
+        credentials = self.current(now)
+        if credentials is None:
+            return None
+        name = self.service_name(host) if self.service_name is not None else None
+        context = credentials.by_name if name else credentials.by_address
+        key = (ip, port, name)
+        timeout = sock.gettimeout()
+        sock.settimeout(
+            HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
+        )
+        try:
+            session = credentials.sessions.pop(key, None)  # a ticket is good for one resumption
+            secure = context.wrap_socket(sock, server_hostname=name, session=session)
+        except (OSError, ValueError):  # not the mesh entrance (ssl.SSLError is an OSError)
+            sock.close()
+            if len(self.plain_until) > 1024:
+                self.plain_until.clear()
+            self.plain_until[(ip, port)] = now + PLAIN_FOR_S
+            return AGAIN_IN_PLAINTEXT
+        secure.settimeout(timeout)
+        secure.keep_session = credentials.keeper(key)
+        return secure
+
+    def current(self, now: float) -> Optional[Credentials]:
+        """The credentials, read first or again when due; None when there are none (said once
+        on stderr, the function's log)."""
+        credentials = self.credentials
+        if now < self.read_after and (credentials is None or now < credentials.not_after):
+            return credentials
+        with self.lock:
+            if now >= self.read_after:
+                self.reload(now)
+        credentials = self.credentials
+        return credentials if credentials is not None and now < credentials.not_after else None
+
+    def reload(self, now: float) -> None:
+        previous = self.credentials
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                payload = read_payload(self.fd)
+                if previous is not None and float(payload["renewAt"]) <= previous.renew_at:
+                    break  # not renewed yet: keep what we have
+                self.credentials = Credentials(payload)
+                self.read_after = self.credentials.renew_at + REREAD_AFTER_S
+                return
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                if attempt + 1 == READ_ATTEMPTS:
+                    self.complain("cannot read the mesh credentials: %s" % exc)
+                else:
+                    time.sleep(0.01)
+        self.read_after = now + REREAD_RETRY_S
+
+    def complain(self, message: str) -> None:
+        if not self.complained:
+            self.complained = True
+            print("funcmesh: %s; calls to Services go in plaintext" % message, file=sys.stderr)
+
+
+def install(
+    fd: int, cidr: str, resolver: Any = None, *, clock: Callable[[], float] = time.time
+) -> Optional[Originator]:
+    """Upgrade ``http.client``'s plain connections to mesh VIPs (see the module). ``resolver``
+    is the names shim's ClusterResolver (None: every call to a VIP is by address). Idempotent."""
+    import http.client
+
+    connection = http.client.HTTPConnection
+    if getattr(connection.connect, "_funcmesh", False):
+        return None
+    os.set_inheritable(fd, False)
+    secure_class = getattr(http.client, "HTTPSConnection", None)
+    original_connect = connection.connect
+    service_name = None if resolver is None else resolver.service_name
+    originator = Originator(fd, cidr, service_name, clock=clock)
+
+    def connect(self: Any) -> None:
+        original_connect(self)
+        if getattr(self, "_tunnel_host", None) or (
+            secure_class is not None and isinstance(self, secure_class)
+        ):
+            return  # through a proxy, or HTTPS the code asked for itself
+        upgraded = originator.upgrade(self.sock, self.host)
+        if upgraded is AGAIN_IN_PLAINTEXT:
+            original_connect(self)
+        elif upgraded is not None:
+            self.sock = upgraded
+
+    connect._funcmesh = True  # type: ignore[attr-defined]
+    connect.__wrapped__ = original_connect  # type: ignore[attr-defined]
+    connection.connect = connect  # type: ignore[method-assign]
+    return originator

@@ -1,0 +1,240 @@
+'use strict';
+/**
+ * Mesh mTLS for the plain-HTTP calls a Node.js function makes to cluster Services.
+ *
+ * The Node counterpart of _funcmesh_mtls.py. `install({cidr, fetchCredentials, resolver})`
+ * replaces `http.Agent.prototype.createConnection`, which every http agent uses (the global one
+ * under http.get/http.request, `agent: false`, and agents the code makes itself; https agents
+ * have their own and are never touched). Once the TCP connection stands, when its peer is a
+ * ClusterIP (in `cidr`), it is upgraded to mutual TLS with the instance's certificate: SNI and
+ * the name checked against the VIP's certificate are `<svc>.<ns>.svc.cluster.local` when the
+ * code named the Service (`resolver.serviceName`, the names shim's), the mesh root alone when
+ * it gave an address. The agent gets the socket through createConnection's callback, as Node
+ * allows, so the upgrade is invisible to the code: same response, its identity on the call.
+ *
+ * As in Python, TLS is tried first: a VIP that is not the daemon's mesh entrance (kernel NAT or
+ * a forwarder to a plain workload) answers the ClientHello with something else than a
+ * certificate of the mesh CA, and the call is made again in plaintext on a new connection; the
+ * address and port then get plaintext for PLAIN_FOR_MS. Credentials (JSON: certChain, key,
+ * root, notAfter, renewAt) come from the daemon over the control socket
+ * (`fetchCredentials(callback)`), at the first call to a VIP and again after renewAt; they stay
+ * in memory (tls.createSecureContext takes PEM strings). The next connection to the same VIP
+ * resumes the TLS session of the last one. Not covered: fetch() (undici has
+ * agents of its own), and sockets the code opens with net or tls itself.
+ *
+ * Node's own modules only.
+ */
+
+const http = require('http');
+const https = require('https');
+const tls = require('tls');
+
+const PLAIN_FOR_MS = 30000;
+const HANDSHAKE_TIMEOUT_MS = 2000;
+const REREAD_AFTER_MS = 5000; // after renewAt: the daemon renews at that time
+const RETRY_MS = 30000;
+const MAX_PLAIN_ENTRIES = 1024;
+const MAX_SESSIONS = 256;
+
+function ipv4ToInt(ip) {
+  const parts = ip.split('.');
+  if (parts.length !== 4) return null;
+  let value = 0;
+  for (const part of parts) value = value * 256 + (Number(part) & 255);
+  return value;
+}
+
+function parseCidr(cidr) {
+  const [address, bits] = String(cidr).split('/');
+  const length = bits === undefined ? 32 : Number(bits);
+  const mask = length === 0 ? 0 : (0xffffffff * 2 ** (32 - length)) % 2 ** 32;
+  return { network: (ipv4ToInt(address) & mask) >>> 0, mask: mask >>> 0 };
+}
+
+class Originator {
+  constructor({ cidr, fetchCredentials, resolver, now }) {
+    const { network, mask } = parseCidr(cidr);
+    this.network = network;
+    this.mask = mask;
+    this.fetchCredentials = fetchCredentials;
+    this.resolver = resolver || null;
+    this.now = now || Date.now;
+    this.credentials = null; // {context, notAfterMs, renewAtMs}
+    this.readAfterMs = 0;
+    this.waiting = null; // callbacks while a fetch is under way
+    this.plainUntil = new Map();
+    this.complained = false;
+  }
+
+  isVip(ip) {
+    const value = typeof ip === 'string' ? ipv4ToInt(ip.replace(/^::ffff:/, '')) : null;
+    return value !== null && ((value & this.mask) >>> 0) === this.network;
+  }
+
+  wants(ip, port) {
+    return this.isVip(ip) && (this.plainUntil.get(`${ip}:${port}`) || 0) <= this.now();
+  }
+
+  rememberPlain(ip, port) {
+    if (this.plainUntil.size >= MAX_PLAIN_ENTRIES) this.plainUntil.clear();
+    this.plainUntil.set(`${ip}:${port}`, this.now() + PLAIN_FOR_MS);
+  }
+
+  serviceName(host) {
+    return this.resolver && typeof host === 'string' ? this.resolver.serviceName(host) : null;
+  }
+
+  /** callback(credentials or null): fetched first, or again once they are due. */
+  current(callback) {
+    const now = this.now();
+    const held = this.credentials;
+    const usable = held !== null && now < held.notAfterMs;
+    if (now < this.readAfterMs) return callback(usable ? held : null);
+    if (usable) {
+      this.refresh(() => {}); // meanwhile the ones we hold
+      return callback(held);
+    }
+    return this.refresh(() => {
+      const fresh = this.credentials;
+      callback(fresh !== null && this.now() < fresh.notAfterMs ? fresh : null);
+    });
+  }
+
+  refresh(callback) {
+    if (this.waiting !== null) return this.waiting.push(callback);
+    this.waiting = [callback];
+    this.fetchCredentials((error, payload) => {
+      const previous = this.credentials;
+      try {
+        if (error) throw error;
+        if (previous === null || payload.renewAt * 1000 > previous.renewAtMs) {
+          this.credentials = {
+            context: tls.createSecureContext({
+              cert: payload.certChain,
+              key: payload.key,
+              ca: payload.root,
+              minVersion: 'TLSv1.2',
+            }),
+            notAfterMs: payload.notAfter * 1000,
+            renewAtMs: payload.renewAt * 1000,
+            sessions: new Map(), // TLS sessions to resume, of this context only
+          };
+          this.readAfterMs = this.credentials.renewAtMs + REREAD_AFTER_MS;
+        } else {
+          this.readAfterMs = this.now() + RETRY_MS; // not renewed yet
+        }
+      } catch (failure) {
+        this.readAfterMs = this.now() + RETRY_MS;
+        if (!this.complained) {
+          this.complained = true;
+          console.error(
+            `funcmesh: no mesh credentials (${failure.message || failure}); ` +
+              'calls to Services go in plaintext',
+          );
+        }
+      }
+      const waiting = this.waiting;
+      this.waiting = null;
+      for (const waiter of waiting) waiter();
+    });
+  }
+
+  /** Upgrade `plain` (connected) to mTLS; callback(null, socket) with what the agent uses. */
+  upgrade(plain, host, again, callback) {
+    const ip = plain.remoteAddress;
+    const port = plain.remotePort;
+    if (!this.wants(ip, port)) return callback(null, plain);
+    let failed = null; // while the credentials come: the socket's error is the call's
+    const early = (error) => {
+      failed = error;
+    };
+    plain.on('error', early);
+    this.current((credentials) => {
+      plain.removeListener('error', early);
+      if (failed !== null) return callback(failed);
+      if (credentials === null) return callback(null, plain);
+      const name = this.serviceName(host);
+      const key = `${ip}:${port}:${name || ''}`;
+      const sessions = credentials.sessions;
+      const secure = tls.connect({
+        socket: plain,
+        secureContext: credentials.context,
+        servername: name || undefined,
+        checkServerIdentity: name ? tls.checkServerIdentity : () => undefined,
+        session: sessions.get(key), // resumed: no certificate signatures to make or check
+      });
+      secure.on('session', (session) => {
+        if (sessions.size >= MAX_SESSIONS) sessions.clear();
+        sessions.set(key, session);
+      });
+      let settled = false;
+      const timer = setTimeout(
+        () => secure.destroy(new Error('handshake timed out')),
+        HANDSHAKE_TIMEOUT_MS,
+      );
+      secure.once('secureConnect', () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        secure.removeListener('error', onError);
+        callback(null, secure);
+      });
+      const onError = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        secure.destroy();
+        plain.destroy();
+        this.rememberPlain(ip, port);
+        callback(null, again()); // what the code asked for: plaintext
+      };
+      secure.once('error', onError);
+    });
+  }
+}
+
+/** Replace http.Agent's createConnection with the mesh-aware one; the Originator, or null. */
+function install({ cidr, fetchCredentials, resolver, now }) {
+  const proto = http.Agent.prototype;
+  if (proto.createConnection.funcmeshMesh) return null;
+  const original = proto.createConnection;
+  const originator = new Originator({ cidr, fetchCredentials, resolver, now });
+
+  function createConnection(options, callback) {
+    if (typeof callback !== 'function' || this instanceof https.Agent || options.socketPath) {
+      return original.call(this, options, callback);
+    }
+    const agent = this;
+    const plain = original.call(agent, options);
+    let handed = false;
+    const hand = (error, socket) => {
+      if (handed) return;
+      handed = true;
+      plain.removeListener('error', onError);
+      plain.removeListener('timeout', onTimeout);
+      callback(error, socket);
+    };
+    const onError = (error) => hand(error);
+    // A connect timeout (the request's `timeout`) is the request's to see: hand the socket
+    // over as it is, and let it fire again there.
+    const onTimeout = () => {
+      hand(null, plain);
+      process.nextTick(() => plain.emit('timeout'));
+    };
+    plain.once('error', onError);
+    plain.once('timeout', onTimeout);
+    plain.once('connect', () => {
+      if (handed) return;
+      plain.removeListener('timeout', onTimeout);
+      plain.removeListener('error', onError);
+      handed = true;
+      originator.upgrade(plain, options.host, () => original.call(agent, options), callback);
+    });
+    return undefined; // the socket comes through the callback
+  }
+  createConnection.funcmeshMesh = true;
+  proto.createConnection = createConnection;
+  return originator;
+}
+
+module.exports = { install, Originator, parseCidr };
