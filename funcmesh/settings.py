@@ -55,6 +55,7 @@ class TracingSettings:
 
     otlp_endpoint: str | None = None  # OTLP/HTTP traces URL (…/v1/traces); None: no export
     sample_ratio: float = 1.0  # of new traces; an incoming sampled flag is always obeyed
+    enabled: bool = True  # FUNCMESH_TRACING=off: no spans, no trace context passed on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +77,7 @@ class DaemonSettings:
     # plain Services' VIPs by kernel NAT (nftables) when root and nft work; FUNCMESH_VIP_NAT=off
     vip_nat: bool = True
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    access_log: bool = True  # the mesh's access log; FUNCMESH_ACCESS_LOG=off
 
     @property
     def db_path(self) -> Path:
@@ -151,18 +153,21 @@ def load_daemon_settings(
         dns_upstream=parse_dns_upstream(upstream),
         vip_nat=parse_switch(env.get("FUNCMESH_VIP_NAT", ""), what="FUNCMESH_VIP_NAT"),
         tracing=load_tracing_settings(env, otlp_endpoint=otlp_endpoint),
+        access_log=parse_switch(env.get("FUNCMESH_ACCESS_LOG", ""), what="FUNCMESH_ACCESS_LOG"),
     )
 
 
 def load_tracing_settings(
     env: Mapping[str, str], *, otlp_endpoint: str | None = None
 ) -> TracingSettings:
-    """``--otlp-endpoint`` (else ``FUNCMESH_OTLP_ENDPOINT``) and ``FUNCMESH_TRACE_SAMPLE_RATIO``."""
+    """``--otlp-endpoint`` (else ``FUNCMESH_OTLP_ENDPOINT``), ``FUNCMESH_TRACE_SAMPLE_RATIO``
+    and ``FUNCMESH_TRACING`` (on/off)."""
     endpoint = otlp_endpoint or env.get("FUNCMESH_OTLP_ENDPOINT")
     ratio = env.get("FUNCMESH_TRACE_SAMPLE_RATIO", "").strip()
     return TracingSettings(
         otlp_endpoint=parse_otlp_endpoint(endpoint) if endpoint else None,
         sample_ratio=parse_sample_ratio(ratio) if ratio else 1.0,
+        enabled=parse_switch(env.get("FUNCMESH_TRACING", ""), what="FUNCMESH_TRACING"),
     )
 
 

@@ -94,10 +94,10 @@ class Daemon:
     mesh: MeshTable
     mesh_identity: MeshIdentity  # the mesh CA: workload certificates, the VIPs' mTLS
     authorizer: Authorizer  # AuthorizationPolicy and PeerAuthentication decisions
-    access_log: AccessLog
+    access_log: AccessLog | None
     telemetry: Telemetry
     traces: TraceStore
-    tracer: Tracer
+    tracer: Tracer | None
     # names
     nameserver: NameServer
     pod_dns: ClusterDns
@@ -209,20 +209,24 @@ class Daemon:
         self.logbook = LogBook(function_budget_bytes=settings.runtime.log_bytes_per_function)
         stack.callback(self.logbook.close)
         # the mesh's access log and Istio's metrics: closed after the data plane stops
-        self.access_log = AccessLog(
-            settings.home / "logs" / "mesh-access.log",
-            call_later=asyncio.get_running_loop().call_later,
-        )
-        stack.callback(self.access_log.close)
+        self.access_log = None
+        if settings.access_log:  # FUNCMESH_ACCESS_LOG=off leaves it out (a few µs per call)
+            self.access_log = AccessLog(
+                settings.home / "logs" / "mesh-access.log",
+                call_later=asyncio.get_running_loop().call_later,
+            )
+            stack.callback(self.access_log.close)
         self.telemetry = Telemetry(self.registry, self.access_log)
         self.traces = TraceStore()
-        endpoint = settings.tracing.otlp_endpoint
-        exporter = OtlpExporter(endpoint) if endpoint else None
-        if exporter is not None:  # closed after the data plane stops: its spans are sent
-            stack.push_async_callback(asyncio.to_thread, exporter.close)
-        self.tracer = Tracer(
-            self.traces, exporter=exporter, sample_ratio=settings.tracing.sample_ratio
-        )
+        self.tracer = None
+        if settings.tracing.enabled:  # FUNCMESH_TRACING=off: no spans, no context passed on
+            endpoint = settings.tracing.otlp_endpoint
+            exporter = OtlpExporter(endpoint) if endpoint else None
+            if exporter is not None:  # closed after the data plane stops: its spans are sent
+                stack.push_async_callback(asyncio.to_thread, exporter.close)
+            self.tracer = Tracer(
+                self.traces, exporter=exporter, sample_ratio=settings.tracing.sample_ratio
+            )
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)
         addresses, limiter = AddressPool(settings.runtime.pod_cidr), MemoryLimiter()

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
-import time
 from typing import TYPE_CHECKING
 
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backend
-from funcmesh.gateway.destinations import Destinations, EndpointBackend, Resolved
+from funcmesh.gateway.destinations import Destinations, Resolved
+from funcmesh.gateway.direct_calls import DirectCall
 from funcmesh.gateway.mesh_access import MeshAccess
 from funcmesh.gateway.mesh_attempts import (
     Attempt,
@@ -33,21 +32,22 @@ from funcmesh.gateway.mesh_attempts import (
     apply_header_operations,
     retriable,
 )
-from funcmesh.gateway.messages import BodyFraming, Headers, Request
+from funcmesh.gateway.mesh_records import (
+    answer_locally,
+    describe_upstream,
+    record_of,
+    start_span,
+)
+from funcmesh.gateway.messages import Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
-from funcmesh.gateway.upstream import NO_SOURCE
 from funcmesh.mesh import telemetry as tm
-from funcmesh.mesh.authz import namespace_of_principal
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
 from funcmesh.mesh.tracing import (
-    TRACE_HEADERS,
     Span,
     Tracer,
-    traceparent_line,
-    with_trace_headers,
 )
 from funcmesh.model.istio_networking import HeaderOperations
 
@@ -60,7 +60,6 @@ RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times t
 RETRY_MAX_S = 0.25
 _OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
 _NO_OPERATIONS = HeaderOperations()
-_MUTUAL_TLS, _PLAINTEXT = "mutual_tls", "none"  # Istio's connection_security_policy
 
 
 class MeshPlane:
@@ -101,11 +100,7 @@ class MeshPlane:
         self, backend: Backend, route: FunctionRoute, request: Request, client: Responder
     ) -> None:
         """Call one function with no mesh rule on its way: one attempt, measured."""
-        call = MeshCall(self, None, route.target, request, client)
-        call.record.destination_service = f"{route.name}.{route.namespace}.svc.cluster.local"
-        call.record.destination_service_name = route.name
-        call.record.destination_service_namespace = route.namespace
-        call.send_to(backend, route)
+        DirectCall(self, backend, route, request, client).start()
 
     def close(self) -> None:
         """Answer the calls waiting for a retry or a fault delay: the gateway is closing."""
@@ -173,16 +168,10 @@ class MeshCall:
         self._deadline_s: float | None = None
         self._ended = False
         trace_headers: list[tuple[bytes, bytes]] = []
-        self.record = _record_of(request, trace_headers)
-        self._extra_head = b""
-        tracer = plane.tracer
-        self._span = tracer.start(trace_headers) if tracer is not None else None
-        if self._span is None:
-            pass
-        elif trace_headers:  # the incoming context is replaced by this hop's, in every form
-            self._request = request.with_headers(with_trace_headers(request.headers, self._span))
-        else:  # the common case: one traceparent line added as the head is written
-            self._extra_head = traceparent_line(self._span)
+        self.record = record_of(request, trace_headers)
+        self._span, self._request, self._extra_head = start_span(
+            plane.tracer, request, trace_headers
+        )
 
     # the start: fault, destination, mirror
 
@@ -355,7 +344,7 @@ class MeshCall:
             resolved.members.finished(attempt.backend, latency_s=latency_s, status=attempt.status)
         record = self.record
         record.upstream_service_time_s = latency_s
-        _describe_upstream(record, attempt)
+        describe_upstream(record, attempt.backend, attempt.cause)
         if attempt.retrying and not self._ended:
             backoff_s = self._plane.draw() * min(RETRY_BASE_S * (1 << self._tries), RETRY_MAX_S)
             self._wait(backoff_s, attempt=True)
@@ -435,19 +424,10 @@ class MeshCall:
             return
         if flag:
             self._flags.append(flag)
-        client = self.client
-        body = message.encode() if plain else json.dumps({"error": message}).encode()
-        if client.response_started:
-            client.abort()
-        elif not client.client_gone:
-            content_type = b"text/plain" if plain else b"application/json"
-            head = [(b"Content-Type", content_type), *headers]
-            head.append((b"Content-Length", b"%d" % len(body)))
-            if client.start_response(status, b"", head, BodyFraming.CONTENT_LENGTH, NO_SOURCE):
-                if not self._request.head_only:
-                    client.send_body(body)
-                client.end_response()
-        self._end(status, bytes_sent=len(body))
+        sent = answer_locally(
+            self.client, self._request, status, message, headers=headers, plain=plain
+        )
+        self._end(status, bytes_sent=sent)
 
     def _end(self, status: int, *, bytes_sent: int) -> None:
         if self._ended:
@@ -483,60 +463,6 @@ def default_route(host: str, service: tuple[str, str], port: int = 0) -> Compile
         mirror=None,
         mirror_percent=0.0,
     )
-
-
-def _describe_upstream(record: RequestRecord, attempt: Attempt) -> None:
-    """What the last attempt tells the access log and the metrics about the upstream."""
-    backend = attempt.backend
-    if isinstance(backend, EndpointBackend):
-        record.upstream_host = backend.address_text
-        record.destination_workload = backend.workload
-        record.destination_workload_namespace = backend.namespace
-    else:
-        namespace, _, name = backend.display_name.partition("/")
-        record.destination_workload = name
-        record.destination_workload_namespace = namespace
-    record.response_code_details = _DETAILS.get(attempt.cause, tm.VIA_UPSTREAM)
-
-
-_DETAILS = {
-    "UF": tm.CONNECTION_FAILURE_DETAILS,
-    "UC": tm.CONNECTION_TERMINATION_DETAILS,
-    "UT": tm.RESPONSE_TIMEOUT,
-    "UH": tm.NO_HEALTHY_UPSTREAM_DETAILS,
-    "UO": tm.OVERFLOW_DETAILS,
-}
-
-
-def _record_of(request: Request, trace_headers: list[tuple[bytes, bytes]]) -> RequestRecord:
-    """The call's record from the request; its trace headers are put into ``trace_headers``
-    on the way (one pass over the headers for both)."""
-    record = RequestRecord(
-        start_wall_s=time.time(),
-        method=request.method,
-        path=request.target,
-        downstream_remote=request.client_ip.decode("latin-1"),
-    )
-    for name, value in request.headers:
-        lower = name.lower()
-        if lower == b"host":
-            record.authority = value
-        elif lower == b"user-agent":
-            record.user_agent = value
-        elif lower == b"x-request-id":
-            record.request_id = value
-        elif lower == b"x-forwarded-for":
-            record.forwarded_for = value
-        elif lower in TRACE_HEADERS:
-            trace_headers.append((lower, value))
-    record.bytes_received = len(request.body)
-    record.connection_security_policy = _MUTUAL_TLS if request.mtls else _PLAINTEXT
-    if request.mtls:
-        record.requested_server_name = request.server_name
-        if request.principal:
-            record.source_principal = request.principal
-            record.source_namespace = namespace_of_principal(request.principal) or tm.UNKNOWN
-    return record
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

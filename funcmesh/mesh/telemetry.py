@@ -26,7 +26,7 @@ import bisect
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -112,9 +112,12 @@ def rbac_denied_details(policy_id: str | None = None) -> str:
     return f"rbac_access_denied_matched_policy[{policy_id or 'none'}]"
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(kw_only=True, init=False)
 class RequestRecord:
     """What the data plane learns about one request along its way; mutable, one per request.
+
+    Built per request, so it is cheap to make: the defaults are class attributes and
+    ``__init__`` stores only the fields given (a slotted dataclass assigns all 45 every time).
 
     Bytes are as they arrived on the wire (the access log shows them without decoding them
     twice); addresses are ``ip:port``; an empty value is written "-" in the access log.
@@ -158,6 +161,15 @@ class RequestRecord:
     duration_s: float = 0.0
     upstream_service_time_s: float | None = None
     connection_security_policy: str = UNKNOWN  # "none" or "mutual_tls" once known
+
+    def __init__(self, **fields: Any) -> None:
+        if not fields.keys() <= _RECORD_FIELDS:
+            unknown = ", ".join(sorted(fields.keys() - _RECORD_FIELDS))
+            raise TypeError(f"RequestRecord has no field {unknown}")
+        self.__dict__.update(fields)
+
+
+_RECORD_FIELDS = frozenset(RequestRecord.__dataclass_fields__)
 
 
 class _Series:

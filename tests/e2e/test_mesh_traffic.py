@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Daemon, api_client
+from tests.e2e.conftest import Daemon, api_client, start_daemon
 
 RUNTIME = f"python{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -38,6 +38,7 @@ class Upstream:
         self.delay_s = 0.0
         self.hosts: list[str] = []
         self.peer_ports: list[int] = []  # the gateway's side of each request's connection
+        self.headers: list[dict[str, str]] = []
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,7 @@ class Upstream:
             def do_GET(self) -> None:
                 upstream.hosts.append(self.headers.get("Host", ""))
                 upstream.peer_ports.append(self.client_address[1])
+                upstream.headers.append(dict(self.headers.items()))
                 if upstream.delay_s:
                     time.sleep(upstream.delay_s)
                 body = upstream.name.encode()
@@ -342,6 +344,8 @@ def test_calls_are_counted_in_istio_metrics_and_logged(
     with httpx.Client(timeout=10) as client:
         answers(client, f"{daemon.gateway_url}/function/{name}", 3)
     host = f"{name}.default.svc.cluster.local"
+    seen = [headers for upstream in upstreams[1] for headers in upstream.headers]
+    assert all("traceparent" in {k.lower() for k in headers} for headers in seen)  # a span each
     with api_client(daemon) as api:
         metrics = api.get("/metrics").text
     counted = [
@@ -392,3 +396,28 @@ spec:
     ports = [port for u in found for port in u.peer_ports]
     assert len(ports) == 12
     assert len(set(ports)) == 12, ports
+
+
+def test_access_log_and_tracing_can_be_turned_off(tmp_path: Path) -> None:
+    quiet = start_daemon(
+        tmp_path / "home",
+        log_path=tmp_path / "daemon.log",
+        extra_env={"FUNCMESH_ACCESS_LOG": "off", "FUNCMESH_TRACING": "off"},
+    )
+    [upstream] = start_upstreams(1)
+    try:
+        apply(quiet, tmp_path, service_yaml("plain", [upstream]))
+        wait_for(
+            lambda: httpx.get(f"{quiet.gateway_url}/function/plain", timeout=10).status_code == 200,
+            "the Service to answer",
+        )
+        assert "traceparent" not in {k.lower() for k in upstream.headers[-1]}
+        logs = quiet.run("mesh", "logs", check=False)
+        assert logs.returncode != 0
+        assert "not enabled" in logs.stderr
+        with api_client(quiet) as api:
+            metrics = api.get("/metrics").text
+        assert 'destination_service="plain.default.svc.cluster.local"' in metrics  # still counted
+    finally:
+        upstream.stop()
+        assert quiet.stop() == 0, quiet.log_tail()
