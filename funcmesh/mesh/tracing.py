@@ -198,7 +198,7 @@ class Tracer:
         attributes: Attributes | None = None,
     ) -> Span:
         """A span for a request that arrived with ``headers`` (the hot path)."""
-        incoming = parse_context(headers)
+        incoming = parse_context(headers) if headers else NO_CONTEXT
         trace_id = incoming.trace_id or self._ids.take(16, _ZERO_TRACE_ID)
         sampled = incoming.sampled
         if sampled == _NOT_GIVEN:
