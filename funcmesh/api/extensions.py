@@ -25,8 +25,8 @@ from funcmesh.api.negotiation import decode_json, decode_object
 from funcmesh.api.patch import apply_patch
 from funcmesh.api.paths import ResourcePath, unknown_path
 from funcmesh.api.providers import ApiProviders
-from funcmesh.api.status import BadRequest, MethodNotAllowed
-from funcmesh.api.streams import StartedIterator, until_stopped
+from funcmesh.api.status import MethodNotAllowed
+from funcmesh.api.streams import StartedIterator, tail_lines, until_stopped
 from funcmesh.api.wire import json_response, read_body
 from funcmesh.errors import Cause, Invalid
 from funcmesh.model.kinds import DEPLOYMENT, FUNCTION, POD, ResourceType
@@ -148,17 +148,17 @@ class Extensions:
         read: Callable[[int | None], list[str]],
         follow: Callable[[], AsyncIterator[str]],
     ) -> web.StreamResponse:
-        tail_lines = _tail_lines(request.query.get("tailLines"))
+        tail = tail_lines(request.query.get("tailLines"))
         if request.query.get("timestamps", "").lower() not in _TRUE:  # kubectl's default
             read, follow = _unstamped_read(read), _unstamped_follow(follow)
         if request.query.get("follow", "").lower() not in _TRUE:
-            return web.Response(text=_text(read(tail_lines)), content_type="text/plain")
+            return web.Response(text=_text(read(tail)), content_type="text/plain")
         live = StartedIterator(follow())
         response = web.StreamResponse(headers={"Content-Type": TEXT_CONTENT_TYPE})
         response.enable_chunked_encoding()
         try:
             await asyncio.sleep(0)  # let the follower subscribe before the tail is read
-            backlog = read(tail_lines)
+            backlog = read(tail)
             await response.prepare(request)
             await response.write(_text(backlog).encode())
             lines = until_stopped(live, stop=self._stop)
@@ -215,15 +215,6 @@ def _call_document(record: CallRecord) -> dict[str, object]:
         except UnicodeDecodeError:
             document["bodyBase64"] = base64.b64encode(record.result).decode()
     return document
-
-
-def _tail_lines(text: str | None) -> int | None:
-    if not text:
-        return None
-    if not text.lstrip("-").isdigit():
-        raise BadRequest(f'tailLines must be a number, got "{text}"')
-    number = int(text)
-    return None if number < 0 else number
 
 
 def _unstamped_read(read: Callable[[int | None], list[str]]) -> Callable[[int | None], list[str]]:

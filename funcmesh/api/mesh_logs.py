@@ -14,8 +14,7 @@ import contextlib
 
 from aiohttp import web
 
-from funcmesh.api.status import BadRequest
-from funcmesh.api.streams import until_stopped
+from funcmesh.api.streams import tail_lines, until_stopped
 from funcmesh.errors import NotFound
 from funcmesh.mesh.access_log import AccessLog
 
@@ -53,16 +52,6 @@ class MeshAccessLogEndpoint:
         except ConnectionResetError:
             pass  # the client went away
         return response
-
-
-def tail_lines(text: str | None) -> int | None:
-    """``tailLines``: None for all lines (absent, empty or negative, as Kubernetes reads it)."""
-    if not text:
-        return None
-    if not text.lstrip("-").isdigit():
-        raise BadRequest(f'tailLines must be a number, got "{text}"')
-    number = int(text)
-    return None if number < 0 else number
 
 
 def _text(lines: list[tuple[int, str]]) -> str:

@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Generic, TypeVar
 
+from funcmesh.api.status import BadRequest
+
 T = TypeVar("T")
 
 
@@ -82,3 +84,13 @@ async def close_iterator(iterator: AsyncIterator[object]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def tail_lines(text: str | None) -> int | None:
+    """``tailLines``: None for all lines (absent, empty or negative, as Kubernetes reads it)."""
+    if not text:
+        return None
+    if not text.lstrip("-").isdigit():
+        raise BadRequest(f'tailLines must be a number, got "{text}"')
+    number = int(text)
+    return None if number < 0 else number
