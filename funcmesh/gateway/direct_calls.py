@@ -21,6 +21,8 @@ from funcmesh.gateway.upstream import ResponseSource
 from funcmesh.mesh.telemetry import RequestRecord
 from funcmesh.mesh.tracing import Span
 
+FUNCTION_PORT = 8080  # a function's Service port unless its spec says otherwise
+
 if TYPE_CHECKING:
     from funcmesh.gateway.mesh_calls import MeshPlane
 
@@ -50,6 +52,8 @@ class DirectCall:
         route: FunctionRoute,
         request: Request,
         client: Responder,
+        *,
+        port: int = 0,
     ) -> None:
         self._plane = plane
         self._backend = backend
@@ -61,7 +65,8 @@ class DirectCall:
         self._started_s = plane.loop.time()
         trace_headers: list[tuple[bytes, bytes]] = []
         record = self.record = record_of(request, trace_headers)
-        record.destination_service = f"{route.name}.{route.namespace}.svc.cluster.local"
+        host = record.destination_service = f"{route.name}.{route.namespace}.svc.cluster.local"
+        record.upstream_cluster = f"outbound|{port or FUNCTION_PORT}||{host}"
         record.destination_service_name = route.name
         record.destination_service_namespace = route.namespace
         self._span: Span | None

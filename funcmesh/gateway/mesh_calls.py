@@ -97,10 +97,17 @@ class MeshPlane:
         MeshCall(self, route, target, request, client, port=port).start()
 
     def direct(
-        self, backend: Backend, route: FunctionRoute, request: Request, client: Responder
+        self,
+        backend: Backend,
+        route: FunctionRoute,
+        request: Request,
+        client: Responder,
+        *,
+        port: int = 0,
     ) -> None:
-        """Call one function with no mesh rule on its way: one attempt, measured."""
-        DirectCall(self, backend, route, request, client).start()
+        """Call one function with no mesh rule on its way: one attempt, measured; ``port`` is
+        its Service port when the call came to it (0: not known, the default 8080 is shown)."""
+        DirectCall(self, backend, route, request, client, port=port).start()
 
     def close(self) -> None:
         """Answer the calls waiting for a retry or a fault delay: the gateway is closing."""

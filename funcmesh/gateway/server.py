@@ -276,7 +276,7 @@ class Gateway:
                 return False
         backend = self._backends.lookup(route.namespace, route.name)
         if backend is not None:
-            plane.direct(backend, route, request, connection)
+            plane.direct(backend, route, request, connection, port=port)
             return False
         services = self._services
         if (

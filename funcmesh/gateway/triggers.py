@@ -152,7 +152,13 @@ class FunctionCalls(Protocol):
     """The mesh (``mesh_calls.MeshPlane``), as a trigger's call of its function needs it."""
 
     def direct(
-        self, backend: Backend, route: FunctionRoute, request: Request, client: Responder
+        self,
+        backend: Backend,
+        route: FunctionRoute,
+        request: Request,
+        client: Responder,
+        *,
+        port: int = 0,
     ) -> None: ...
 
 
