@@ -145,6 +145,7 @@ class MeshCall:
         "_target",
         "_timer",
         "_tries",
+        "_waiter",
         "client",
         "record",
     )
@@ -168,6 +169,7 @@ class MeshCall:
         self._resolved: Resolved | None = None
         self._last: Backend | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Task[None] | None = None
         self._flags: list[str] = []
         self._tries = 0
         self._attempts_left = 0
@@ -268,8 +270,8 @@ class MeshCall:
             self._answer_local(503, str(exc), flag="UH")
             return
         if member is None:
-            task = self._plane.loop.create_task(self._wait_turn(resolved))
-            task.add_done_callback(_log_failure)
+            self._waiter = self._plane.loop.create_task(self._wait_turn(resolved))
+            self._waiter.add_done_callback(_log_failure)
             return
         route = FunctionRoute(
             namespace=resolved.namespace, name=resolved.service, target=self._target
@@ -284,7 +286,12 @@ class MeshCall:
             self.record.response_code_details = tm.OVERFLOW_DETAILS
             self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
             return
+        except Unavailable as exc:  # the members went away while it waited
+            self.record.response_code_details = tm.NO_HEALTHY_UPSTREAM_DETAILS
+            self._answer_local(503, str(exc), flag="UH")
+            return
         finally:
+            self._waiter = None
             self._plane.waiting.discard(self)
         if not self._ended:
             self._attempt()
@@ -388,6 +395,9 @@ class MeshCall:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._waiter is not None:  # waiting for a free connection: that wait ends too
+            self._waiter.cancel()
+            self._waiter = None
         self._plane.waiting.discard(self)
         self._answer_local(status, message)
 

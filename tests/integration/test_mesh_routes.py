@@ -32,6 +32,7 @@ from funcmesh.discovery.services import (
 )
 from funcmesh.gateway.server import Gateway
 from funcmesh.mesh.table import MeshTable
+from funcmesh.model.istio_destinations import parse_destination_rule
 from funcmesh.model.istio_networking import parse_virtual_service
 
 PORT = 9000 + random.randrange(900)
@@ -433,3 +434,70 @@ def test_every_match_row_is_distinct() -> None:
     """The table itself: no duplicated row hides a missing case."""
     keys = [json.dumps(row, sort_keys=True) for row in MATCHES]
     assert len(keys) == len(set(keys))
+
+
+def limit_to_one(mesh: Mesh) -> None:
+    mesh.table.put_destination_rule(
+        parse_destination_rule(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "hello", "namespace": "default"},
+                "spec": {
+                    "host": "hello",
+                    "trafficPolicy": {
+                        "connectionPool": {
+                            "tcp": {"maxConnections": 1},
+                            "http": {"http1MaxPendingRequests": 5},
+                        }
+                    },
+                },
+            }
+        )
+    )
+
+
+async def test_a_call_waiting_for_a_connection_is_answered_when_the_endpoints_go(
+    mesh: Mesh,
+) -> None:
+    limit_to_one(mesh)
+    async with httpx.AsyncClient(timeout=10) as client:
+        slow = asyncio.ensure_future(client.get(mesh.url + "/hello", headers={"x-delay-ms": "800"}))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(client.get(mesh.url + "/hello"))
+        await asyncio.sleep(0.1)
+        mesh.services.put_endpoints(endpoints("hello"))  # the only endpoint leaves
+        third = await client.get(mesh.url + "/hello")  # resolves again: the waiter learns it
+        answered = await asyncio.wait_for(waiting, 2)
+        assert (await slow).status_code == 200
+    assert third.status_code == 503
+    assert answered.status_code == 503
+    assert "no healthy upstream" in answered.text
+
+
+async def test_a_call_waiting_for_a_connection_is_answered_when_the_gateway_closes() -> None:
+    upstream = Upstream("hello", f"127.135.{random.randrange(256)}.7")
+    upstream.server = await asyncio.start_server(upstream.handle, upstream.ip, PORT)
+    services, table = ServiceTable(), MeshTable()
+    services.put_service(service("hello"))
+    services.put_endpoints(endpoints("hello", upstream))
+    gateway = Gateway(NoFunctions(), port=0, mesh=table, services=services)  # type: ignore[arg-type]
+    await gateway.start()
+    mesh = Mesh(gateway, table, services, {"hello": upstream})
+    limit_to_one(mesh)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            slow = asyncio.ensure_future(
+                client.get(mesh.url + "/hello", headers={"x-delay-ms": "3000"})
+            )
+            await asyncio.sleep(0.1)
+            waiting = asyncio.ensure_future(client.get(mesh.url + "/hello"))
+            await asyncio.sleep(0.1)
+            await gateway.close(0.2)
+            answered = await asyncio.wait_for(waiting, 2)
+            assert answered.status_code == 503
+            assert "closing" in answered.text
+            with pytest.raises(httpx.HTTPError):
+                await slow  # cut after the drain
+    finally:
+        await upstream.close()
