@@ -261,7 +261,8 @@ class Gateway:
         port: int,
     ) -> bool:
         """Call the function or Service ``route`` names: by its VirtualServices when it has
-        any, else the function itself, else the Service of that name (through the mesh)."""
+        any, by its DestinationRule's policy when it has one, else the function itself, else
+        the Service of that name (through the mesh)."""
         mesh = self._mesh
         if mesh is not None:
             host = f"{route.name}.{route.namespace}.svc.cluster.local"
@@ -273,6 +274,10 @@ class Gateway:
                     return True
                 target = selected.target(route.target)
                 plane.call(selected.route, target, request, connection, port=port)
+                return False
+            if mesh.destination_rule(host) is not None:  # its policy applies: balance, limits
+                service_route = default_route(host, (route.namespace, route.name))
+                plane.call(service_route, route.target, request, connection, port=port)
                 return False
         backend = self._backends.lookup(route.namespace, route.name)
         if backend is not None:

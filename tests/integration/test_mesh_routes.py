@@ -11,6 +11,7 @@ a real HTTP client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -501,3 +502,83 @@ async def test_a_call_waiting_for_a_connection_is_answered_when_the_gateway_clos
                 await slow  # cut after the drain
     finally:
         await upstream.close()
+
+
+class FunctionLease:
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+        self.instance_id = "fn-0"
+        self.timeout_s = 30.0
+
+    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
+        pass
+
+    def kill(self, reason: str) -> None:
+        pass
+
+    async def exit_reason(self, wait_s: float) -> str | None:
+        return None
+
+
+class OneFunction:
+    """A function ``fn`` whose instance (the upstream) always has room: the pool's fast path."""
+
+    display_name = "default/fn"
+    namespace = "default"
+    generation = 0
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.labels = {"function": "fn"}
+        self._lease = FunctionLease(address)
+
+    def try_acquire(self) -> FunctionLease:
+        return self._lease
+
+    async def acquire(self) -> FunctionLease:
+        return self._lease
+
+    def lookup(self, namespace: str, name: str) -> OneFunction | None:
+        return self if name == "fn" else None
+
+    def select(self, namespace: str, selector: dict[str, str]) -> list[OneFunction]:
+        return [self] if all(self.labels.get(k) == v for k, v in selector.items()) else []
+
+
+async def test_a_destination_rule_alone_applies_to_a_function(mesh: Mesh) -> None:
+    """No VirtualService: a function's DestinationRule (here its connection limits) still
+    acts on /function/fn."""
+    upstream = mesh.upstreams["hello"]
+    function = OneFunction((upstream.ip, PORT))
+    services, table = ServiceTable(), MeshTable()
+    fn_service = dataclasses.replace(service("fn"), selector=(("function", "fn"),), function="fn")
+    services.put_service(fn_service)
+    gateway = Gateway(function, port=0, mesh=table, services=services)  # type: ignore[arg-type]
+    await gateway.start()
+    try:
+        url = f"http://{gateway.address[0]}:{gateway.address[1]}/function/fn"
+        async with httpx.AsyncClient(timeout=10) as client:
+            calls = [client.get(url, headers={"x-delay-ms": "400"}) for _ in range(3)]
+            assert {r.status_code for r in await asyncio.gather(*calls)} == {200}  # no rule
+            table.put_destination_rule(
+                parse_destination_rule(
+                    {
+                        "apiVersion": "networking.istio.io/v1",
+                        "kind": "DestinationRule",
+                        "metadata": {"name": "fn", "namespace": "default"},
+                        "spec": {
+                            "host": "fn",
+                            "trafficPolicy": {
+                                "connectionPool": {
+                                    "tcp": {"maxConnections": 1},
+                                    "http": {"http1MaxPendingRequests": 1},
+                                }
+                            },
+                        },
+                    }
+                )
+            )
+            calls = [client.get(url, headers={"x-delay-ms": "400"}) for _ in range(3)]
+            statuses = sorted(r.status_code for r in await asyncio.gather(*calls))
+        assert statuses == [200, 200, 503]
+    finally:
+        await gateway.close(1.0)
