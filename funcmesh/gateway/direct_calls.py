@@ -24,7 +24,7 @@ from funcmesh.mesh.tracing import Span
 FUNCTION_PORT = 8080  # a function's Service port unless its spec says otherwise
 
 if TYPE_CHECKING:
-    from funcmesh.gateway.mesh_calls import MeshPlane
+    from funcmesh.gateway.mesh_plane import MeshPlane
 
 
 class DirectCall:

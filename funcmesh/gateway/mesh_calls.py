@@ -7,10 +7,8 @@ the route's header operations through ``relay.Relay`` to the member its destinat
 per-try and an overall timeout, a jittered back-off, a budget per host) on another member when
 there is one. Each attempt answers through an ``Attempt``: it relays the response to the
 client, or swallows it when the call will be retried, and applies the route's response header
-operations. ``MeshPlane`` holds what every mesh call shares and records each call's telemetry.
-
-A call through the gateway without mesh rules (``MeshPlane.direct``) is the same object with
-one attempt to one function, so every call is measured the same way.
+operations. What every mesh call shares is the ``mesh_plane.MeshPlane``; a call without mesh
+rules is a ``direct_calls.DirectCall``.
 """
 
 from __future__ import annotations
@@ -18,14 +16,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from typing import TYPE_CHECKING
 
 from funcmesh.errors import Unavailable
 from funcmesh.gateway.backends import Backend
-from funcmesh.gateway.destinations import Destinations, Resolved
-from funcmesh.gateway.direct_calls import DirectCall
-from funcmesh.gateway.mesh_access import MeshAccess
+from funcmesh.gateway.destinations import Resolved
 from funcmesh.gateway.mesh_attempts import (
     Attempt,
     Shadow,
@@ -44,15 +39,10 @@ from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.mesh import telemetry as tm
 from funcmesh.mesh.endpoint_sets import Overflow
 from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
-from funcmesh.mesh.telemetry import RequestRecord, Telemetry
-from funcmesh.mesh.tracing import (
-    Span,
-    Tracer,
-)
 from funcmesh.model.istio_networking import HeaderOperations
 
 if TYPE_CHECKING:
-    from funcmesh.gateway.relay import Relay
+    from funcmesh.gateway.mesh_plane import MeshPlane
 
 logger = logging.getLogger(__name__)
 
@@ -60,69 +50,6 @@ RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times t
 RETRY_MAX_S = 0.25
 _OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
 _NO_OPERATIONS = HeaderOperations()
-
-
-class MeshPlane:
-    """What every mesh call shares: the relay, the destinations, randomness, telemetry."""
-
-    def __init__(
-        self,
-        relay: Relay,
-        destinations: Destinations | None,
-        *,
-        telemetry: Telemetry | None = None,
-        rng: random.Random | None = None,
-        access: MeshAccess | None = None,
-        tracer: Tracer | None = None,
-    ) -> None:
-        self.relay = relay
-        self.tracer = tracer  # a span per call, its context passed on upstream
-        self.destinations = destinations
-        self.telemetry = telemetry
-        self.access = access  # AuthorizationPolicy, checked before each attempt
-        self.loop = relay.loop
-        self.draw = (rng or random.Random()).random
-        self.waiting: set[MeshCall] = set()  # between attempts or in a fault delay
-
-    def call(
-        self,
-        route: CompiledRoute,
-        target: bytes,
-        request: Request,
-        client: Responder,
-        *,
-        port: int = 0,
-    ) -> None:
-        """Answer ``request`` under ``route``; ``client.end_call()`` follows."""
-        MeshCall(self, route, target, request, client, port=port).start()
-
-    def direct(
-        self,
-        backend: Backend,
-        route: FunctionRoute,
-        request: Request,
-        client: Responder,
-        *,
-        port: int = 0,
-    ) -> None:
-        """Call one function with no mesh rule on its way: one attempt, measured; ``port`` is
-        its Service port when the call came to it (0: not known, the default 8080 is shown)."""
-        DirectCall(self, backend, route, request, client, port=port).start()
-
-    def close(self) -> None:
-        """Answer the calls waiting for a retry or a fault delay: the gateway is closing."""
-        for call in list(self.waiting):
-            call.give_up(503, "the gateway is closing")
-
-    def record(self, record: RequestRecord, span: Span | None) -> None:
-        """Count the call, log it, end its span; a failure here never reaches the client."""
-        try:
-            if self.telemetry is not None:
-                self.telemetry.record(record)
-            if span is not None and self.tracer is not None:
-                self.tracer.finish_call(span, record)
-        except Exception:
-            logger.exception("recording a mesh call failed")
 
 
 class MeshCall:

@@ -26,7 +26,8 @@ from funcmesh.gateway.connections import ConnectionLimits
 from funcmesh.gateway.destinations import Destinations, PodLabels
 from funcmesh.gateway.downstream import ClientConnection
 from funcmesh.gateway.mesh_access import MeshAccess
-from funcmesh.gateway.mesh_calls import MeshPlane, default_route
+from funcmesh.gateway.mesh_calls import default_route
+from funcmesh.gateway.mesh_plane import MeshPlane
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute, is_health_check, origin_form, route_function
