@@ -5,26 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import prometheus_client
 import pytest
 from click.testing import CliRunner
 
-from funcmesh.api.pki import ServingIdentity, ensure_kubeconfig, ensure_pki
-from funcmesh.api.providers import ApiProviders
-from funcmesh.api.server import ApiServer
+from funcmesh.api.pki import ServingIdentity, ensure_pki
 from funcmesh.cli.main import cli
-from funcmesh.client.api import MESH_ACCESS_LOG_PATH, ApiClient
+from funcmesh.client.api import MESH_ACCESS_LOG_PATH
 from funcmesh.errors import NotFound, Unauthorized
 from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.telemetry import RequestRecord
-from funcmesh.model.kinds import ResourceType
-from funcmesh.model.objects import RawObject
-from funcmesh.store.sqlite import Store
+from tests.integration.api_server import RunningApi, start_api
 
 DEADLINE_S = 10.0
 RECORD = RequestRecord(
@@ -51,65 +46,9 @@ def path_of(line: str) -> str:
     return line.split('"')[1].split()[1]
 
 
-class Unused:
-    """The providers this endpoint never reaches."""
-
-    def admit(self, rt: ResourceType, obj: RawObject, old: RawObject | None) -> RawObject:
-        return obj
-
-    def list_pods(self, namespace: str | None) -> list[RawObject]:
-        return []
-
-    def get_pod(self, namespace: str, name: str) -> RawObject:
-        raise NotFound(f'pods "{name}" not found')
-
-    async def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, RawObject]]:
-        await asyncio.Event().wait()
-        yield "ADDED", {}
-
-    async def delete_pod(self, namespace: str, name: str) -> RawObject:
-        raise NotFound(f'pods "{name}" not found')
-
-    def read_function_log(
-        self, namespace: str, name: str, *, tail_lines: int | None, build: bool
-    ) -> list[str]:
-        return []
-
-    async def follow_function_log(
-        self, namespace: str, name: str, *, build: bool
-    ) -> AsyncIterator[str]:
-        await asyncio.Event().wait()
-        yield ""
-
-    def read_pod_log(self, namespace: str, pod: str, *, tail_lines: int | None) -> list[str]:
-        return []
-
-    async def follow_pod_log(self, namespace: str, pod: str) -> AsyncIterator[str]:
-        await asyncio.Event().wait()
-        yield ""
-
-    def function_stats(self, namespace: str, name: str) -> Mapping[str, Any]:
-        return {}
-
-    def server_config(self) -> Mapping[str, Any]:
-        return {}
-
-
 @dataclasses.dataclass
-class Served:
-    server: ApiServer
-    store: Store
-    access_log: AccessLog | None
-    kubeconfig: Path
-    token: str
-    identity: ServingIdentity
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.bound_port}"
-
-    def client(self, *, token: str | None = None) -> ApiClient:
-        return ApiClient(server=self.url, token=token or self.token, ca_pem=self.identity.ca_pem)
+class Served(RunningApi):
+    access_log: AccessLog | None = None
 
 
 @pytest.fixture(scope="module")
@@ -117,47 +56,17 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> ServingIdentity:
     return ensure_pki(tmp_path_factory.mktemp("pki"), hosts=["127.0.0.1"])
 
 
-async def serve(tmp_path: Path, identity: ServingIdentity, access_log: AccessLog | None) -> Served:
-    store = await Store.open(tmp_path / "state.db")
-    kubeconfig = tmp_path / "kubeconfig"
-    # the token comes first; the server's port is written once it listens
-    token = ensure_kubeconfig(kubeconfig, server_url="https://127.0.0.1:1", ca_pem=identity.ca_pem)
-    unused = Unused()
-    server = ApiServer(
-        store=store,
-        providers=ApiProviders(
-            admission=unused, pods=unused, logs=unused, stats=unused, config=unused
-        ),
-        token=token,
-        ssl_context=identity.server_ssl_context(),
-        host="127.0.0.1",
-        port=0,
-        gateway_url="http://127.0.0.1:9",
-        metrics_registry=prometheus_client.CollectorRegistry(),
-        is_ready=lambda: True,
-        access_log=access_log,
-    )
-    try:
-        await server.start()
-    except BaseException:
-        await store.close()
-        raise
-    server_url = f"https://127.0.0.1:{server.bound_port}"
-    ensure_kubeconfig(kubeconfig, server_url=server_url, ca_pem=identity.ca_pem)
-    return Served(server, store, access_log, kubeconfig, token, identity)
-
-
 @pytest.fixture
 async def served(tmp_path: Path, identity: ServingIdentity) -> AsyncIterator[Served]:
     access_log = AccessLog(tmp_path / "logs" / "mesh-access.log")
     for number in range(1, 4):
         access_log.append(call(number))
-    served = await serve(tmp_path, identity, access_log)
+    api = await start_api(tmp_path, identity, access_log=access_log)
+    served = Served(**vars(api), access_log=access_log)
     try:
         yield served
     finally:
-        await served.server.close()
-        await served.store.close()
+        await served.close()
         access_log.close()
 
 
@@ -217,13 +126,12 @@ async def test_the_access_log_needs_the_token(served: Served) -> None:
 async def test_a_server_without_an_access_log_says_so(
     tmp_path: Path, identity: ServingIdentity
 ) -> None:
-    served = await serve(tmp_path, identity, None)
+    served = Served(**vars(await start_api(tmp_path, identity, access_log=None)))
     try:
         with pytest.raises(NotFound, match="the mesh access log is not enabled"):
             await asyncio.to_thread(read_lines, served)
     finally:
-        await served.server.close()
-        await served.store.close()
+        await served.close()
 
 
 async def test_a_bad_tail_is_a_clear_error(served: Served) -> None:

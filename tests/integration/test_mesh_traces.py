@@ -6,27 +6,22 @@ import asyncio
 import dataclasses
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import prometheus_client
 import pytest
 from click.testing import CliRunner
 
-from funcmesh.api.pki import ServingIdentity, ensure_kubeconfig, ensure_pki
-from funcmesh.api.providers import ApiProviders
-from funcmesh.api.server import ApiServer
+from funcmesh.api.pki import ServingIdentity, ensure_pki
 from funcmesh.cli.main import cli
-from funcmesh.client.api import TRACES_PATH, ApiClient
+from funcmesh.client.api import TRACES_PATH
 from funcmesh.errors import NotFound, Unauthorized
 from funcmesh.mesh.telemetry import RequestRecord
 from funcmesh.mesh.trace_store import TraceStore
 from funcmesh.mesh.tracing import Span, Tracer
-from funcmesh.model.kinds import ResourceType
-from funcmesh.model.objects import RawObject
-from funcmesh.store.sqlite import Store
+from tests.integration.api_server import RunningApi, start_api
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 EXTERNAL_PARENT = "00f067aa0ba902b7"
@@ -78,65 +73,9 @@ def fill(store: TraceStore) -> dict[str, Span]:
     return {"hello": hello, "world": world, "db": db, "lone": lone, "prod": prod}
 
 
-class Unused:
-    """The providers these endpoints never reach."""
-
-    def admit(self, rt: ResourceType, obj: RawObject, old: RawObject | None) -> RawObject:
-        return obj
-
-    def list_pods(self, namespace: str | None) -> list[RawObject]:
-        return []
-
-    def get_pod(self, namespace: str, name: str) -> RawObject:
-        raise NotFound(f'pods "{name}" not found')
-
-    async def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, RawObject]]:
-        await asyncio.Event().wait()
-        yield "ADDED", {}
-
-    async def delete_pod(self, namespace: str, name: str) -> RawObject:
-        raise NotFound(f'pods "{name}" not found')
-
-    def read_function_log(
-        self, namespace: str, name: str, *, tail_lines: int | None, build: bool
-    ) -> list[str]:
-        return []
-
-    async def follow_function_log(
-        self, namespace: str, name: str, *, build: bool
-    ) -> AsyncIterator[str]:
-        await asyncio.Event().wait()
-        yield ""
-
-    def read_pod_log(self, namespace: str, pod: str, *, tail_lines: int | None) -> list[str]:
-        return []
-
-    async def follow_pod_log(self, namespace: str, pod: str) -> AsyncIterator[str]:
-        await asyncio.Event().wait()
-        yield ""
-
-    def function_stats(self, namespace: str, name: str) -> Mapping[str, Any]:
-        return {}
-
-    def server_config(self) -> Mapping[str, Any]:
-        return {}
-
-
 @dataclasses.dataclass
-class Served:
-    server: ApiServer
-    store: Store
-    spans: dict[str, Span]
-    kubeconfig: Path
-    token: str
-    identity: ServingIdentity
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.bound_port}"
-
-    def client(self, *, token: str | None = None) -> ApiClient:
-        return ApiClient(server=self.url, token=token or self.token, ca_pem=self.identity.ca_pem)
+class Served(RunningApi):
+    spans: dict[str, Span] = dataclasses.field(default_factory=dict)
 
     def cli(self, *args: str) -> tuple[int, str, str]:
         env = {"KUBECONFIG": None, "FUNCMESH_HOME": None}
@@ -152,33 +91,8 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> ServingIdentity:
 
 
 async def serve(tmp_path: Path, identity: ServingIdentity, traces: TraceStore | None) -> Served:
-    store = await Store.open(tmp_path / "state.db")
-    kubeconfig = tmp_path / "kubeconfig"
-    token = ensure_kubeconfig(kubeconfig, server_url="https://127.0.0.1:1", ca_pem=identity.ca_pem)
-    unused = Unused()
-    server = ApiServer(
-        store=store,
-        providers=ApiProviders(
-            admission=unused, pods=unused, logs=unused, stats=unused, config=unused
-        ),
-        token=token,
-        ssl_context=identity.server_ssl_context(),
-        host="127.0.0.1",
-        port=0,
-        gateway_url="http://127.0.0.1:9",
-        metrics_registry=prometheus_client.CollectorRegistry(),
-        is_ready=lambda: True,
-        traces=traces,
-    )
-    try:
-        await server.start()
-    except BaseException:
-        await store.close()
-        raise
-    server_url = f"https://127.0.0.1:{server.bound_port}"
-    ensure_kubeconfig(kubeconfig, server_url=server_url, ca_pem=identity.ca_pem)
-    spans = fill(traces) if traces is not None else {}
-    return Served(server, store, spans, kubeconfig, token, identity)
+    api = await start_api(tmp_path, identity, traces=traces)
+    return Served(**vars(api), spans=fill(traces) if traces is not None else {})
 
 
 @pytest.fixture
@@ -187,8 +101,7 @@ async def served(tmp_path: Path, identity: ServingIdentity) -> AsyncIterator[Ser
     try:
         yield served
     finally:
-        await served.server.close()
-        await served.store.close()
+        await served.close()
 
 
 def read(served: Served, **query: Any) -> list[dict[str, Any]]:
@@ -283,8 +196,7 @@ async def test_a_server_without_traces_says_so(tmp_path: Path, identity: Serving
         assert code == 1
         assert stderr == "error: tracing is not enabled on this server\n"
     finally:
-        await served.server.close()
-        await served.store.close()
+        await served.close()
 
 
 async def test_the_cli_prints_each_trace_as_a_tree(served: Served) -> None:
