@@ -239,6 +239,15 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         assert code == 0, f"funcmesh up exited {code} on SIGTERM:\n{running.log_tail()}"
 
 
+@pytest.fixture
+def policies(daemon: Daemon) -> Iterator[list[tuple[str, str]]]:
+    """(kind, name) of the objects (mesh policies) a test applies: deleted after it."""
+    applied: list[tuple[str, str]] = []
+    yield applied
+    for kind, name in applied:
+        daemon.run("delete", kind, name, check=False)
+
+
 def api_client(daemon: Daemon, *, token: bool = True) -> httpx.Client:
     """An HTTPS client for the daemon's API, trusting its CA, with the kubeconfig's token."""
     config = yaml.safe_load((daemon.home / "kubeconfig").read_text())

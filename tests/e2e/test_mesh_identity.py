@@ -228,15 +228,6 @@ def target(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
     return vip
 
 
-@pytest.fixture
-def policies(daemon: Daemon) -> Iterator[list[tuple[str, str]]]:
-    """(kind, name) of the objects a test applies: deleted after it."""
-    applied: list[tuple[str, str]] = []
-    yield applied
-    for kind, name in applied:
-        daemon.run("delete", kind, name, check=False)
-
-
 def test_a_python_function_calls_a_strict_service_with_its_identity(
     daemon: Daemon, target: str
 ) -> None:

@@ -118,15 +118,6 @@ def certs(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return found
 
 
-@pytest.fixture
-def policies(daemon: Daemon) -> Iterator[list[tuple[str, str]]]:
-    """(kind, name) of the policies a test applies: deleted after it."""
-    applied: list[tuple[str, str]] = []
-    yield applied
-    for kind, name in applied:
-        daemon.run("delete", kind, name, check=False)
-
-
 def test_permissive_by_default_accepts_plaintext_and_mtls(
     vip: tuple[str, int], certs: dict[str, Path]
 ) -> None:
