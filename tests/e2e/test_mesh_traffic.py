@@ -109,6 +109,21 @@ def apply(daemon: Daemon, tmp_path: Path, text: str) -> None:
     daemon.run("apply", "-f", str(path))
 
 
+def apply_destination_rule(daemon: Daemon, tmp_path: Path, name: str, policy: str) -> None:
+    """A DestinationRule for the Service ``name`` whose ``trafficPolicy`` is ``policy`` (YAML)."""
+    indented = "".join(f"    {line}\n" for line in policy.splitlines())
+    rule = f"""\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: {name}
+spec:
+  host: {name}
+  trafficPolicy:
+{indented}"""
+    apply(daemon, tmp_path, rule)
+
+
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -153,23 +168,17 @@ def test_outlier_detection_ejects_a_failing_endpoint_then_reports_all_ejected(
     daemon: Daemon, tmp_path: Path, upstreams: tuple[str, list[Upstream]]
 ) -> None:
     name, (u1, u2, u3) = upstreams
-    apply(
+    apply_destination_rule(
         daemon,
         tmp_path,
-        f"""\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: {name}
-spec:
-  host: {name}
-  trafficPolicy:
-    loadBalancer: {{simple: ROUND_ROBIN}}
-    outlierDetection:
-      consecutive5xxErrors: 2
-      interval: 1s
-      baseEjectionTime: 60s
-      maxEjectionPercent: 100
+        name,
+        """\
+loadBalancer: {simple: ROUND_ROBIN}
+outlierDetection:
+  consecutive5xxErrors: 2
+  interval: 1s
+  baseEjectionTime: 60s
+  maxEjectionPercent: 100
 """,
     )
     u1.status = 500
@@ -191,20 +200,14 @@ def test_a_full_connection_pool_answers_503_with_the_overflow_header(
     name, found = upstreams
     for upstream in found:
         upstream.delay_s = 1.0
-    apply(
+    apply_destination_rule(
         daemon,
         tmp_path,
-        f"""\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: {name}
-spec:
-  host: {name}
-  trafficPolicy:
-    connectionPool:
-      tcp: {{maxConnections: 1}}
-      http: {{http1MaxPendingRequests: 1}}
+        name,
+        """\
+connectionPool:
+  tcp: {maxConnections: 1}
+  http: {http1MaxPendingRequests: 1}
 """,
     )
     time.sleep(0.3)
@@ -222,19 +225,13 @@ def test_consistent_hash_keeps_a_user_on_one_endpoint(
     daemon: Daemon, tmp_path: Path, upstreams: tuple[str, list[Upstream]]
 ) -> None:
     name, _ = upstreams
-    apply(
+    apply_destination_rule(
         daemon,
         tmp_path,
-        f"""\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: {name}
-spec:
-  host: {name}
-  trafficPolicy:
-    loadBalancer:
-      consistentHash: {{httpHeaderName: x-user}}
+        name,
+        """\
+loadBalancer:
+  consistentHash: {httpHeaderName: x-user}
 """,
     )
     time.sleep(0.3)
@@ -374,21 +371,8 @@ def test_max_requests_per_connection_opens_a_connection_per_request(
         answers(client, url, 12)
         reused = sum(len(u.peer_ports) - len(set(u.peer_ports)) for u in found)
         assert reused > 0  # keep-alive by default
-        apply(
-            daemon,
-            tmp_path,
-            f"""\
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: {name}
-spec:
-  host: {name}
-  trafficPolicy:
-    connectionPool:
-      http: {{maxRequestsPerConnection: 1}}
-""",
-        )
+        policy = "connectionPool:\n  http: {maxRequestsPerConnection: 1}\n"
+        apply_destination_rule(daemon, tmp_path, name, policy)
         time.sleep(0.3)
         for upstream in found:
             upstream.peer_ports.clear()
