@@ -67,6 +67,7 @@ class MeshCall:
         "_request",
         "_resolved",
         "_route",
+        "_sent",
         "_span",
         "_started_s",
         "_target",
@@ -80,7 +81,7 @@ class MeshCall:
     def __init__(
         self,
         plane: MeshPlane,
-        route: CompiledRoute | None,
+        route: CompiledRoute,
         target: bytes,
         request: Request,
         client: Responder,
@@ -108,12 +109,12 @@ class MeshCall:
         self._span, self._request, self._extra_head = start_span(
             plane.tracer, request, trace_headers
         )
+        self._sent = self._request  # as the route sends it (_begin)
 
     # the start: fault, destination, mirror
 
     def start(self) -> None:
         route = self._route
-        assert route is not None
         fault = route.fault
         if fault is not None:
             draw = self._plane.draw
@@ -130,7 +131,6 @@ class MeshCall:
 
     def _begin(self) -> None:
         route = self._route
-        assert route is not None
         plane = self._plane
         destination = route.pick(plane.draw())
         assert plane.destinations is not None  # calls with a route come from a mesh
@@ -147,6 +147,7 @@ class MeshCall:
             self._answer_local(503, f"no healthy upstream: {resolved.problem}", flag="UH")
             return
         resolved.budget.deposit()
+        self._sent = self._outgoing()  # once for every attempt and the mirror
         retries = route.retries
         self._attempts_left = retries.attempts if retries is not None else 0
         if route.timeout_s:
@@ -168,7 +169,7 @@ class MeshCall:
             return
         if member is None:
             return
-        request = self._outgoing()
+        request = self._sent
         headers = [
             (name, value + b"-shadow" if name.lower() == b"host" else value)
             for name, value in request.headers
@@ -203,7 +204,7 @@ class MeshCall:
         route = FunctionRoute(
             namespace=resolved.namespace, name=resolved.service, target=self._target
         )
-        self.send_to(member, route, resolved=resolved)
+        self.send_to(member, route, resolved)
 
     async def _wait_turn(self, resolved: Resolved) -> None:
         self._plane.waiting.add(self)
@@ -223,18 +224,14 @@ class MeshCall:
         if not self._ended:
             self._attempt()
 
-    def send_to(
-        self, backend: Backend, route: FunctionRoute, *, resolved: Resolved | None = None
-    ) -> None:
-        """One attempt at ``backend``."""
-        request = self._outgoing() if resolved is not None else self._request
+    def send_to(self, backend: Backend, route: FunctionRoute, resolved: Resolved) -> None:
+        """One attempt at ``backend``, a member of ``resolved``."""
+        request = self._sent
         access = self._plane.access
         if access is not None:
-            port = resolved.port if resolved is not None else self._port
-            denial = access.check(backend, request, route.target, service_port=port)
-            if denial is not None:
-                if resolved is not None:  # the member was counted in flight
-                    resolved.members.finished(backend, latency_s=0.0, status=denial.status)
+            denial = access.check(backend, request, route.target, service_port=resolved.port)
+            if denial is not None:  # the member was counted in flight: it is done
+                resolved.members.finished(backend, latency_s=0.0, status=denial.status)
                 self.record.response_code_details = denial.details
                 self._answer_local(denial.status, denial.body, plain=True)
                 return
@@ -242,7 +239,7 @@ class MeshCall:
         self._last = backend
         timeout_s = self._attempt_timeout()
         attempt = Attempt(self, backend, self._plane.loop.time())
-        policy = resolved.policy if resolved is not None else None
+        policy = resolved.policy
         self._plane.relay.call(
             backend,
             route,
@@ -255,7 +252,7 @@ class MeshCall:
 
     def _attempt_timeout(self) -> float | None:
         route = self._route
-        per_try = route.retries.per_try_timeout_s if route and route.retries else None
+        per_try = route.retries.per_try_timeout_s if route.retries else None
         if self._deadline_s is None:
             return per_try
         remaining = max(self._deadline_s - self._plane.loop.time(), 0.001)
@@ -265,7 +262,7 @@ class MeshCall:
         """Whether an attempt that ended with ``status`` (``cause``: Envoy's flag of a local
         failure) is retried; spends the budget when it is."""
         route, resolved = self._route, self._resolved
-        if route is None or route.retries is None or resolved is None:
+        if route.retries is None or resolved is None:
             return False
         if not retriable(route.retries.retry_on, status, cause):
             return False
@@ -331,9 +328,8 @@ class MeshCall:
     # the request sent, the answer made here
 
     def _outgoing(self) -> Request:
+        """The request as the route sends it: its header operations and authority applied."""
         route = self._route
-        if route is None:
-            return self._request
         operations = route.request_headers
         authority = route.rewrite_authority
         if not (operations.set or operations.add or operations.remove or authority):
@@ -346,8 +342,6 @@ class MeshCall:
 
     def response_headers(self, headers: Headers) -> Headers:
         route = self._route
-        if route is None:
-            return headers
         operations = route.response_headers
         if not (operations.set or operations.add or operations.remove):
             return headers
