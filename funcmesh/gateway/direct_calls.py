@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from funcmesh.controllers.function_services import DEFAULT_PORT
 from funcmesh.gateway.backends import Backend
 from funcmesh.gateway.mesh_records import answer_locally, describe_upstream, record_of, start_span
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
@@ -20,8 +21,6 @@ from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import ResponseSource
 from funcmesh.mesh.telemetry import RequestRecord
 from funcmesh.mesh.tracing import Span
-
-FUNCTION_PORT = 8080  # a function's Service port unless its spec says otherwise
 
 if TYPE_CHECKING:
     from funcmesh.gateway.mesh_plane import MeshPlane
@@ -66,7 +65,7 @@ class DirectCall:
         trace_headers: list[tuple[bytes, bytes]] = []
         record = self.record = record_of(request, trace_headers)
         host = record.destination_service = f"{route.name}.{route.namespace}.svc.cluster.local"
-        record.upstream_cluster = f"outbound|{port or FUNCTION_PORT}||{host}"
+        record.upstream_cluster = f"outbound|{port or DEFAULT_PORT}||{host}"
         record.destination_service_name = route.name
         record.destination_service_namespace = route.namespace
         self._span: Span | None
