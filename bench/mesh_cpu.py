@@ -207,7 +207,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     upstream = cast(tuple[str, int], server.sockets[0].getsockname()[:2])
     services, table = fill_tables(upstream)
     access_log = AccessLog(None, call_later=loop.call_later)
-    telemetry = Telemetry(CollectorRegistry(), access_log)
+    telemetry = Telemetry(CollectorRegistry(), access_log, call_soon=loop.call_soon)
     tracer = Tracer(TraceStore())
     gateway = Gateway(
         Functions(Function(upstream)),  # type: ignore[arg-type]

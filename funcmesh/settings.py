@@ -7,6 +7,7 @@ given (``os.environ`` at the entry points, a plain dict in tests). It does no ot
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ class TracingSettings:
 
     otlp_endpoint: str | None = None  # OTLP/HTTP traces URL (…/v1/traces); None: no export
     sample_ratio: float = 1.0  # of new traces; an incoming sampled flag is always obeyed
+    traces_per_second: float = 100.0  # new traces sampled at most (math.inf: no limit)
     enabled: bool = True  # FUNCMESH_TRACING=off: no spans, no trace context passed on
 
 
@@ -160,13 +162,15 @@ def load_daemon_settings(
 def load_tracing_settings(
     env: Mapping[str, str], *, otlp_endpoint: str | None = None
 ) -> TracingSettings:
-    """``--otlp-endpoint`` (else ``FUNCMESH_OTLP_ENDPOINT``), ``FUNCMESH_TRACE_SAMPLE_RATIO``
-    and ``FUNCMESH_TRACING`` (on/off)."""
+    """``--otlp-endpoint`` (else ``FUNCMESH_OTLP_ENDPOINT``), ``FUNCMESH_TRACE_SAMPLE_RATIO``,
+    ``FUNCMESH_TRACES_PER_SECOND`` and ``FUNCMESH_TRACING`` (on/off)."""
     endpoint = otlp_endpoint or env.get("FUNCMESH_OTLP_ENDPOINT")
     ratio = env.get("FUNCMESH_TRACE_SAMPLE_RATIO", "").strip()
+    per_second = env.get("FUNCMESH_TRACES_PER_SECOND", "").strip()
     return TracingSettings(
         otlp_endpoint=parse_otlp_endpoint(endpoint) if endpoint else None,
         sample_ratio=parse_sample_ratio(ratio) if ratio else 1.0,
+        traces_per_second=parse_traces_per_second(per_second) if per_second else 100.0,
         enabled=parse_switch(env.get("FUNCMESH_TRACING", ""), what="FUNCMESH_TRACING"),
     )
 
@@ -196,6 +200,22 @@ def parse_sample_ratio(text: str) -> float:
     if not 0.0 <= ratio <= 1.0:
         raise Invalid(f"FUNCMESH_TRACE_SAMPLE_RATIO must be a number from 0 to 1, got {text!r}")
     return ratio
+
+
+def parse_traces_per_second(text: str) -> float:
+    """``FUNCMESH_TRACES_PER_SECOND``: how many new traces are sampled a second at most, 0 or
+    more; ``unlimited`` (or ``inf``) for no limit."""
+    if text.lower() in ("unlimited", "inf"):
+        return math.inf
+    try:
+        per_second = float(text)
+    except ValueError:
+        per_second = -1.0
+    if not 0.0 <= per_second < math.inf:
+        raise Invalid(
+            f"FUNCMESH_TRACES_PER_SECOND must be a number of 0 or more or 'unlimited', got {text!r}"
+        )
+    return per_second
 
 
 def parse_switch(text: str, *, what: str) -> bool:

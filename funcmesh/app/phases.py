@@ -216,7 +216,9 @@ class Daemon:
                 call_later=asyncio.get_running_loop().call_later,
             )
             stack.callback(self.access_log.close)
-        self.telemetry = Telemetry(self.registry, self.access_log)
+        loop = asyncio.get_running_loop()
+        self.telemetry = Telemetry(self.registry, self.access_log, call_soon=loop.call_soon)
+        stack.callback(self.telemetry.settle)  # before the access log closes
         self.traces = TraceStore()
         self.tracer = None
         if settings.tracing.enabled:  # FUNCMESH_TRACING=off: no spans, no context passed on
@@ -225,7 +227,10 @@ class Daemon:
             if exporter is not None:  # closed after the data plane stops: its spans are sent
                 stack.push_async_callback(asyncio.to_thread, exporter.close)
             self.tracer = Tracer(
-                self.traces, exporter=exporter, sample_ratio=settings.tracing.sample_ratio
+                self.traces,
+                exporter=exporter,
+                sample_ratio=settings.tracing.sample_ratio,
+                traces_per_second=settings.tracing.traces_per_second,
             )
         zygotes = Zygotes()
         stack.push_async_callback(zygotes.close)

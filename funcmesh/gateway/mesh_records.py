@@ -21,13 +21,8 @@ from funcmesh.gateway.upstream import NO_SOURCE
 from funcmesh.mesh import telemetry as tm
 from funcmesh.mesh.authz import namespace_of_principal
 from funcmesh.mesh.telemetry import RequestRecord
-from funcmesh.mesh.tracing import (
-    TRACE_HEADERS,
-    Span,
-    Tracer,
-    traceparent_line,
-    with_trace_headers,
-)
+from funcmesh.mesh.trace_context import TRACE_HEADERS, with_trace_headers
+from funcmesh.mesh.tracing import Span, Tracer
 
 MUTUAL_TLS, PLAINTEXT = "mutual_tls", "none"  # Istio's connection_security_policy
 DETAILS = {  # Envoy's response code details of an attempt that ended with a local failure
@@ -75,15 +70,17 @@ def record_of(request: Request, trace_headers: list[tuple[bytes, bytes]]) -> Req
 def start_span(
     tracer: Tracer | None, request: Request, trace_headers: list[tuple[bytes, bytes]]
 ) -> tuple[Span | None, Request, bytes]:
-    """The call's span, the request to send upstream, and header lines to add to its head:
-    a request without trace headers gets one ``traceparent`` line as its head is written (the
-    common case, no copy); one with them gets them replaced by this hop's, in every form."""
+    """The call's span (None: its trace is not sampled), the request to send upstream, and
+    header lines to add to its head: a request without trace headers gets one ``traceparent``
+    line as its head is written (the common case, no copy); one with them gets them replaced
+    by this hop's, in every form."""
     if tracer is None:
         return None, request, b""
-    span = tracer.start(trace_headers)
     if trace_headers:
+        span = tracer.start(trace_headers)
         return span, request.with_headers(with_trace_headers(request.headers, span)), b""
-    return span, request, traceparent_line(span)
+    span_or_none, line = tracer.start_new()
+    return span_or_none, request, line
 
 
 def describe_upstream(record: RequestRecord, backend: Backend, cause: str) -> None:

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -129,15 +129,20 @@ class AccessLog:
         return self._closed
 
     def append(self, record: RequestRecord) -> None:
-        """Format and keep one record's line (the hot path: no I/O unless a flush is due)."""
+        """Format and keep one record's line."""
+        self.extend((record,))
+
+    def extend(self, records: Sequence[RequestRecord]) -> None:
+        """Format and keep the records' lines (no I/O unless a flush is due)."""
         if self._closed:
             return
-        line = format_line(record, self._start_time(record.start_wall_s))
-        self._lines.append(line)
-        self._next_seq += 1
+        start_time = self._start_time
+        lines = [format_line(record, start_time(record.start_wall_s)) for record in records]
+        self._lines.extend(lines)
+        self._next_seq += len(lines)
         if self._path is not None:
-            self._pending.append(line)
-            self._pending_chars += len(line) + 1
+            self._pending += lines
+            self._pending_chars += sum(map(len, lines)) + len(lines)
             if self._pending_chars >= self._flush_bytes:
                 self.flush()
             elif self._timer is None and self._call_later is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 
 if TYPE_CHECKING:
     from funcmesh.mesh.access_log import AccessLog
+
+CallSoon = Callable[[Callable[[], None]], object]
 
 # Envoy's default histogram buckets, which Istio keeps for its histograms (durations in ms,
 # sizes in bytes) unless a pod's ``sidecar.istio.io/statsHistogramBuckets`` says otherwise.
@@ -201,13 +203,45 @@ class _Series:
 class Telemetry:
     """Istio's metrics of every request, exported when scraped, plus the access log."""
 
-    def __init__(self, registry: CollectorRegistry, access_log: AccessLog | None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        access_log: AccessLog | None,
+        *,
+        call_soon: CallSoon | None = None,
+    ) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
         self._access_log = access_log
+        self._call_soon = call_soon
+        self._pending: list[RequestRecord] = []
         registry.register(self)  # a collector: Prometheus calls collect() when scraped
 
     def record(self, record: RequestRecord) -> None:
-        """Count one finished request and write its access log line (the hot path)."""
+        """Take one finished request (the hot path). With ``call_soon`` (the event loop's), it
+        is counted and logged with the others that finish in the same turn of the loop, once
+        their answers are written: a batch costs less per request than one at a time, and
+        none of it is on a request's way. Without, at once."""
+        pending = self._pending
+        pending.append(record)
+        if len(pending) == 1:
+            if self._call_soon is None:
+                self.settle()
+            else:
+                self._call_soon(self.settle)
+
+    def settle(self) -> None:
+        """Count and log the requests taken since the last time (before metrics are read, and
+        before the daemon stops)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        for record in pending:
+            self._count(record)
+        if self._access_log is not None:
+            self._access_log.extend(pending)
+
+    def _count(self, record: RequestRecord) -> None:
         r = record
         key = (
             r.reporter,
@@ -239,14 +273,14 @@ class Telemetry:
         series.request_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_received)] += 1
         series.response_bytes_sum += r.bytes_sent
         series.response_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_sent)] += 1
-        if self._access_log is not None:
-            self._access_log.append(r)
 
     @property
     def series_count(self) -> int:
+        self.settle()
         return len(self._series)
 
     def collect(self) -> Iterator[Metric]:
+        self.settle()
         requests = CounterMetricFamily(
             "istio_requests_total", "Requests through the mesh", labels=LABELS
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,21 @@ def test_the_sample_ratio(value: str | None, ratio: float) -> None:
 def test_a_bad_sample_ratio_is_refused(value: str) -> None:
     with pytest.raises(Invalid, match="FUNCMESH_TRACE_SAMPLE_RATIO must be a number from 0 to 1"):
         load_daemon_settings(HOME | {"FUNCMESH_TRACE_SAMPLE_RATIO": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "per_second"),
+    [(None, 100.0), ("0", 0.0), ("2.5", 2.5), ("unlimited", math.inf), ("inf", math.inf)],
+)
+def test_traces_per_second(value: str | None, per_second: float) -> None:
+    env = HOME | ({} if value is None else {"FUNCMESH_TRACES_PER_SECOND": value})
+    assert load_daemon_settings(env).tracing.traces_per_second == per_second
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "nan", "1e400"])
+def test_a_bad_traces_per_second_is_refused(value: str) -> None:
+    with pytest.raises(Invalid, match="FUNCMESH_TRACES_PER_SECOND must be a number of 0 or more"):
+        load_daemon_settings(HOME | {"FUNCMESH_TRACES_PER_SECOND": value})
 
 
 def test_up_refuses_a_bad_endpoint_before_starting(tmp_path: Path) -> None:

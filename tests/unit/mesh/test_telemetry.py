@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import prometheus_client
 import pytest
@@ -183,6 +183,29 @@ def test_each_record_reaches_the_access_log(registry: prometheus_client.Collecto
         "GET /a HTTP/1.1",
         "POST /b HTTP/1.1",
     ]
+
+
+def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_after_the_turn(
+    registry: prometheus_client.CollectorRegistry,
+) -> None:
+    soon: list[Callable[[], None]] = []
+    log = AccessLog()
+    telemetry = Telemetry(registry, log, call_soon=soon.append)
+    for path in (b"/a", b"/b", b"/c"):
+        telemetry.record(dataclasses.replace(HELLO, method=b"GET", path=path))
+    assert len(soon) == 1  # one batch for the turn, not one per request
+    assert log.lines() == []
+    soon.pop()()
+    assert [line.split('"')[1] for _, line in log.lines()] == [
+        "GET /a HTTP/1.1",
+        "GET /b HTTP/1.1",
+        "GET /c HTTP/1.1",
+    ]
+    telemetry.record(HELLO)  # a scrape counts what is waiting
+    assert value(scrape(registry)["istio_requests"], "istio_requests_total") == 4
+    assert len(log.lines()) == 4
+    soon.pop()()  # the turn's batch, already taken: nothing twice
+    assert len(log.lines()) == 4
 
 
 def test_nothing_is_exported_before_the_first_request(

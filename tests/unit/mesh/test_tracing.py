@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 
 from funcmesh.mesh.telemetry import RequestRecord
 from funcmesh.mesh.trace_store import TraceStore
-from funcmesh.mesh.tracing import (
+from funcmesh.mesh.trace_context import (
     TRACE_HEADERS,
     IdSource,
-    Span,
-    Tracer,
-    call_attributes,
     outgoing_headers,
     parse_context,
     parse_traceparent,
-    span_name,
     with_trace_headers,
 )
+from funcmesh.mesh.tracing import Sampler, Span, Tracer, call_attributes, span_name
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -269,7 +267,7 @@ def test_sampling(ratio: float, flags: str | None, expected: bool) -> None:
 
 
 def test_a_ratio_samples_by_trace_id_so_every_hop_agrees() -> None:
-    tracer = Tracer(TraceStore(), sample_ratio=0.5)
+    tracer = Tracer(TraceStore(), sample_ratio=0.5, traces_per_second=math.inf)
     low = f"{'ab' * 8}{'00' * 7}01"  # low 64 bits tiny: under the bound
     high = f"{'ab' * 8}{'ff' * 8}"
     assert tracer.start(headers(b3=f"{low}-{SPAN}")).sampled  # B3 without a decision: ours
@@ -278,6 +276,61 @@ def test_a_ratio_samples_by_trace_id_so_every_hop_agrees() -> None:
     assert 800 < sampled < 1200
     with pytest.raises(ValueError, match="sample_ratio"):
         Tracer(None, sample_ratio=1.5)
+
+
+class SecondsClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_at_most_traces_per_second_new_traces_are_sampled() -> None:
+    clock = SecondsClock()
+    tracer = Tracer(TraceStore(), sampler=Sampler(1.0, 10.0, clock=clock))
+    assert sum(tracer.start_new()[0] is not None for _ in range(50)) == 10  # a second's worth
+    clock.now_s += 0.5
+    assert sum(tracer.start_new()[0] is not None for _ in range(50)) == 5
+    clock.now_s += 60.0  # a quiet minute saves no more than one second's worth
+    assert sum(tracer.start(headers()).sampled for _ in range(50)) == 10
+    # a sampled incoming context is obeyed whatever the limit
+    assert tracer.start(headers(traceparent=VALID)).sampled
+
+
+def test_no_limit_and_a_limit_of_zero() -> None:
+    unlimited = Tracer(None, traces_per_second=math.inf)
+    assert all(unlimited.start_new()[0] is not None for _ in range(500))
+    none = Tracer(None, traces_per_second=0.0)
+    assert all(none.start_new()[0] is None for _ in range(50))
+    with pytest.raises(ValueError, match="traces_per_second"):
+        Sampler(1.0, -1.0)
+
+
+def test_a_new_trace_not_sampled_has_no_span_but_passes_its_context_on() -> None:
+    span, line = Tracer(None, traces_per_second=0.0).start_new()
+    assert span is None
+    parsed = parse_traceparent(line.removeprefix(b"traceparent: ").removesuffix(b"\r\n"))
+    assert parsed is not None
+    assert parsed[2] == 0  # flags 00: later hops do not sample it either
+    assert line.endswith(b"-00\r\n")
+
+
+def test_a_new_sampled_trace_sends_its_own_ids() -> None:
+    span, line = Tracer(TraceStore()).start_new()
+    assert span is not None
+    assert span.sampled
+    assert span.parent_span_id is None
+    assert line == b"traceparent: 00-%s-%s-01\r\n" % (
+        span.trace_id.hex().encode(),
+        span.span_id.hex().encode(),
+    )
+
+
+def test_hex_ids_come_from_batches_and_are_never_all_zero() -> None:
+    zeros = iter([bytes(24), b"\x01" * 16 + bytes(8), b"\x01" * 24])
+    ids = IdSource(lambda size: next(zeros), batch_bytes=24)
+    assert ids.take_hex() == b"01" * 24  # a zero trace id, then a zero span id, are skipped
 
 
 # outgoing headers
