@@ -3,7 +3,8 @@
 A route's destination (``host`` + ``subset`` + ``port``) names a Service; ``Destinations``
 turns it into a ``Resolved``: the members that serve it and the ``EndpointSet`` that picks one
 per attempt under the DestinationRule's policy (balancing, outlier detection, limits), the
-host's retry budget, and how to draw the consistent-hash key from a request.
+host's retry budget, and how to draw the consistent-hash key from a request (and, for a
+``httpCookie`` with a ``ttl``, the ``StickyCookie`` that gives a client without it one).
 
 Members are ``Backend``s, so one call path serves both kinds: a Service whose selector (plus
 the subset's labels) matches Functions is served by those functions' instance pools, cold
@@ -60,6 +61,7 @@ class Resolved:
     hash_key: HashKey | None
     problem: str = ""
     policy: TrafficPolicy | None = None
+    sticky_cookie: StickyCookie | None = None  # a hash cookie to set when a request lacks it
     generation: tuple[int, int] = (-1, -1)
 
     @property
@@ -174,6 +176,14 @@ class Destinations:
         self._budgets: dict[str, RetryBudget] = {}
         self._unsubscribe = [services.subscribe(self._changed), mesh.subscribe(self._changed)]
 
+    @property
+    def services(self) -> ServiceTable:
+        return self._services
+
+    @property
+    def mesh(self) -> MeshTable:
+        return self._mesh
+
     def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -243,6 +253,7 @@ class Destinations:
             hash_key=hash_key_of(policy.load_balancer),
             problem=problem,
             policy=policy,
+            sticky_cookie=sticky_cookie_of(policy.load_balancer, self._rng),
         )
 
     def _members(self, view: ServiceView, labels: Mapping[str, str], port: int) -> list[Backend]:
@@ -333,6 +344,43 @@ def hash_key_of(balancer: LoadBalancer) -> HashKey | None:
     return None
 
 
+class StickyCookie:
+    """A ``consistentHash.httpCookie`` with a ``ttl``: a request without the cookie gets a new
+    value as its hash key, and its answer ``Set-Cookie: NAME="VALUE"; Max-Age=TTL; Path=PATH;
+    HttpOnly`` (Envoy's form: ``Max-Age`` in whole seconds, none for a ttl under 1 s, which makes
+    it a session cookie), so the client's next calls, carrying it, go to the same member.
+    Envoy's value is a 64-bit hash of the connection's addresses written in hex; this one is
+    64 random bits in the same form (a request does not carry its client's port here)."""
+
+    __slots__ = ("_attributes", "_bits", "_name")
+
+    def __init__(self, name: str, *, ttl_s: float, path: str = "", rng: random.Random) -> None:
+        self._name = name.encode()
+        attributes = b"; Max-Age=%d" % int(ttl_s) if int(ttl_s) else b""
+        if path:
+            attributes += b"; Path=" + path.encode()
+        self._attributes = attributes + b"; HttpOnly"
+        self._bits = rng.getrandbits
+
+    def issue(self) -> tuple[bytes, tuple[bytes, bytes]]:
+        """A new cookie value (the request's hash key) and the header that sets it."""
+        value = b"%016x" % self._bits(64)
+        return value, (b"Set-Cookie", self._name + b'="' + value + b'"' + self._attributes)
+
+
+def sticky_cookie_of(balancer: LoadBalancer, rng: random.Random) -> StickyCookie | None:
+    """The cookie to set on answers to requests without it: only for a ``httpCookie`` with a
+    ``ttl``, as Envoy (without one, such requests are balanced without a key)."""
+    if not balancer.hash_cookie or balancer.hash_cookie_ttl_s is None:
+        return None
+    return StickyCookie(
+        balancer.hash_cookie,
+        ttl_s=balancer.hash_cookie_ttl_s,
+        path=balancer.hash_cookie_path,
+        rng=rng,
+    )
+
+
 def _header(request: Request, lower_name: bytes) -> bytes | None:
     for name, value in request.headers:
         if name.lower() == lower_name:
@@ -341,11 +389,15 @@ def _header(request: Request, lower_name: bytes) -> bytes | None:
 
 
 def _cookie(request: Request, cookie: bytes) -> bytes | None:
-    header = _header(request, b"cookie")
-    if header is None:
-        return None
-    for pair in header.split(b";"):
-        key, sep, value = pair.strip().partition(b"=")
-        if sep and key == cookie:
-            return value
+    """The value of ``cookie`` in the request's Cookie headers, without the quotes it may be
+    sent in (Envoy's ``parseCookieValue``); None when absent or empty."""
+    for name, header in request.headers:
+        if name.lower() != b"cookie":
+            continue
+        for pair in header.split(b";"):
+            key, sep, value = pair.strip().partition(b"=")
+            if sep and key == cookie:
+                if len(value) >= 2 and value[:1] == b'"' == value[-1:]:
+                    value = value[1:-1]
+                return value or None
     return None

@@ -61,6 +61,7 @@ class MeshCall:
         "_ended",
         "_extra_head",
         "_flags",
+        "_hash_key",
         "_last",
         "_plane",
         "_port",
@@ -68,6 +69,7 @@ class MeshCall:
         "_resolved",
         "_route",
         "_sent",
+        "_set_cookie",
         "_span",
         "_started_s",
         "_target",
@@ -95,6 +97,8 @@ class MeshCall:
         self.client = client
         self._port = port
         self._resolved: Resolved | None = None
+        self._hash_key: bytes | None = None  # the consistent hash's key, once per call
+        self._set_cookie: tuple[bytes, bytes] | None = None  # a sticky cookie given out
         self._last: Backend | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Task[None] | None = None
@@ -147,6 +151,8 @@ class MeshCall:
             self._answer_local(503, f"no healthy upstream: {resolved.problem}", flag="UH")
             return
         resolved.budget.deposit()
+        if resolved.hash_key is not None:
+            self._hash_key = self._hash_key_of(resolved)
         self._sent = self._outgoing()  # once for every attempt and the mirror
         retries = route.retries
         self._attempts_left = retries.attempts if retries is not None else 0
@@ -181,14 +187,22 @@ class MeshCall:
         )
         self._plane.relay.call(member, route, shadow, sink, extra_head=self._extra_head)
 
+    def _hash_key_of(self, resolved: Resolved) -> bytes | None:
+        """The request's consistent-hash key; for a sticky cookie the request lacks, a new
+        one, which the answer sets (Envoy's ``httpCookie`` with a ``ttl``)."""
+        assert resolved.hash_key is not None
+        key = resolved.hash_key(self._request)
+        if key is None and resolved.sticky_cookie is not None:
+            key, self._set_cookie = resolved.sticky_cookie.issue()
+        return key
+
     # attempts
 
     def _attempt(self) -> None:
         resolved = self._resolved
         assert resolved is not None
-        key = resolved.hash_key(self._request) if resolved.hash_key is not None else None
         try:
-            member = resolved.members.try_choose(hash_key=key, exclude=self._last)
+            member = resolved.members.try_choose(hash_key=self._hash_key, exclude=self._last)
         except Overflow as exc:
             self.record.response_code_details = tm.OVERFLOW_DETAILS
             self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
@@ -341,11 +355,15 @@ class MeshCall:
         return self._request.with_headers(headers)
 
     def response_headers(self, headers: Headers) -> Headers:
+        """The upstream's answer as the client gets it: the route's operations applied, then
+        the sticky cookie given to this client, if any (after them, as in Envoy)."""
         route = self._route
         operations = route.response_headers
-        if not (operations.set or operations.add or operations.remove):
-            return headers
-        return apply_header_operations(headers, operations)
+        if operations.set or operations.add or operations.remove:
+            headers = apply_header_operations(headers, operations)
+        if self._set_cookie is not None:
+            headers = [*headers, self._set_cookie]
+        return headers
 
     def _answer_local(
         self,

@@ -2,10 +2,13 @@
 
 It holds the relay (upstream connections, deadlines), the destinations (a route's destination
 resolved to members), the AuthorizationPolicy check, randomness, the tracer and the telemetry,
-and starts each call: ``call`` one under a route (``mesh_calls.MeshCall``), ``direct`` one to a
-function without mesh rules (``direct_calls.DirectCall``). ``record`` counts, logs and ends the
-span of every finished call; ``close`` answers the calls that wait (a retry's back-off, a fault
-delay, a free connection) when the gateway closes.
+and starts each call. ``call_function`` is the one decision of how a call of ``NAME.NS`` goes
+(``/function/NAME``, a Service's VIP, an HTTPTrigger): under its VirtualService routes, or its
+DestinationRule's policy, as a ``mesh_calls.MeshCall``; else straight to the function, as a
+``direct_calls.DirectCall``; else to the Service of that name. ``call`` starts a call under a
+route already chosen (a Gateway object's). ``record`` counts, logs and ends the span of every
+finished call; ``close`` answers the calls that wait (a retry's back-off, a fault delay, a free
+connection) when the gateway closes.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import logging
 import random
 
-from funcmesh.gateway.backends import Backend
+from funcmesh.gateway.backends import Backends
 from funcmesh.gateway.destinations import Destinations
 from funcmesh.gateway.direct_calls import DirectCall
 from funcmesh.gateway.mesh_access import MeshAccess
-from funcmesh.gateway.mesh_calls import MeshCall
+from funcmesh.gateway.mesh_calls import MeshCall, default_route
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.relay import Relay
@@ -37,6 +40,7 @@ class MeshPlane:
         relay: Relay,
         destinations: Destinations | None,
         *,
+        backends: Backends,
         telemetry: Telemetry | None = None,
         rng: random.Random | None = None,
         access: MeshAccess | None = None,
@@ -45,6 +49,10 @@ class MeshPlane:
         self.relay = relay
         self.tracer = tracer  # a span per call, its context passed on upstream
         self.destinations = destinations
+        self.backends = backends
+        # the rules and Services that call_function consults: only with destinations to serve
+        self.mesh = destinations.mesh if destinations is not None else None
+        self.services = destinations.services if destinations is not None else None
         self.telemetry = telemetry
         self.access = access  # AuthorizationPolicy, checked before each attempt
         self.loop = relay.loop
@@ -63,18 +71,54 @@ class MeshPlane:
         """Answer ``request`` under ``route``; ``client.end_call()`` follows."""
         MeshCall(self, route, target, request, client, port=port).start()
 
-    def direct(
+    def call_function(
         self,
-        backend: Backend,
         route: FunctionRoute,
         request: Request,
         client: Responder,
         *,
         port: int = 0,
-    ) -> None:
-        """Call one function with no mesh rule on its way: one attempt, measured; ``port`` is
-        its Service port when the call came to it (0: not known, the default 8080 is shown)."""
-        DirectCall(self, backend, route, request, client, port=port).start()
+        missing: str = "",
+    ) -> bool:
+        """Call the function or Service ``route`` names, routed as the host
+        ``NAME.NS.svc.cluster.local``: by its VirtualServices when it has any, by its
+        DestinationRule's policy when it has one, else the function itself, else the Service
+        of that name (through the mesh). ``port`` is the Service port the call came to (0: not
+        known). False when the call started (``client.end_call()`` follows); True when it was
+        answered at once: 404 when no route matches, or when nothing has the name (``missing``
+        is the message then; by default ``function NS/NAME not found``).
+
+        The hot path: with no rule for the host it costs two cached look-ups in the mesh
+        table before the function's own."""
+        mesh = self.mesh
+        if mesh is not None:
+            host = f"{route.name}.{route.namespace}.svc.cluster.local"
+            routes = mesh.mesh_routes(host)
+            if routes is not None:
+                selected = routes.select(request.method, route.target, request.headers, port)
+                if selected is None:
+                    client.send_error(404, f"no route of {host} matches this request")
+                    return True
+                target = selected.target(route.target)
+                MeshCall(self, selected.route, target, request, client, port=port).start()
+                return False
+            if mesh.destination_rule(host) is not None:  # its policy applies: balance, limits
+                service_route = default_route(host, (route.namespace, route.name))
+                MeshCall(self, service_route, route.target, request, client, port=port).start()
+                return False
+        backend = self.backends.lookup(route.namespace, route.name)
+        if backend is not None:
+            DirectCall(self, backend, route, request, client, port=port).start()
+            return False
+        services = self.services
+        if services is not None and services.service(route.namespace, route.name) is not None:
+            host = f"{route.name}.{route.namespace}.svc.cluster.local"
+            service_route = default_route(host, (route.namespace, route.name))
+            MeshCall(self, service_route, route.target, request, client, port=port).start()
+            return False
+        function = route.display_name
+        client.send_error(404, missing or f"function {function} not found", function=function)
+        return True
 
     def close(self) -> None:
         """Answer the calls waiting for a retry or a fault delay: the gateway is closing."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from funcmesh.discovery.routes import RouteTable
 from funcmesh.discovery.services import ServiceTable
@@ -26,7 +26,6 @@ from funcmesh.gateway.connections import ConnectionLimits
 from funcmesh.gateway.destinations import Destinations, PodLabels
 from funcmesh.gateway.downstream import ClientConnection
 from funcmesh.gateway.mesh_access import MeshAccess
-from funcmesh.gateway.mesh_calls import default_route
 from funcmesh.gateway.mesh_plane import MeshPlane
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.relay import Relay
@@ -78,7 +77,7 @@ class Gateway:
         self._authorizer = authorizer  # AuthorizationPolicy decisions, with the mesh table
         self._tracer = tracer
         self._plane: MeshPlane | None = None
-        self._triggers = None if http_routes is None else HttpTriggers(http_routes, backends)
+        self._triggers = None if http_routes is None else HttpTriggers(http_routes)
         self._backends = backends
         self._acceptor = None if async_calls is None else Acceptor(async_calls)
         self._host = host
@@ -145,6 +144,7 @@ class Gateway:
         self._plane = MeshPlane(
             self._relay,
             destinations,
+            backends=self._backends,
             telemetry=self._telemetry,
             access=access,
             tracer=self._tracer,
@@ -228,7 +228,7 @@ class Gateway:
             else:
                 connection.send_error(404, _no_route_message(target))
             return True
-        return self._call(plane, route, request, connection, port=0)
+        return plane.call_function(route, request, connection)
 
     def _answer_bound(
         self, plane: MeshPlane, request: Request, target: bytes, connection: ClientConnection
@@ -252,52 +252,6 @@ class Gateway:
         plane.call(selected.route, selected.target(target), request, connection)
         return True
 
-    def _call(
-        self,
-        plane: MeshPlane,
-        route: FunctionRoute,
-        request: Request,
-        connection: ClientConnection,
-        *,
-        port: int,
-    ) -> bool:
-        """Call the function or Service ``route`` names: by its VirtualServices when it has
-        any, by its DestinationRule's policy when it has one, else the function itself, else
-        the Service of that name (through the mesh)."""
-        mesh = self._mesh
-        if mesh is not None:
-            host = f"{route.name}.{route.namespace}.svc.cluster.local"
-            routes = mesh.mesh_routes(host)
-            if routes is not None:
-                selected = routes.select(request.method, route.target, request.headers, port)
-                if selected is None:
-                    connection.send_error(404, f"no route of {host} matches this request")
-                    return True
-                target = selected.target(route.target)
-                plane.call(selected.route, target, request, connection, port=port)
-                return False
-            if mesh.destination_rule(host) is not None:  # its policy applies: balance, limits
-                service_route = default_route(host, (route.namespace, route.name))
-                plane.call(service_route, route.target, request, connection, port=port)
-                return False
-        backend = self._backends.lookup(route.namespace, route.name)
-        if backend is not None:
-            plane.direct(backend, route, request, connection, port=port)
-            return False
-        services = self._services
-        if (
-            mesh is not None
-            and services is not None
-            and services.service(route.namespace, route.name) is not None
-        ):
-            host = f"{route.name}.{route.namespace}.svc.cluster.local"
-            service_route = default_route(host, (route.namespace, route.name))
-            plane.call(service_route, route.target, request, connection, port=port)
-            return False
-        function = route.display_name
-        connection.send_error(404, f"function {function} not found", function=function)
-        return True
-
     def function_entrance(
         self, namespace: str, name: str, port: int = 0
     ) -> Callable[[], asyncio.Protocol]:
@@ -306,6 +260,20 @@ class Gateway:
         gateway's: same limits and deadlines, drained and cut by ``close``."""
         owner = _FunctionEntrance(self, namespace, name, port)
         return lambda: ClientConnection(owner)
+
+    def selects_functions(self, namespace: str, selector: Mapping[str, str]) -> bool:
+        """Whether a Service of ``namespace`` with ``selector`` is served here by deployed
+        functions (started from zero when needed), through the mesh: then its VIP's HTTP ports
+        come here (``vips``), not to kernel NAT, which reaches warm instances only."""
+        plane = self._plane
+        if plane is None or plane.services is None:
+            return False
+        return bool(self._backends.select(namespace, selector))
+
+    @property
+    def functions_generation(self) -> int:
+        """Changes whenever ``selects_functions`` may answer differently."""
+        return self._backends.generation
 
     def answer_for_function(
         self,
@@ -316,11 +284,11 @@ class Gateway:
         *,
         port: int = 0,
     ) -> bool:
-        """``answer`` for a request to the Service ``namespace/name`` (a function's, or one
-        with mesh rules), through its routes."""
+        """``answer`` for a request to the Service ``namespace/name`` (a function's, one with
+        mesh rules, or one in front of functions), through its routes."""
         assert self._plane is not None
         route = FunctionRoute(namespace=namespace, name=name, target=origin_form(request.target))
-        return self._call(self._plane, route, request, connection, port=port)
+        return self._plane.call_function(route, request, connection, port=port)
 
     def _accept_async(
         self, route: FunctionRoute, request: Request, connection: ClientConnection

@@ -1,13 +1,16 @@
-"""Requests that an HTTPTrigger routes: basic auth, CORS, then the call of the function (through
-the mesh, so it is measured and logged as every call).
+"""Requests that an HTTPTrigger routes: basic auth, CORS, then the call of the function through
+the mesh, decided as ``/function/NAME`` decides it (``mesh_plane.MeshPlane.call_function``): the
+function's VirtualServices route it (canary splits, faults, retries...) and its DestinationRule
+balances it; without rules it goes straight to the function. Measured and logged as every call.
 
 ``HttpTriggers.find`` is the only per-request cost when no trigger exists (one truth test of an
 empty table). A matched request goes to the trigger's function with its target as the client
-sent it. Basic auth answers 401 with ``WWW-Authenticate`` until the credentials match the
-trigger's htpasswd Secret; a bcrypt check that was not verified lately runs in a worker thread
-(it takes tens of milliseconds), everything else inline. With CORS enabled, a preflight
-(``OPTIONS`` with ``Access-Control-Request-Method``) is answered 204 here and every answer gets
-``Access-Control-Allow-Origin: *``. No credentials or bodies are logged.
+sent it (what a VirtualService's ``uri`` match sees). Basic auth answers 401 with
+``WWW-Authenticate`` until the credentials match the trigger's htpasswd Secret; a bcrypt check
+that was not verified lately runs in a worker thread (it takes tens of milliseconds), everything
+else inline. With CORS enabled, a preflight (``OPTIONS`` with ``Access-Control-Request-Method``)
+is answered 204 here and every answer gets ``Access-Control-Allow-Origin: *``. No credentials or
+bodies are logged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Protocol
 
 from funcmesh.discovery.htpasswd import Htpasswd
 from funcmesh.discovery.routes import HttpRoute, RouteTable
-from funcmesh.gateway.backends import Backend, Backends
 from funcmesh.gateway.messages import BodyFraming, Headers, Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
@@ -49,9 +51,8 @@ _UNAUTHORIZED_BODY = b'{"error": "authentication required"}'
 class HttpTriggers:
     """Answers the requests that the HTTPTrigger routes of ``table`` match."""
 
-    def __init__(self, table: RouteTable, backends: Backends) -> None:
+    def __init__(self, table: RouteTable) -> None:
         self._table = table
-        self._backends = backends
         self._checks: set[asyncio.Task[None]] = set()
 
     def find(self, request: Request, target: bytes) -> HttpRoute | None:
@@ -137,29 +138,27 @@ class HttpTriggers:
         responder: Responder,
         calls: FunctionCalls,
     ) -> bool:
-        backend = self._backends.lookup(route.namespace, route.function)
-        function = f"{route.namespace}/{route.function}"
-        if backend is None:
-            message = f"function {function} of HTTP trigger {route.realm} not found"
-            responder.send_error(404, message, function=function)
-            return True
         call_route = FunctionRoute(namespace=route.namespace, name=route.function, target=target)
-        calls.direct(backend, call_route, request, responder)
-        return False
+        function = call_route.display_name
+        missing = f"function {function} of HTTP trigger {route.realm} not found"
+        return calls.call_function(call_route, request, responder, missing=missing)
 
 
 class FunctionCalls(Protocol):
-    """The mesh (``mesh_calls.MeshPlane``), as a trigger's call of its function needs it."""
+    """The mesh (``mesh_plane.MeshPlane``), as a trigger's call of its function needs it."""
 
-    def direct(
+    def call_function(
         self,
-        backend: Backend,
         route: FunctionRoute,
         request: Request,
         client: Responder,
         *,
         port: int = 0,
-    ) -> None: ...
+        missing: str = "",
+    ) -> bool:
+        """Call the function ``route`` names, by its mesh rules; False when the call started,
+        True when it was answered at once (``missing``: the 404's message)."""
+        ...
 
 
 class _CorsResponder:

@@ -15,6 +15,11 @@ match the table:
 - so do the HTTP ports (named ``http`` or ``http-*``, Istio's convention) of a Service with
   mesh rules (a VirtualService or DestinationRule for its host, ``MeshRules``), or whose
   PeerAuthentication mode is STRICT: the gateway routes their requests;
+- and the HTTP ports (by name, or unnamed) of a Service whose selector matches deployed
+  functions (``FunctionEntrances.selects_functions``): the gateway starts them from zero, where
+  kernel NAT or a TCP listener would only reach warm instances. The deployed functions have no
+  change feed: their ``functions_generation`` is compared at each change of the table and once
+  a second, and every Service with a selector is decided again when it moved;
 - given a ``VipSecurity`` (``vip_tls``), those gateway-served ports take mesh mTLS as their
   PeerAuthentication mode says (PERMISSIVE: TLS or plaintext, STRICT: TLS only, DISABLE:
   plaintext only).
@@ -48,6 +53,7 @@ from funcmesh.gateway.vip_tls import VipSecurity
 logger = logging.getLogger(__name__)
 
 CLIENT_IP_AFFINITY = "ClientIP"
+FUNCTIONS_CHECK_S = 1.0  # how often the deployed functions' generation is compared
 
 BalancerFactory = Callable[[], Balancer]
 
@@ -60,6 +66,15 @@ class FunctionEntrances(Protocol):
     ) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for connections whose every HTTP request goes to the Service
         ``namespace/name`` (arriving on its ``port``) through the gateway."""
+        ...
+
+    def selects_functions(self, namespace: str, selector: Mapping[str, str]) -> bool:
+        """Whether the gateway serves a Service with this selector by deployed functions."""
+        ...
+
+    @property
+    def functions_generation(self) -> int:
+        """Changes whenever ``selects_functions`` may answer differently."""
         ...
 
 
@@ -95,7 +110,8 @@ def served_by_kernel(view: ServiceView, protocol: str) -> bool:
     """Whether kernel NAT, where there is one, serves this Service's ``protocol`` ports rather
     than a VIP listener: plain Services only. A function's Service calls the function (HTTP in
     the gateway), and ClientIP affinity remembers clients, which a stateless random DNAT rule
-    cannot. Services with L7 rules (the mesh) will stay in the daemon too: decide that here."""
+    cannot. The HTTP ports of Services with mesh rules or in front of functions are the
+    gateway's (``_wanted_ports``), which this is not asked about."""
     return (
         view.function is None
         and view.session_affinity != CLIENT_IP_AFFINITY
@@ -131,6 +147,9 @@ class VipListeners:
         self._failed: set[tuple[VipAddress, int]] = set()  # bind failures logged already
         self._unsubscribe: list[Callable[[], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._functions_generation: int | None = None  # as last seen
+        self._selecting: dict[tuple[str, tuple[tuple[str, str], ...]], bool] = {}  # by selector
+        self._functions_check: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Listen for every Service in the table now and follow its changes."""
@@ -138,8 +157,11 @@ class VipListeners:
         self._unsubscribe = [self._table.subscribe(self._changed)]
         if self._mesh is not None:
             self._unsubscribe.append(self._mesh.subscribe(self._rules_changed))
+        if self._functions is not None:
+            self._functions_generation = self._functions.functions_generation
+            self._functions_check = self._loop.call_later(FUNCTIONS_CHECK_S, self._check_often)
         for view in self._table.services():
-            self._changed(view.key)
+            self._update(view.key)
 
     async def close(self) -> None:
         """Stop listening, cut the forwarded connections (function calls drain in the gateway).
@@ -147,6 +169,9 @@ class VipListeners:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe = []
+        if self._functions_check is not None:
+            self._functions_check.cancel()
+            self._functions_check = None
         self._kernel_served.clear()
         for ports in self._ports.values():
             for port in ports.values():
@@ -186,11 +211,52 @@ class VipListeners:
             self._changed(key)
 
     def _changed(self, key: Key) -> None:
+        self._check_functions()
+        self._update(key)
+
+    def _check_often(self) -> None:
+        assert self._loop is not None
+        self._functions_check = self._loop.call_later(FUNCTIONS_CHECK_S, self._check_often)
+        try:
+            self._check_functions()
+        except Exception:  # a timer's boundary: the next check tries again
+            logger.exception("deciding the VIPs of Services in front of functions failed")
+
+    def _check_functions(self) -> None:
+        """When functions were deployed or removed, decide again for every Service with a
+        selector: it may be in front of functions now, or no longer."""
+        functions = self._functions
+        if functions is None or functions.functions_generation == self._functions_generation:
+            return
+        self._functions_generation = functions.functions_generation
+        self._selecting.clear()
+        for view in self._table.services():
+            if view.function is None and view.selector:
+                self._update(view.key)
+
+    def _selects_functions(self, view: ServiceView) -> bool:
+        functions = self._functions
+        if functions is None or view.function is not None or not view.selector:
+            return False
+        key = (view.namespace, view.selector)
+        found = self._selecting.get(key)
+        if found is None:
+            selector = dict(view.selector)
+            found = self._selecting[key] = functions.selects_functions(view.namespace, selector)
+        return found
+
+    def _update(self, key: Key) -> None:
         view = self._table.service(*key)
         routed = self._mesh is not None and self._mesh.has_rules(*key)
         if not routed and view is not None and view.function is None and self._security:
             routed = self._security.requires_mtls(view, is_http_port)
-        wanted = _wanted_ports(self._table, view, functions=bool(self._functions), routed=routed)
+        wanted = _wanted_ports(
+            self._table,
+            view,
+            functions=bool(self._functions),
+            routed=routed,
+            to_functions=view is not None and self._selects_functions(view),
+        )
         if self._kernel is not None:
             self._hand_to_kernel(key, view, wanted)
         ports = self._ports.setdefault(key, {})
@@ -311,10 +377,16 @@ async def _guarded(setup: Coroutine[Any, Any, object], client: socket.socket) ->
 
 
 def _wanted_ports(
-    table: ServiceTable, view: ServiceView | None, *, functions: bool, routed: bool = False
+    table: ServiceTable,
+    view: ServiceView | None,
+    *,
+    functions: bool,
+    routed: bool = False,
+    to_functions: bool = False,
 ) -> dict[VipAddress, WantedPort]:
     """What each VIP port of the Service should be now; absent ports do not listen.
-    ``routed``: the Service has mesh rules, so its HTTP ports go through the gateway."""
+    ``routed``: the Service has mesh rules, so its HTTP ports go through the gateway;
+    ``to_functions``: it selects functions, so its HTTP and unnamed ports do."""
     if view is None or not view.cluster_ip or view.headless:
         return {}
     if view.function is not None:
@@ -331,7 +403,7 @@ def _wanted_ports(
     affinity_s = view.affinity_timeout_s if view.session_affinity == CLIENT_IP_AFFINITY else None
     wanted: dict[VipAddress, WantedPort] = {}
     for port in view.ports:
-        if routed and functions and port.protocol == "TCP" and is_http_port(port.name):
+        if functions and port.protocol == "TCP" and _to_gateway(port.name, routed, to_functions):
             wanted[(view.cluster_ip, port.port, "TCP")] = WantedPort(
                 function=view.key, service_port=port.port
             )
@@ -343,6 +415,15 @@ def _wanted_ports(
                 endpoints=ready, affinity_timeout_s=affinity_s
             )
     return wanted
+
+
+def _to_gateway(port_name: str, routed: bool, to_functions: bool) -> bool:
+    """Whether a TCP port goes through the gateway: an HTTP port of a Service with mesh rules,
+    or one (an unnamed port included: Istio sniffs those, and a function speaks HTTP) of a
+    Service in front of functions."""
+    if to_functions and not port_name:
+        return True
+    return (routed or to_functions) and is_http_port(port_name)
 
 
 def is_http_port(name: str) -> bool:

@@ -118,6 +118,7 @@ class LoadBalancer:
     hash_header: str = ""
     hash_cookie: str = ""
     hash_cookie_ttl_s: float | None = None
+    hash_cookie_path: str = ""
     hash_source_ip: bool = False
 
 
@@ -263,6 +264,7 @@ def _load_balancer(value: dict[str, Any], field: str, problems: Problems) -> Loa
     return LoadBalancer(
         hash_header=str_of(keys, "httpHeaderName").lower(),
         hash_cookie=str_of(cookie, "name"),
+        hash_cookie_path=str_of(cookie, "path"),
         hash_cookie_ttl_s=problems.duration_s(
             cookie.get("ttl"), f"{hash_field}.httpCookie.ttl", minimum_s=0
         ),

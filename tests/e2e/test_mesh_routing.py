@@ -329,3 +329,118 @@ def test_a_missing_destination_is_reported_until_its_service_exists(
             time.sleep(0.1)
     finally:
         daemon.run("delete", "service", "nowhere", check=False)
+
+
+TRIGGER_ROUTES_YAML = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: hello-v1
+spec:
+  hosts: [hello-v1]
+  http:
+  - match:
+    - uri: {prefix: /broken}
+    fault:
+      abort:
+        httpStatus: 418
+        percentage: {value: 100}
+    route:
+    - destination: {host: hello-v1}
+  - route:
+    - destination: {host: hello-v1}
+      weight: 90
+    - destination: {host: hello-v2}
+      weight: 10
+"""
+
+
+def test_an_http_trigger_takes_its_functions_virtual_service(
+    daemon: Daemon, canary: str, tmp_path: Path
+) -> None:
+    """The trigger names hello-v1; the VirtualService of hello-v1 splits its calls 90/10 with
+    hello-v2 and aborts /broken, as it does for /function/hello-v1."""
+    daemon.run(
+        "trigger", "http", "create", "shop", "--function-name", "hello-v1",
+        "--hostname", "shop.example.com",
+    )  # fmt: skip
+    headers = {"Host": "shop.example.com"}
+    try:
+        with httpx.Client(base_url=daemon.gateway_url, timeout=30, headers=headers) as client:
+            deadline = time.monotonic() + 10
+            while client.get("/cart").status_code != 200:  # the trigger reaches the gateway
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert versions(client, "/cart", 20) == {"v1": 20}  # no rule: the function itself
+            apply(daemon, tmp_path, "trigger-routes", TRIGGER_ROUTES_YAML)
+            deadline = time.monotonic() + 10
+            while (broken := client.get("/broken")).status_code != 418:
+                assert time.monotonic() < deadline, broken.text
+                time.sleep(0.05)
+            seen = versions(client, "/cart?q=1", 500)
+        assert "fault filter abort" in broken.text
+        # 10 % of 500 has a standard deviation of 1.3 %: 5-15 % is almost four of them
+        assert 25 <= seen["v2"] <= 75, seen
+    finally:
+        daemon.run("delete", "virtualservice", "hello-v1", check=False)
+        daemon.run("trigger", "http", "delete", "shop", check=False)
+
+
+IDLE_FUNCTION_YAML = """\
+apiVersion: kubeless.io/v1beta1
+kind: Function
+metadata:
+  name: idle
+  labels: {app: idle}
+  annotations:
+    autoscaling.funcmesh.io/scale-to-zero-after: 1s
+spec:
+  runtime: RUNTIME
+  handler: idle.handler
+  function-content-type: text
+  function: |
+    def handler(event, context):
+        return 'idle at ' + event['extensions']['request'].path
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: storefront
+spec:
+  selector: {app: idle}
+  ports:
+  - port: 80
+    targetPort: 8080
+"""
+
+
+def function_ready(daemon: Daemon, name: str) -> bool:
+    function = json.loads(daemon.run("get", "function", name, "-o", "json").stdout)
+    conditions = function.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def idle_pods(daemon: Daemon) -> list[str]:
+    rows = daemon.run("get", "pods").stdout.splitlines()[1:]
+    return [row.split()[0] for row in rows if row.startswith("idle-")]
+
+
+def test_a_service_in_front_of_a_function_at_zero_starts_it(daemon: Daemon, tmp_path: Path) -> None:
+    """No mesh rule: the Service's VIP still reaches its function scaled to zero (kernel NAT
+    would reach warm instances only, and refuse now)."""
+    apply(daemon, tmp_path, "idle", IDLE_FUNCTION_YAML.replace("RUNTIME", RUNTIME))
+    try:
+        url = f"http://{cluster_ip(daemon, 'storefront')}:80/shelf"
+        deadline = time.monotonic() + 60
+        while not function_ready(daemon, "idle"):  # built, and its handler loaded once
+            assert time.monotonic() < deadline, "the function did not become ready"
+            time.sleep(0.1)
+        while idle_pods(daemon):
+            assert time.monotonic() < deadline, "the function did not scale to zero"
+            time.sleep(0.1)
+        response = httpx.get(url, timeout=30)
+        assert (response.status_code, response.text) == (200, "idle at /shelf")
+        assert len(idle_pods(daemon)) == 1  # the call started it
+    finally:
+        daemon.run("delete", "service", "storefront", check=False)
+        daemon.run("function", "delete", "idle", check=False)

@@ -244,6 +244,39 @@ loadBalancer:
     assert len({next(iter(seen)) for seen in per_user.values()}) > 1  # users spread
 
 
+def test_a_hash_cookie_with_a_ttl_is_set_and_keeps_the_client_on_one_replica(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    replicas = start_upstreams(2)
+    apply(daemon, tmp_path, service_yaml("sticky", replicas))
+    try:
+        apply_destination_rule(
+            daemon,
+            tmp_path,
+            "sticky",
+            """\
+loadBalancer:
+  consistentHash:
+    httpCookie: {name: session, ttl: 3600s}
+""",
+        )
+        url = f"{daemon.gateway_url}/function/sticky"
+        with httpx.Client(timeout=10) as client:
+            wait_for(lambda: "set-cookie" in client.get(url).headers, "the rule to apply")
+            client.cookies.clear()
+            first = client.get(url)  # no cookie: it gets one
+            set_cookie = first.headers["set-cookie"]
+            assert set_cookie.startswith('session="'), set_cookie
+            assert set_cookie.endswith("; Max-Age=3600; HttpOnly"), set_cookie
+            later = answers(client, url, 10)  # the client sends it back
+        assert later == {f"200 {first.text}": 10}, later
+    finally:
+        for kind in ("destinationrule", "service", "endpoints"):
+            daemon.run("delete", kind, "sticky", check=False)
+        for replica in replicas:
+            replica.stop()
+
+
 def test_a_mirror_gets_a_copy_whose_answer_is_dropped(
     daemon: Daemon, tmp_path: Path, upstreams: tuple[str, list[Upstream]]
 ) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from funcmesh.discovery.routes import HttpRoute, RouteTable
 from funcmesh.discovery.services import (
     EndpointAddressView,
     EndpointPortView,
@@ -582,3 +584,236 @@ async def test_a_destination_rule_alone_applies_to_a_function(mesh: Mesh) -> Non
         assert statuses == [200, 200, 503]
     finally:
         await gateway.close(1.0)
+
+
+# ---- HTTPTriggers take the same routes as /function/NAME ----
+
+
+class Function:
+    """A function whose one instance (an upstream) always has room: the pool's fast path."""
+
+    namespace = "default"
+
+    def __init__(self, name: str, address: tuple[str, int]) -> None:
+        self.display_name = f"default/{name}"
+        self.labels = {"function": name}
+        self._lease = FunctionLease(address)
+        self._lease.instance_id = f"{name}-0"  # the key of its upstream connections
+
+    def try_acquire(self) -> FunctionLease:
+        return self._lease
+
+    async def acquire(self) -> FunctionLease:
+        return self._lease
+
+
+class Functions:
+    generation = 0
+
+    def __init__(self, *functions: Function) -> None:
+        self._functions = {f.display_name: f for f in functions}
+
+    def lookup(self, namespace: str, name: str) -> Function | None:
+        return self._functions.get(f"{namespace}/{name}")
+
+    def select(self, namespace: str, selector: dict[str, str]) -> list[Function]:
+        return [
+            f
+            for f in self._functions.values()
+            if all(f.labels.get(k) == v for k, v in selector.items())
+        ]
+
+
+@pytest.fixture
+async def triggered(mesh: Mesh) -> AsyncIterator[tuple[Gateway, MeshTable]]:
+    """A gateway with two functions, ``fn`` (the upstream "hello") and ``fn-canary`` (the
+    upstream "canary"), and an HTTPTrigger for host ``shop.test`` to ``fn``, with CORS."""
+    hello, canary = mesh.upstreams["hello"], mesh.upstreams["canary"]
+    functions = Functions(
+        Function("fn", (hello.ip, PORT)), Function("fn-canary", (canary.ip, PORT))
+    )
+    services, table, triggers = ServiceTable(), MeshTable(), RouteTable()
+    for name in ("fn", "fn-canary"):
+        view = dataclasses.replace(service(name), selector=(("function", name),), function=name)
+        services.put_service(view)
+    triggers.replace(
+        [
+            HttpRoute(
+                namespace="default",
+                trigger="shop",
+                function="fn",
+                host="shop.test",
+                path="/",
+                cors_enable=True,
+                realm="default/shop",
+            )
+        ]
+    )
+    gateway = Gateway(
+        functions,  # type: ignore[arg-type]
+        port=0,
+        mesh=table,
+        services=services,
+        http_routes=triggers,
+    )
+    await gateway.start()
+    try:
+        yield gateway, table
+    finally:
+        await gateway.close(1.0)
+
+
+def route_fn(table: MeshTable, *http: dict[str, Any]) -> None:
+    table.put_virtual_service(
+        parse_virtual_service(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": {"name": "fn", "namespace": "default"},
+                "spec": {"hosts": ["fn"], "http": list(http)},
+            }
+        )
+    )
+
+
+async def test_a_trigger_is_split_by_its_functions_virtual_service(
+    triggered: tuple[Gateway, MeshTable],
+) -> None:
+    gateway, table = triggered
+    url = f"http://{gateway.address[0]}:{gateway.address[1]}/cart?x=1"
+    async with httpx.AsyncClient(timeout=10, headers={"Host": "shop.test"}) as client:
+        plain = {(await client.get(url)).json()["upstream"] for _ in range(20)}
+        assert plain == {"hello"}  # no rule: the function itself
+        route_fn(
+            table,
+            {
+                "route": [
+                    {"destination": {"host": "fn"}, "weight": 70},
+                    {"destination": {"host": "fn-canary"}, "weight": 30},
+                ]
+            },
+        )
+        answers = [await client.get(url) for _ in range(400)]
+    upstreams = [answer.json()["upstream"] for answer in answers]
+    # 30 % of 400 has a standard deviation of 2.3 %: 20-40 % is four of them
+    assert 80 <= upstreams.count("canary") <= 160
+    assert {answer.json()["target"] for answer in answers} == {"/cart?x=1"}  # as sent
+    assert all(a.headers["access-control-allow-origin"] == "*" for a in answers)  # CORS kept
+
+
+async def test_a_trigger_answers_a_virtual_service_fault_and_its_no_route(
+    triggered: tuple[Gateway, MeshTable],
+) -> None:
+    gateway, table = triggered
+    route_fn(
+        table,
+        {
+            "match": [{"uri": {"prefix": "/broken"}}],
+            "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}},
+            "route": [{"destination": {"host": "fn"}}],
+        },
+        {"match": [{"uri": {"prefix": "/ok"}}], "route": [{"destination": {"host": "fn"}}]},
+    )
+    base = f"http://{gateway.address[0]}:{gateway.address[1]}"
+    async with httpx.AsyncClient(timeout=10, headers={"Host": "shop.test"}) as client:
+        aborted = await client.get(base + "/broken/x")
+        routed = await client.get(base + "/ok")
+        unrouted = await client.get(base + "/elsewhere")
+    assert aborted.status_code == 418
+    assert aborted.json() == {"error": "fault filter abort"}
+    assert aborted.headers["access-control-allow-origin"] == "*"
+    assert routed.json()["upstream"] == "hello"
+    assert unrouted.status_code == 404
+    assert "no route of fn.default.svc.cluster.local" in unrouted.text
+
+
+async def test_a_trigger_whose_function_is_gone_says_which_trigger(mesh: Mesh) -> None:
+    triggers = RouteTable()
+    triggers.replace(
+        [
+            HttpRoute(
+                namespace="default",
+                trigger="t",
+                function="gone",
+                host="t.test",
+                path="/",
+                cors_enable=False,
+                realm="default/t",
+            )
+        ]
+    )
+    gateway = Gateway(
+        NoFunctions(),  # type: ignore[arg-type]
+        port=0,
+        mesh=MeshTable(),
+        services=ServiceTable(),
+        http_routes=triggers,
+    )
+    await gateway.start()
+    try:
+        url = f"http://{gateway.address[0]}:{gateway.address[1]}/"
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(url, headers={"Host": "t.test"})
+        assert response.status_code == 404
+        assert "function default/gone of HTTP trigger default/t not found" in response.text
+    finally:
+        await gateway.close(1.0)
+
+
+# ---- consistentHash httpCookie: the cookie is set when a ttl is given ----
+
+
+def hash_by_cookie(mesh: Mesh, cookie: dict[str, str]) -> None:
+    mesh.services.put_endpoints(
+        endpoints("hello", mesh.upstreams["hello"], mesh.upstreams["canary"])
+    )
+    mesh.table.put_destination_rule(
+        parse_destination_rule(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "hello", "namespace": "default"},
+                "spec": {
+                    "host": "hello",
+                    "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpCookie": cookie}}},
+                },
+            }
+        )
+    )
+
+
+async def test_a_cookie_with_a_ttl_is_set_and_keeps_the_client_on_one_member(mesh: Mesh) -> None:
+    hash_by_cookie(mesh, {"name": "sticky", "ttl": "3600s"})
+    members: set[str] = set()
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await client.get(mesh.url + "/hello")
+        set_cookie = first.headers["set-cookie"]
+        assert re.fullmatch(r'sticky="[0-9a-f]{16}"; Max-Age=3600; HttpOnly', set_cookie)
+        for _ in range(10):  # the client's jar sends the cookie back
+            response = await client.get(mesh.url + "/hello")
+            assert "set-cookie" not in response.headers  # it has one
+            members.add(response.json()["upstream"])
+        assert members == {first.json()["upstream"]}
+    # new clients get new cookies, spread over both members (all on one: p = 2^-23)
+    async with httpx.AsyncClient(timeout=10) as fresh:
+        cookies = []
+        for _ in range(24):
+            fresh.cookies.clear()
+            response = await fresh.get(mesh.url + "/hello")
+            cookies.append(response.headers["set-cookie"])
+            members.add(response.json()["upstream"])
+    assert len(set(cookies)) == 24
+    assert members == {"hello", "canary"}
+
+
+async def test_a_cookie_without_a_ttl_is_not_set(mesh: Mesh) -> None:
+    hash_by_cookie(mesh, {"name": "sticky"})
+    async with httpx.AsyncClient(timeout=10) as client:
+        responses = [await client.get(mesh.url + "/hello") for _ in range(20)]
+        with_cookie = [
+            await client.get(mesh.url + "/hello", headers={"Cookie": "sticky=ann"})
+            for _ in range(5)
+        ]
+    assert all("set-cookie" not in r.headers for r in responses)
+    assert {r.json()["upstream"] for r in responses} == {"hello", "canary"}  # no key: random
+    assert len({r.json()["upstream"] for r in with_cookie}) == 1

@@ -3,6 +3,8 @@ problems a route's destination can have (no Service, no subset, ExternalName).""
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,7 +19,13 @@ from funcmesh.discovery.services import (
     ServiceTable,
     ServiceView,
 )
-from funcmesh.gateway.destinations import Destinations, EndpointBackend, hash_key_of
+from funcmesh.gateway.destinations import (
+    Destinations,
+    EndpointBackend,
+    StickyCookie,
+    hash_key_of,
+    sticky_cookie_of,
+)
 from funcmesh.gateway.messages import Request
 from funcmesh.mesh.routes import WeightedDestination
 from funcmesh.mesh.table import MeshTable
@@ -211,6 +219,9 @@ def request(headers: list[tuple[bytes, bytes]]) -> Request:
         (LoadBalancer(hash_header="x-user"), [], None),
         (LoadBalancer(hash_cookie="session"), [(b"Cookie", b"a=1; session=s9; b=2")], b"s9"),
         (LoadBalancer(hash_cookie="session"), [(b"Cookie", b"a=1")], None),
+        (LoadBalancer(hash_cookie="session"), [(b"cookie", b'session="s9"')], b"s9"),  # Envoy's
+        (LoadBalancer(hash_cookie="session"), [(b"Cookie", b"session=")], None),  # empty: none
+        (LoadBalancer(hash_cookie="s"), [(b"Cookie", b"a=1"), (b"Cookie", b"s=2")], b"2"),
         (LoadBalancer(hash_source_ip=True), [], b"127.0.0.9"),
     ],
 )
@@ -224,3 +235,51 @@ def test_consistent_hash_keys(
 
 def test_other_balancers_need_no_key() -> None:
     assert hash_key_of(LoadBalancer(simple="ROUND_ROBIN")) is None
+
+
+@pytest.mark.parametrize(
+    ("balancer", "attributes"),
+    [
+        (LoadBalancer(hash_cookie="session", hash_cookie_ttl_s=3600.0), "; Max-Age=3600"),
+        (LoadBalancer(hash_cookie="session", hash_cookie_ttl_s=90.5), "; Max-Age=90"),
+        (LoadBalancer(hash_cookie="session", hash_cookie_ttl_s=0.0), ""),  # a session cookie
+        (
+            LoadBalancer(hash_cookie="session", hash_cookie_ttl_s=60.0, hash_cookie_path="/app"),
+            "; Max-Age=60; Path=/app",
+        ),
+    ],
+)
+def test_a_cookie_with_a_ttl_is_issued_as_envoy_sets_it(
+    balancer: LoadBalancer, attributes: str
+) -> None:
+    sticky = sticky_cookie_of(balancer, random.Random(7))
+    assert sticky is not None
+    value, (name, header) = sticky.issue()
+    assert name == b"Set-Cookie"
+    assert re.fullmatch(rb"[0-9a-f]{16}", value)
+    assert header.decode() == f'session="{value.decode()}"{attributes}; HttpOnly'
+    # the client sends it back quoted: the same key, so the same member
+    key = hash_key_of(balancer)
+    assert key is not None
+    sent_back = header.split(b";")[0]  # session="VALUE", as a cookie jar returns it
+    assert key(request([(b"Cookie", sent_back)])) == value
+    assert sticky.issue()[0] != value  # each client its own
+
+
+def test_a_path_goes_into_the_cookie() -> None:
+    sticky = StickyCookie("s", ttl_s=60, path="/shop", rng=random.Random(1))
+    _, (_, header) = sticky.issue()
+    assert header.endswith(b"; Max-Age=60; Path=/shop; HttpOnly")
+
+
+@pytest.mark.parametrize(
+    "balancer",
+    [
+        LoadBalancer(hash_cookie="session"),  # no ttl: Envoy sets none
+        LoadBalancer(hash_header="x-user"),
+        LoadBalancer(simple="ROUND_ROBIN"),
+        LoadBalancer(),
+    ],
+)
+def test_no_cookie_is_issued_without_a_cookie_ttl(balancer: LoadBalancer) -> None:
+    assert sticky_cookie_of(balancer, random.Random()) is None

@@ -93,7 +93,9 @@ DESTINATION_RULE = obj(
                 "name": "v2",
                 "labels": {"version": "v2"},
                 "trafficPolicy": {
-                    "loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "0s"}}}
+                    "loadBalancer": {
+                        "consistentHash": {"httpCookie": {"name": "u", "ttl": "0s", "path": "/"}}
+                    }
                 },
             },
         ],
@@ -183,6 +185,7 @@ PEER = obj(
             and s.traffic_policy.outlier_detection.interval_s == 300
             and s.traffic_policy.connection_pool.max_connections == 100
             and s.subsets[1].traffic_policy.load_balancer.hash_cookie == "u"
+            and s.subsets[1].traffic_policy.load_balancer.hash_cookie_path == "/"
             and s.subsets[0].labels == (("version", "v1"),),
         ),
         (
