@@ -112,6 +112,9 @@ class BenchBackend:
     def display_name(self) -> str:
         return "default/hello"
 
+    def queue_call(self, on_lease: object, on_error: object) -> None:
+        return None  # never busy: nothing to queue for
+
     def try_acquire(self) -> Lease | None:
         return self._lease
 

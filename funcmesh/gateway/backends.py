@@ -2,15 +2,18 @@
 
 The runtime's instance pool satisfies these Protocols structurally, so the runtime never imports
 the gateway and this module imports nothing from the runtime. ``Backend.try_acquire`` is the
-call's fast path; when it gives nothing, ``Backend.acquire`` waits, or raises
+call's fast path; when it gives nothing, ``Backend.queue_call`` waits in the function's queue
+with callbacks (no task), or ``Backend.acquire`` waits, or raises
 ``funcmesh.errors.QueueFull`` (the gateway answers 429) or ``funcmesh.errors.Unavailable`` (503);
 any other ``FuncmeshError`` is answered 503 with its message. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
+
+from funcmesh.errors import FuncmeshError
 
 
 class Lease(Protocol):
@@ -79,6 +82,22 @@ class Backend(Protocol):
     async def acquire(self) -> Lease:
         """Reserve an instance, starting one if needed; raises QueueFull or Unavailable."""
         ...
+
+    def queue_call(
+        self, on_lease: Callable[[Lease], None], on_error: Callable[[FuncmeshError], None]
+    ) -> QueuedCall | None:
+        """Wait for an instance without a task when ``try_acquire`` gave none because every
+        instance is busy and no more may start: ``on_lease`` gets the lease, ``on_error`` a
+        QueueFull or Unavailable, later, from the loop. None: the caller awaits ``acquire``
+        instead (an instance may start, or there is nothing to queue for). Raises QueueFull
+        when the queue is full."""
+        ...
+
+
+class QueuedCall(Protocol):
+    """A call waiting for an instance; ``cancel`` when the caller leaves."""
+
+    def cancel(self) -> None: ...
 
 
 class Backends(Protocol):

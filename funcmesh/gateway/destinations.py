@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from funcmesh.discovery.services import EXTERNAL_NAME, ServiceTable, ServiceView
-from funcmesh.gateway.backends import Backend, Backends
+from funcmesh.errors import FuncmeshError
+from funcmesh.gateway.backends import Backend, Backends, Lease
 from funcmesh.gateway.messages import Request
 from funcmesh.mesh.budget import RetryBudget
 from funcmesh.mesh.endpoint_sets import EndpointSet
@@ -148,6 +149,11 @@ class EndpointBackend:
 
     async def acquire(self) -> EndpointLease:
         return self._lease
+
+    def queue_call(
+        self, on_lease: Callable[[Lease], None], on_error: Callable[[FuncmeshError], None]
+    ) -> None:
+        return None  # a pod takes every call: nothing to queue for
 
 
 class Destinations:

@@ -4,8 +4,9 @@ This is the gateway's failure table (429, 502, 503, 504, each with a JSON body t
 happened) and the only code that holds a ``Lease``: it releases each lease exactly once.
 
 A call costs no task, future or timer when an instance is free and an idle connection to it is
-pooled: ``Call`` is driven by protocol callbacks (the client's request, the instance's response).
-Only the rare steps that must wait run as a task: waiting in the function's queue, opening a
+pooled: ``Call`` is driven by protocol callbacks (the client's request, the instance's response),
+and waiting in the function's queue for a busy instance is a callback too (the common wait under
+load). Only the rare steps that must wait run as a task: starting an instance, opening a
 connection, asking why an instance died. Deadlines are checked by the ``Relay``'s one tick
 (``funcmesh.gateway.relay``) while calls are in flight, so a 504 comes at most that late.
 
@@ -20,7 +21,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from funcmesh.errors import FuncmeshError, QueueFull
-from funcmesh.gateway.backends import Backend, Lease
+from funcmesh.gateway.backends import Backend, Lease, QueuedCall
 from funcmesh.gateway.messages import Request
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import (
@@ -85,6 +86,7 @@ class Call:
         "_head",
         "_lease",
         "_max_exchanges",
+        "_queued",
         "_relay",
         "_request",
         "_responder",
@@ -118,17 +120,25 @@ class Call:
         self._lease: Lease | None = None
         self._connection: UpstreamConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._queued: QueuedCall | None = None
         self._head = b""
         self._started_s = 0.0
         self._ended = False
 
     def start(self) -> None:
         try:
-            lease = self._backend.try_acquire()
-            if lease is None:
-                self._task = self._relay.spawn(self, self._acquire_then_send())
-            else:
+            backend = self._backend
+            lease = backend.try_acquire()
+            if lease is not None:
                 self._send(lease)
+                return
+            try:
+                self._queued = backend.queue_call(self._leased, self._not_leased)
+            except FuncmeshError as exc:
+                self._not_leased(exc)
+                return
+            if self._queued is None:
+                self._task = self._relay.spawn(self, self._acquire_then_send())
         except Exception:
             logger.exception(_CRASHED, self._function)
             self.crash()
@@ -142,6 +152,9 @@ class Call:
         """The gateway is closing and this call outlasted the drain."""
         if self._task is not None:
             self._task.cancel()
+        if self._queued is not None:
+            self._queued.cancel()
+            self._queued = None
         self._abort_connection()
         self._end(SHUTDOWN_STATUS, ok=False)
 
@@ -156,6 +169,9 @@ class Call:
 
     def crash(self) -> None:
         """After an unexpected exception (logged): answer 500 (or cut a started response)."""
+        if self._queued is not None:
+            self._queued.cancel()
+            self._queued = None
         self._abort_connection()
         if not self._ended:
             self._fail(500, _INTERNAL_ERROR)
@@ -222,20 +238,34 @@ class Call:
         return sent
 
     async def _acquire_then_send(self) -> None:
-        function = self._function
         try:
             lease = await self._backend.acquire()
-        except QueueFull as exc:
-            message = str(exc) or f"function {function} is busy: too many calls are waiting"
-            self._fail(429, message, cause="UO")
-            self._end(429, ok=False)
-            return
         except FuncmeshError as exc:
-            self._fail(503, str(exc) or f"function {function} is unavailable", cause="UH")
-            self._end(503, ok=False)
+            self._not_leased(exc)
             return
         self._task = None
         self._send(lease)
+
+    def _leased(self, lease: Lease) -> None:
+        """The function's queue handed this call an instance."""
+        self._queued = None
+        try:
+            self._send(lease)
+        except Exception:
+            logger.exception(_CRASHED, self._function)
+            self.crash()
+
+    def _not_leased(self, error: FuncmeshError) -> None:
+        """No instance: 429 when the function's queue is full or the wait too long, else 503."""
+        self._queued = None
+        function = self._function
+        if isinstance(error, QueueFull):
+            message = str(error) or f"function {function} is busy: too many calls are waiting"
+            self._fail(429, message, cause="UO")
+            self._end(429, ok=False)
+        else:
+            self._fail(503, str(error) or f"function {function} is unavailable", cause="UH")
+            self._end(503, ok=False)
 
     async def _connect_then_exchange(self) -> None:
         lease = self._lease

@@ -2,8 +2,8 @@
 
 An instance is a worker process (forked from a zygote, or a specialised Node.js spare) serving
 HTTP on its own pod IP. The pool owns instances; callers (the gateway) hold a Lease for exactly
-one call and give it back with ``release``. When an instance ends, ``exit_reason`` says why in
-words a user understands.
+one call and give it back with ``release``, and wait for one in a QueuedCall when every
+instance is busy. When an instance ends, ``exit_reason`` says why in words a user understands.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import asyncio
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from funcmesh.errors import FuncmeshError
 from funcmesh.model.function import Scaling
 from funcmesh.model.objects import rfc3339
 from funcmesh.runtime.catalog import Runtime
@@ -197,3 +198,56 @@ class Lease:
         except TimeoutError:
             return None
         return self._instance.exit_reason
+
+
+class QueuedCall:
+    """A call waiting in a function's queue with callbacks instead of a task (the gateway's
+    fast path when every instance is busy: no task, no future, no coroutine per call).
+
+    The pool treats it as a waiting future (``done``, ``deadline``, ``set_result``,
+    ``set_exception``). Its lease or its error is handed over from the loop, soon after
+    (never inside the ``release`` that freed the instance); a caller that left meanwhile
+    (``cancel``) gets nothing, and the instance it was given goes back to the pool.
+    """
+
+    __slots__ = ("_cancelled", "_done", "_loop", "_on_error", "_on_lease", "_pool", "deadline")
+
+    def __init__(
+        self,
+        pool: FunctionPool,
+        on_lease: Callable[[Lease], None],
+        on_error: Callable[[FuncmeshError], None],
+        *,
+        deadline: float,
+    ) -> None:
+        self._pool = pool
+        self._on_lease = on_lease
+        self._on_error = on_error
+        self._loop = asyncio.get_running_loop()
+        self._done = self._cancelled = False
+        self.deadline = deadline  # time.monotonic() after which it fails with QueueFull
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        """The caller left: skip it in the queue, or give back what it was just handed."""
+        self._done = self._cancelled = True
+
+    def set_result(self, instance: Instance) -> None:
+        self._done = True
+        self._loop.call_soon(self._hand_over, instance)
+
+    def set_exception(self, error: FuncmeshError) -> None:
+        self._done = True
+        self._loop.call_soon(self._fail, error)
+
+    def _hand_over(self, instance: Instance) -> None:
+        if self._cancelled:
+            self._pool.give_back(instance)
+        else:
+            self._on_lease(Lease(self._pool, instance))
+
+    def _fail(self, error: FuncmeshError) -> None:
+        if not self._cancelled:
+            self._on_error(error)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
 from funcmesh.runtime.addresses import AddressPool
 from funcmesh.runtime.autoscaler import Autoscaler, Recommendation, Sample, read_cpu_seconds
-from funcmesh.runtime.instances import Instance, Lease, Revision
+from funcmesh.runtime.instances import Instance, Lease, QueuedCall, Revision
 from funcmesh.runtime.lifecycle import InstanceLifecycle
 from funcmesh.runtime.limits import MemoryLimiter
 from funcmesh.runtime.logs import LogBook
@@ -79,7 +79,7 @@ class FunctionPool:
             namespace, name, context=context, stats=stats, on_exit=self._serve_waiters
         )
         self._instances = self._lifecycle.instances  # read here, changed only by the lifecycle
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[_Waiter | QueuedCall] = deque()
         self._decided = asyncio.Event()
         self._closed = False
         self._autoscaler: Autoscaler | None = None  # only while the rule is cpu or qps
@@ -212,14 +212,26 @@ class FunctionPool:
                 best = instance
         return best
 
+    def queue_call(
+        self, on_lease: Callable[[Lease], None], on_error: Callable[[FuncmeshError], None]
+    ) -> QueuedCall | None:
+        """Wait in the queue without a task when every instance is busy and no more may
+        start: ``on_lease`` gets the next instance with room, ``on_error`` the failure
+        (QueueFull after queue_wait_s, Unavailable when the function goes). None when the
+        caller must await ``acquire`` instead (no revision yet, an instance may start, or one
+        has room); raises QueueFull when the queue is full."""
+        if self.revision is None or self._live_count() < self._max_scale():
+            return None
+        if not self._waiters and self._pick() is not None:
+            return None
+        self._check_queue_room()
+        deadline = time.monotonic() + self._context.queue_wait_s
+        queued = QueuedCall(self, on_lease, on_error, deadline=deadline)
+        self._waiters.append(queued)
+        return queued
+
     async def _queue(self) -> Instance:
-        if len(self._waiters) >= self._context.max_queue:
-            raise QueueFull(
-                f"function {self.display_name} is at its limit of "
-                f"{_count(self._max_scale(), 'instance')} and "
-                f"{_count(len(self._waiters), 'call')} already waiting; try again later or "
-                "raise autoscaling.funcmesh.io/max-scale"
-            )
+        self._check_queue_room()
         waiter = _Waiter(loop=asyncio.get_running_loop())
         waiter.deadline = time.monotonic() + self._context.queue_wait_s
         self._waiters.append(waiter)
@@ -227,8 +239,17 @@ class FunctionPool:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._give_back(waiter.result())  # handed an instance as the caller left
+                self.give_back(waiter.result())  # handed an instance as the caller left
             raise
+
+    def _check_queue_room(self) -> None:
+        if len(self._waiters) >= self._context.max_queue:
+            raise QueueFull(
+                f"function {self.display_name} is at its limit of "
+                f"{_count(self._max_scale(), 'instance')} and "
+                f"{_count(len(self._waiters), 'call')} already waiting; try again later or "
+                "raise autoscaling.funcmesh.io/max-scale"
+            )
 
     def expire_waiters(self, now: float) -> None:
         """Fail the calls that waited ``queue_wait_s`` for an instance (run by the sweep:
@@ -243,7 +264,8 @@ class FunctionPool:
                     )
                 )
 
-    def _give_back(self, instance: Instance) -> None:
+    def give_back(self, instance: Instance) -> None:
+        """An instance reserved for a caller that left before using it."""
         instance.in_flight -= 1
         self._serve_waiters()
 

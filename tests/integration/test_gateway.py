@@ -261,6 +261,9 @@ class FakeBackend:
     def display_name(self) -> str:
         return self._display_name
 
+    def queue_call(self, on_lease: object, on_error: object) -> None:
+        return None  # waits, if at all, in acquire()
+
     def try_acquire(self) -> Lease | None:
         if self._bug is not None:
             raise self._bug

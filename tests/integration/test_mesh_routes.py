@@ -533,6 +533,9 @@ class OneFunction:
         self.labels = {"function": "fn"}
         self._lease = FunctionLease(address)
 
+    def queue_call(self, on_lease: object, on_error: object) -> None:
+        return None  # never busy: nothing to queue for
+
     def try_acquire(self) -> FunctionLease:
         return self._lease
 
@@ -599,6 +602,9 @@ class Function:
         self.labels = {"function": name}
         self._lease = FunctionLease(address)
         self._lease.instance_id = f"{name}-0"  # the key of its upstream connections
+
+    def queue_call(self, on_lease: object, on_error: object) -> None:
+        return None  # never busy: nothing to queue for
 
     def try_acquire(self) -> FunctionLease:
         return self._lease

@@ -284,6 +284,53 @@ async def test_queued_calls_expire_and_a_caller_that_left_gives_its_turn_back(
     await call(lease)
 
 
+async def test_a_queued_call_gets_its_lease_by_callback_after_the_release(
+    pools: Pools, code_dir: Path
+) -> None:
+    """The gateway's queue without a task: the lease comes from the loop, after the release
+    that freed the instance; the queue keeps its order, limit, expiry and a leaver's turn."""
+    pool = pools.pool("default", "hello")
+    assert pool.queue_call(print, print) is None  # no revision yet: acquire() waits for it
+    pools.deploy(revision(code_dir, "hello", scaling=Scaling(max_scale=1)))
+    assert pool.queue_call(print, print) is None  # an instance may start: acquire() starts it
+    held = await pool.acquire()
+    leases: list[Lease] = []
+    errors: list[Exception] = []
+    first = pool.queue_call(leases.append, errors.append)
+    second = pool.queue_call(leases.append, errors.append)
+    assert first is not None
+    assert second is not None
+    assert pool.queued == 2
+    with pytest.raises(QueueFull, match="2 calls already waiting"):
+        pool.queue_call(leases.append, errors.append)  # max_queue is 2
+    await call(held)
+    assert leases == []  # not inside the release: from the loop, soon after
+    await until(lambda: len(leases) == 1)
+    assert leases[0].address == held.address
+    second.cancel()  # the second caller leaves before its turn
+    await call(leases.pop())
+    await asyncio.sleep(0.05)
+    assert leases == []
+    assert errors == []
+    lease = pool.try_acquire()
+    assert lease is not None  # its turn was given back, not leaked
+    expiring = pool.queue_call(leases.append, errors.append)
+    assert expiring is not None
+    pool.expire_waiters(time.monotonic() + 60)
+    await until(lambda: len(errors) == 1)
+    assert isinstance(errors[0], QueueFull)
+    assert "no instance became free" in str(errors[0])
+    leaving = pool.queue_call(leases.append, errors.append)
+    assert leaving is not None
+    await call(lease)  # hands the instance over (from the loop, soon)...
+    leaving.cancel()  # ...to a caller that leaves before it arrives
+    await asyncio.sleep(0.05)
+    assert leases == []
+    last = pool.try_acquire()
+    assert last is not None  # given back, not leaked
+    await call(last)
+
+
 async def test_a_scaling_change_keeps_instances_and_starts_none(
     pools: Pools, code_dir: Path
 ) -> None:
