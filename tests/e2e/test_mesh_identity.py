@@ -5,8 +5,10 @@ principals work for them; a plain workload's Service still answers them in plain
 workload gets Istio's certificate files and curl uses them.
 
 One daemon for the module: the function ``target`` is STRICT for the whole module; the callers
-``pycaller`` and ``nodecaller`` run as the service account ``caller``, ``pydefault`` as
-``default``. Each caller calls the URL it is given and answers "STATUS BODY"."""
+``pycaller`` (urllib), ``pythreads`` (from a thread, with urllib or requests), ``nodecaller``
+(http.get) and ``nodefetch`` (fetch()) run as the service account ``caller``, ``pydefault`` as
+``default``. Each caller calls the URL it is given and answers "STATUS BODY"; ``pythreads``
+also carries the trace context of its call into its thread."""
 
 from __future__ import annotations
 
@@ -51,6 +53,55 @@ def handler(event, context):
         return f"{error.code} {error.read().decode()}"
     except OSError as error:
         return f"failed: {error}"
+"""
+PYTHON_THREADS = """\
+import threading
+import urllib.error
+import urllib.request
+
+
+def with_urllib(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return f"{answer.status} {answer.read().decode()}"
+    except urllib.error.HTTPError as error:
+        return f"{error.code} {error.read().decode()}"
+
+
+def with_requests(url):
+    import requests  # when the runtime's interpreter has it: no requirements.txt here
+
+    answer = requests.get(url, timeout=10)
+    return f"{answer.status_code} {answer.text}"
+
+
+def handler(event, context):
+    url = event["data"]["url"]
+    if event["data"]["how"] == "thread":
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(with_urllib(url)))
+        thread.start()
+        thread.join()
+        return seen[0]
+    try:  # a root daemon's workers run as nobody: a Python under /root is not theirs to read
+        import requests  # noqa: F401
+        from concurrent.futures import ThreadPoolExecutor
+    except ImportError:
+        return "no requests"
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(with_requests, url).result()
+"""
+NODE_FETCH_CALLER = """\
+module.exports = {
+  handler: async (event) => {
+    try {
+      const answer = await fetch(event.data.url);
+      return `${answer.status} ${await answer.text()}`;
+    } catch (error) {
+      return `failed: ${error.message}: ${error.cause && error.cause.message}`;
+    }
+  },
+};
 """
 NODE_CALLER = """\
 const http = require('http');
@@ -194,10 +245,29 @@ def deploy(
     apply(daemon, directory, text)
 
 
-def ask(daemon: Daemon, caller: str, url: str) -> str:
+def ask(
+    daemon: Daemon, caller: str, url: str, *, headers: dict[str, str] | None = None, **data: str
+) -> str:
     """What the function ``caller`` got from ``url`` ("STATUS BODY" or "failed: ...")."""
-    answer = httpx.post(f"{daemon.gateway_url}/function/{caller}", json={"url": url}, timeout=30)
+    answer = httpx.post(
+        f"{daemon.gateway_url}/function/{caller}",
+        json={"url": url, **data},
+        headers=headers,
+        timeout=30,
+    )
     return answer.text if answer.status_code == 200 else f"caller answered {answer.status_code}"
+
+
+def trace_spans(daemon: Daemon, function: str, trace_id: str, count: int) -> list[dict[str, Any]]:
+    """The spans of trace ``trace_id`` that involves ``function``, once there are ``count``."""
+
+    def spans() -> list[dict[str, Any]] | None:
+        listed = json.loads(daemon.run("traces", "--function", function, "-o", "json").stdout)
+        traces = listed["traces"] if isinstance(listed, dict) else listed
+        found = [t for t in traces if t["traceId"] == trace_id and t["spanCount"] >= count]
+        return list(found[0]["spans"]) if found else None
+
+    return list(wait_for(spans, f"{count} spans of trace {trace_id}", timeout_s=10))
 
 
 def plain_call(address: tuple[str, int]) -> str:
@@ -219,9 +289,11 @@ def target(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> str:
     deploy(daemon, directory, "target", TARGET, runtime=RUNTIME, account="default")
     deploy(daemon, directory, "pycaller", PYTHON_CALLER, runtime=RUNTIME, account="caller")
     deploy(daemon, directory, "pydefault", PYTHON_CALLER, runtime=RUNTIME, account="default")
+    deploy(daemon, directory, "pythreads", PYTHON_THREADS, runtime=RUNTIME, account="caller")
     if shutil.which("node") is not None:
         node = node_runtime(daemon)
         deploy(daemon, directory, "nodecaller", NODE_CALLER, runtime=node, account="caller")
+        deploy(daemon, directory, "nodefetch", NODE_FETCH_CALLER, runtime=node, account="caller")
     apply(daemon, directory, STRICT_TARGET)
     vip = str(get_json(daemon, "service", "target")["spec"]["clusterIP"])
     wait_for(lambda: plain_call((vip, 8080)) == "reset", "STRICT at the target's VIP")
@@ -279,6 +351,55 @@ def test_a_node_function_calls_a_strict_service_with_its_identity(
     assert TARGET_HOST in logged
 
 
+@needs_node
+def test_a_node_function_calls_a_strict_service_with_fetch_and_its_identity(
+    daemon: Daemon, target: str
+) -> None:
+    url = "http://target:8080/from-fetch"
+    answer = wait_for(
+        lambda: (text := ask(daemon, "nodefetch", url)).startswith("200") and text,
+        "nodefetch's call",
+    )
+    by_address = ask(daemon, "nodefetch", f"http://{target}:8080/fetch-by-address")
+
+    assert answer == "200 target /from-fetch"
+    assert by_address == "200 target /fetch-by-address"
+    lines = daemon.run("mesh", "logs", "--tail", "50").stdout.splitlines()
+    [logged] = [line for line in lines if '"GET /from-fetch HTTP/1.1" 200' in line]
+    assert TARGET_HOST in logged
+
+
+@pytest.mark.parametrize("how", ["thread", "requests-in-pool"])
+def test_a_python_functions_thread_calls_with_its_identity_and_its_calls_trace(
+    daemon: Daemon, target: str, how: str
+) -> None:
+    """A thread the handler starts (urllib), or a pool it hands work to (requests, when the
+    runtime's interpreter has it): the call goes through STRICT with the function's identity,
+    and the target's span is a child of the caller's."""
+    trace_id = f"{random.getrandbits(128):032x}"
+    parent = f"{random.getrandbits(64):016x}"
+    traced = {"traceparent": f"00-{trace_id}-{parent}-01"}
+    url = f"http://target:8080/from-{how}"
+    answers: list[str] = []
+
+    def answered() -> str | None:
+        answers.append(ask(daemon, "pythreads", url, how=how, headers=traced))
+        return answers[-1] if answers[-1][:3] in ("200", "no ") else None
+
+    answer = wait_for(answered, "pythreads' call")
+    if answer == "no requests":
+        pytest.skip(f"{RUNTIME} functions cannot import requests on this machine")
+
+    spans = trace_spans(daemon, "pythreads", trace_id, 2)
+
+    caller, callee = spans  # in the order they started
+    assert "pythreads.default" in caller["name"]
+    assert "target.default" in callee["name"]
+    assert caller["parentSpanId"] == parent
+    assert callee["parentSpanId"] == caller["spanId"]
+    assert ask(daemon, "pythreads", url, how=how) == f"200 target /from-{how}"
+
+
 def test_an_allow_policy_on_a_principal_lets_that_service_account_through_only(
     daemon: Daemon, target: str, tmp_path: Path, policies: list[tuple[str, str]]
 ) -> None:
@@ -291,8 +412,10 @@ def test_an_allow_policy_on_a_principal_lets_that_service_account_through_only(
 
     assert denied == "403 RBAC: access denied"
     assert ask(daemon, "pycaller", url) == "200 target /guarded"
+    assert ask(daemon, "pythreads", url, how="thread") == "200 target /guarded"
     if shutil.which("node") is not None:
         assert ask(daemon, "nodecaller", url) == "200 target /guarded"
+        assert ask(daemon, "nodefetch", url) == "200 target /guarded"
 
 
 @pytest.fixture(scope="module")
@@ -315,13 +438,13 @@ def web(daemon: Daemon, target: str) -> Iterator[str]:
     daemon.run("delete", "service", "web")
 
 
-@pytest.mark.parametrize("caller", ["pycaller", "nodecaller"])
+@pytest.mark.parametrize("caller", ["pycaller", "nodecaller", "nodefetch"])
 def test_a_plain_workload_behind_a_service_still_answers_the_callers(
     daemon: Daemon, web: str, caller: str
 ) -> None:
     """Its VIP answers the ClientHello with no mesh certificate: the shim calls again in
     plaintext, and then keeps to plaintext for that address a while."""
-    if caller == "nodecaller" and shutil.which("node") is None:
+    if caller.startswith("node") and shutil.which("node") is None:
         pytest.skip("needs node")
     url = f"http://web:{WEB_PORT}/{caller}"
     first = wait_for(lambda: (text := ask(daemon, caller, url)).startswith("200") and text, url)

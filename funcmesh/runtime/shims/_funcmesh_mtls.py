@@ -4,14 +4,30 @@ Every instance has a mesh identity (``spiffe://cluster.local/ns/<ns>/sa/<service
 worker gets a read-only descriptor of its credentials: a memfd the daemon rewrites in place when
 it renews the certificate, holding JSON with the certificate chain, the private key, the mesh
 root, ``notAfter`` and ``renewAt`` (``funcmesh.runtime.mesh_credentials``), and the service
-CIDR. ``install`` wraps ``http.client.HTTPConnection.connect`` (urllib.request and http.client
-use it): once the TCP connection stands, when its peer is a ClusterIP (in the service CIDR) and
-the connection is plain HTTP (never an ``HTTPSConnection``, never a tunnel through a proxy), it
-is upgraded to mutual TLS with the instance's certificate. The name sent as SNI, and checked
+CIDR. Once a plain-HTTP connection stands, when its peer is a ClusterIP (in the service CIDR),
+it is upgraded to mutual TLS with the instance's certificate. The name sent as SNI, and checked
 against the VIP's certificate, is ``<svc>.<ns>.svc.cluster.local`` when the code named the
 Service (the names shim says which Service a name resolved to); when it gave an address, no
 SNI is sent and the certificate is checked against the mesh root only. The code sees the same
 response as before; its calls now carry its identity. Its HTTPS calls are never touched.
+
+Where the connection is upgraded, per client (each the narrowest place that knows both the
+connected socket and that the code asked for plain HTTP):
+
+- ``http.client.HTTPConnection.connect`` (urllib.request, http.client), never an
+  ``HTTPSConnection`` or a tunnel through a proxy;
+- ``urllib3.connection.HTTPConnection.connect`` (requests; urllib3 1.26 and 2.x override
+  http.client's ``connect`` with their own, which is why requests needs its own patch), under
+  the same rules;
+- httpcore's ``HTTPConnection._connect`` and ``AsyncHTTPConnection._connect`` (httpx, sync and
+  async, whatever the network backend: asyncio, trio or threads): for an ``http`` origin the
+  stream it made is upgraded with the backend's own ``start_tls``, as httpcore does for https;
+- aiohttp's ``TCPConnector._wrap_create_connection``: for a request without TLS the transport
+  is upgraded with ``loop.start_tls`` and a fresh protocol, as aiohttp does for an https
+  request through a proxy.
+
+The three libraries are patched when the code imports them (``_funcmesh_worker.
+patch_when_imported``): this shim never imports them, so a function without them pays nothing.
 
 Which VIPs take mTLS changes at run time (a VirtualService or a STRICT PeerAuthentication
 moves a Service from kernel NAT into the daemon's mesh entrance, deleting it moves it back),
@@ -26,15 +42,17 @@ follow every rule change into every worker (docs/mesh.md, "Identity, mTLS and ac
 The credentials are read at the first call to a VIP, not at start (a cold start costs nothing
 more): ``ssl`` loads a key from files only, so chain and key go to a private memfd, loaded
 through ``/proc/self/fd/N`` and closed at once; nothing touches the disk. They are read again
-once their ``renewAt`` has passed. Not covered: libraries that connect on their own instead of
-through ``HTTPConnection.connect`` (urllib3 and so requests, aiohttp, httpx): their calls stay
-plaintext.
+once their ``renewAt`` has passed. The next socket connection to the same VIP resumes the TLS
+session of the last one (http.client, urllib3); httpx and aiohttp handshake in full, but keep
+their connections open. Not covered: sockets the code opens itself, and clients that connect
+through none of the places above (pycurl, for one): their calls stay plaintext.
 
 Standard library only, Python 3.8+: this runs inside users' interpreters.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -148,6 +166,29 @@ def parse_cidr(cidr: str) -> tuple[int, int]:
     return struct.unpack("!I", socket.inet_aton(address))[0] & mask, mask
 
 
+class Attempt:
+    """One try of mesh mTLS at a VIP: the context, the name to send (None: by address), the
+    peer and the credentials the context belongs to."""
+
+    __slots__ = ("context", "credentials", "name", "peer")
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        name: Optional[str],
+        peer: tuple[str, int],
+        credentials: Credentials,
+    ) -> None:
+        self.context = context
+        self.name = name
+        self.peer = peer
+        self.credentials = credentials
+
+    @property
+    def session_key(self) -> tuple[str, int, Optional[str]]:
+        return (self.peer[0], self.peer[1], self.name)
+
+
 class Originator:
     """Decides which connections to upgrade, and does it."""
 
@@ -176,37 +217,57 @@ class Originator:
             return False  # IPv6: no ClusterIP
         return struct.unpack("!I", packed)[0] & self.mask == self.network
 
-    def upgrade(self, sock: socket.socket, host: str) -> Any:
-        """``sock`` (connected) upgraded to mTLS; None to use it as it is;
-        ``AGAIN_IN_PLAINTEXT`` when the upgrade failed (``sock`` is closed then)."""
+    def attempt(self, peer: Any, host: Any) -> Optional[Attempt]:
+        """How to try mTLS with ``peer`` (a connected socket's address), which the code called
+        ``host``; None to leave the connection as it is."""
         try:
-            ip, port = sock.getpeername()[:2]
-        except (OSError, ValueError):
-            return None
+            ip, port = peer[0], int(peer[1])
+        except (TypeError, IndexError, ValueError):
+            return None  # a Unix socket, or no address at all
         now = self.clock()
-        if not self.is_vip(ip) or self.plain_until.get((ip, port), 0.0) > now:
+        if not isinstance(ip, str) or not self.is_vip(ip):
+            return None
+        if self.plain_until.get((ip, port), 0.0) > now:
             return None
         credentials = self.current(now)
         if credentials is None:
             return None
-        name = self.service_name(host) if self.service_name is not None else None
+        name = None
+        if self.service_name is not None and isinstance(host, str) and host:
+            name = self.service_name(host)
         context = credentials.by_name if name else credentials.by_address
-        key = (ip, port, name)
-        timeout = sock.gettimeout()
-        sock.settimeout(
-            HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
-        )
+        return Attempt(context, name, (ip, port), credentials)
+
+    def refused(self, attempt: Attempt) -> None:
+        """The peer of ``attempt`` is no mesh entrance: plaintext for it a while."""
+        if len(self.plain_until) > 1024:
+            self.plain_until.clear()
+        self.plain_until[attempt.peer] = self.clock() + PLAIN_FOR_S
+
+    def upgrade(self, sock: socket.socket, host: str) -> Any:
+        """``sock`` (connected) upgraded to mTLS; None to use it as it is;
+        ``AGAIN_IN_PLAINTEXT`` when the upgrade failed (``sock`` is closed then)."""
         try:
-            session = credentials.sessions.pop(key, None)  # a ticket is good for one resumption
-            secure = context.wrap_socket(sock, server_hostname=name, session=session)
+            peer = sock.getpeername()
+        except (OSError, ValueError):
+            return None
+        attempt = self.attempt(peer, host)
+        if attempt is None:
+            return None
+        timeout = sock.gettimeout()
+        sock.settimeout(handshake_timeout(timeout))
+        key = attempt.session_key
+        try:
+            session = attempt.credentials.sessions.pop(key, None)  # good for one resumption
+            secure = attempt.context.wrap_socket(
+                sock, server_hostname=attempt.name, session=session
+            )
         except (OSError, ValueError):  # not the mesh entrance (ssl.SSLError is an OSError)
             sock.close()
-            if len(self.plain_until) > 1024:
-                self.plain_until.clear()
-            self.plain_until[(ip, port)] = now + PLAIN_FOR_S
+            self.refused(attempt)
             return AGAIN_IN_PLAINTEXT
         secure.settimeout(timeout)
-        secure.keep_session = credentials.keeper(key)
+        secure.keep_session = attempt.credentials.keeper(key)
         return secure
 
     def current(self, now: float) -> Optional[Credentials]:
@@ -244,21 +305,21 @@ class Originator:
             print("funcmesh: %s; calls to Services go in plaintext" % message, file=sys.stderr)
 
 
-def install(
-    fd: int, cidr: str, resolver: Any = None, *, clock: Callable[[], float] = time.time
-) -> Optional[Originator]:
-    """Upgrade ``http.client``'s plain connections to mesh VIPs (see the module). ``resolver``
-    is the names shim's ClusterResolver (None: every call to a VIP is by address). Idempotent."""
-    import http.client
+def handshake_timeout(timeout: Optional[float]) -> float:
+    """The TLS probe's time limit: the call's own, at most ``HANDSHAKE_TIMEOUT_S``."""
+    return HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
 
-    connection = http.client.HTTPConnection
-    if getattr(connection.connect, "_funcmesh", False):
-        return None
-    os.set_inheritable(fd, False)
-    secure_class = getattr(http.client, "HTTPSConnection", None)
+
+# --------------------------------------------------------------------------- the clients
+
+
+def originate_connect(connection: Any, secure_class: Any, originator: Originator) -> bool:
+    """Wrap ``connection.connect``: http.client's and urllib3's ``HTTPConnection`` both keep the
+    connected socket in ``self.sock`` and the host the code named in ``self.host``. False when
+    it is wrapped already."""
     original_connect = connection.connect
-    service_name = None if resolver is None else resolver.service_name
-    originator = Originator(fd, cidr, service_name, clock=clock)
+    if getattr(original_connect, "_funcmesh", False):
+        return False
 
     def connect(self: Any) -> None:
         original_connect(self)
@@ -272,7 +333,168 @@ def install(
         elif upgraded is not None:
             self.sock = upgraded
 
-    connect._funcmesh = True  # type: ignore[attr-defined]
-    connect.__wrapped__ = original_connect  # type: ignore[attr-defined]
-    connection.connect = connect  # type: ignore[method-assign]
+    mark(connect, original_connect)
+    connection.connect = connect
+    return True
+
+
+def originate_urllib3(module: Any, originator: Originator) -> None:
+    """urllib3 (requests): ``urllib3.connection``."""
+    originate_connect(module.HTTPConnection, getattr(module, "HTTPSConnection", None), originator)
+
+
+def httpcore_attempt(originator: Originator, connection: Any, stream: Any) -> Optional[Attempt]:
+    origin = connection._origin
+    if origin.scheme != b"http" or getattr(connection, "_uds", None):
+        return None
+    return originator.attempt(stream.get_extra_info("server_addr"), origin.host.decode("ascii"))
+
+
+def probe_timeout(request: Any) -> float:
+    """An httpcore request's connect timeout, kept to ``HANDSHAKE_TIMEOUT_S``."""
+    timeouts = request.extensions.get("timeout") or {}
+    return handshake_timeout(timeouts.get("connect"))
+
+
+def originate_httpcore(module: Any, originator: Originator) -> None:
+    """httpx, sync: ``httpcore._sync.connection``. The stream is upgraded by its own backend's
+    ``start_tls``, which closes it when the handshake fails."""
+    connection = module.HTTPConnection
+    original_connect = connection._connect
+    if getattr(original_connect, "_funcmesh", False):
+        return
+    failures = httpcore_failures(module)
+
+    def _connect(self: Any, request: Any) -> Any:
+        stream = original_connect(self, request)
+        attempt = httpcore_attempt(originator, self, stream)
+        if attempt is None:
+            return stream
+        try:
+            return stream.start_tls(
+                attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
+            )
+        except failures:
+            originator.refused(attempt)
+            return original_connect(self, request)
+
+    mark(_connect, original_connect)
+    connection._connect = _connect
+
+
+def originate_httpcore_async(module: Any, originator: Originator) -> None:
+    """httpx, async (asyncio or trio through anyio): ``httpcore._async.connection``."""
+    connection = module.AsyncHTTPConnection
+    original_connect = connection._connect
+    if getattr(original_connect, "_funcmesh", False):
+        return
+    failures = httpcore_failures(module)
+
+    async def _connect(self: Any, request: Any) -> Any:
+        stream = await original_connect(self, request)
+        attempt = httpcore_attempt(originator, self, stream)
+        if attempt is None:
+            return stream
+        try:
+            return await stream.start_tls(
+                attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
+            )
+        except failures:
+            originator.refused(attempt)
+            return await original_connect(self, request)
+
+    mark(_connect, original_connect)
+    connection._connect = _connect
+
+
+def httpcore_failures(module: Any) -> tuple[type[BaseException], ...]:
+    """What a failed ``start_tls`` raises: httpcore's connect errors (it maps the backends'),
+    and OSError and ValueError in case a backend lets one through."""
+    mapped = [getattr(module, name, None) for name in ("ConnectError", "ConnectTimeout")]
+    return tuple(kind for kind in mapped if isinstance(kind, type)) + (OSError, ValueError)
+
+
+def originate_aiohttp(module: Any, originator: Originator) -> None:
+    """aiohttp: ``aiohttp.connector``. ``_wrap_create_connection(protocol_factory, ...,
+    ssl=..., req=...)`` makes every direct connection; without ``ssl`` the request is plain
+    HTTP. Its transport is upgraded with ``loop.start_tls`` and a fresh protocol from the same
+    factory (``start_tls`` hands the protocol a new transport; aiohttp's own TLS upgrade does
+    the same)."""
+    import asyncio
+
+    connector = module.TCPConnector
+    original_wrap = connector._wrap_create_connection
+    if getattr(original_wrap, "_funcmesh", False):
+        return
+    failures = (OSError, ValueError, asyncio.TimeoutError)
+
+    async def _wrap_create_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await original_wrap(self, *args, **kwargs)
+        if kwargs.get("ssl") or not args:
+            return transport, protocol
+        host = getattr(kwargs.get("req"), "host", None)
+        attempt = originator.attempt(transport.get_extra_info("peername"), host)
+        if attempt is None:
+            return transport, protocol
+        fresh = args[0]()
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                transport,
+                fresh,
+                attempt.context,
+                server_hostname=attempt.name,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            )
+            if secure is None:
+                raise ConnectionAbortedError("the connection closed during the handshake")
+        except failures:  # start_tls closed the transport
+            transport.close()
+            originator.refused(attempt)
+            return await original_wrap(self, *args, **kwargs)
+        fresh.connection_made(secure)
+        return secure, fresh
+
+    mark(_wrap_create_connection, original_wrap)
+    connector._wrap_create_connection = _wrap_create_connection
+
+
+# Where each client is adapted, by the module that defines the class the patch changes.
+CLIENT_MODULES = (
+    ("urllib3.connection", originate_urllib3),
+    ("httpcore._sync.connection", originate_httpcore),
+    ("httpcore._async.connection", originate_httpcore_async),
+    ("aiohttp.connector", originate_aiohttp),
+)
+
+
+def mark(wrapper: Callable[..., Any], original: Callable[..., Any]) -> None:
+    wrapper._funcmesh = True  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+
+
+def install(
+    fd: int,
+    cidr: str,
+    resolver: Any = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    when_imported: Optional[Callable[[str, Callable[[Any], None]], None]] = None,
+) -> Optional[Originator]:
+    """Upgrade the plain connections to mesh VIPs of ``http.client`` now, and of urllib3,
+    httpcore and aiohttp once the code imports them (see the module). ``resolver`` is the names
+    shim's ClusterResolver (None: every call to a VIP is by address); ``when_imported`` is
+    ``_funcmesh_worker.patch_when_imported`` unless given. Idempotent."""
+    import http.client
+
+    if getattr(http.client.HTTPConnection.connect, "_funcmesh", False):
+        return None
+    if when_imported is None:
+        from _funcmesh_worker import patch_when_imported as when_imported
+    os.set_inheritable(fd, False)
+    service_name = None if resolver is None else resolver.service_name
+    originator = Originator(fd, cidr, service_name, clock=clock)
+    secure_class = getattr(http.client, "HTTPSConnection", None)
+    originate_connect(http.client.HTTPConnection, secure_class, originator)
+    for name, originate in CLIENT_MODULES:
+        when_imported(name, functools.partial(originate, originator=originator))
     return originator

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Any, Callable, Dict, Iterator, Tuple
 
     Handler = Callable[[Dict[str, Any], Dict[str, Any]], Any]
@@ -612,17 +613,32 @@ def trace_context_of(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def propagate_trace_context() -> None:
-    """Make ``http.client`` (under urllib, requests and urllib3 too) add the trace headers of the
-    call being served to every request that carries none of its own. Idempotent.
+    """Make the HTTP clients a handler uses add the trace headers of the call being served to
+    every request that carries none of its own: ``http.client`` (under urllib, and urllib3 and so
+    requests), httpcore (httpx) and aiohttp, in the handler's thread and in the threads it starts
+    or hands work to (``threading.Thread``, ``ThreadPoolExecutor``, and so asyncio's
+    ``run_in_executor``). Idempotent.
 
-    The context lives in a ContextVar: a thread the handler starts (or a pool's worker) begins
-    with an empty one, and its requests go out without trace headers.
+    The context lives in a ContextVar, which a new thread does not inherit (before Python 3.14):
+    ``Thread.start`` and ``ThreadPoolExecutor.submit`` take the trace context of the thread that
+    calls them along, and the thread or the work item runs with it. Only that variable travels:
+    the code's own ContextVars keep the standard library's semantics. httpx and aiohttp are
+    changed when the code imports them (``patch_when_imported``), never imported here.
     """
     import http.client
 
     connection = http.client.HTTPConnection
     if getattr(connection.endheaders, "_funcmesh", False):
         return
+    _trace_http_client(connection)
+    _carry_into_threads(threading.Thread)
+    patch_when_imported("concurrent.futures.thread", _carry_into_pools)
+    patch_when_imported("httpcore._sync.connection_pool", _trace_httpcore)
+    patch_when_imported("httpcore._async.connection_pool", _trace_httpcore)
+    patch_when_imported("aiohttp.client_reqrep", _trace_aiohttp)
+
+
+def _trace_http_client(connection: Any) -> None:
     original_putrequest = connection.putrequest
     original_putheader = connection.putheader
     original_endheaders = connection.endheaders
@@ -645,14 +661,203 @@ def propagate_trace_context() -> None:
         self._funcmesh_traced = True
         original_endheaders(self, message_body, **kwargs)
 
-    for name, wrapper, original in (
-        ("putrequest", putrequest, original_putrequest),
-        ("putheader", putheader, original_putheader),
-        ("endheaders", endheaders, original_endheaders),
+    for name, wrapper in (
+        ("putrequest", putrequest),
+        ("putheader", putheader),
+        ("endheaders", endheaders),
     ):
-        wrapper._funcmesh = True  # type: ignore[attr-defined]
-        wrapper.__wrapped__ = original  # type: ignore[attr-defined]
-        setattr(connection, name, wrapper)
+        _replace(connection, name, wrapper)
+
+
+def _replace(owner: Any, name: str, wrapper: Callable[..., Any]) -> bool:
+    """Put ``wrapper`` in the place of ``owner.name``, marked; False when it is ours already."""
+    original = getattr(owner, name)
+    if getattr(original, "_funcmesh", False):
+        return False
+    wrapper._funcmesh = True  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(owner, name, wrapper)
+    return True
+
+
+def _in_trace_context(
+    context: tuple[tuple[str, str], ...], function: Callable[..., Any]
+) -> Callable[..., Any]:
+    """``function`` made to run with ``context`` as the trace context (and the previous one
+    after it: a pool's thread runs work of many calls)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        token = _trace_context.set(context)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _trace_context.reset(token)
+
+    return call
+
+
+def _carry_into_threads(thread_class: Any) -> None:
+    original_start = thread_class.start
+
+    def start(self: Any) -> None:
+        context = _trace_context.get()
+        if context:  # the worker's own threads start outside any call: untouched
+            self.run = _in_trace_context(context, self.run)  # the instance's: subclasses too
+        original_start(self)
+
+    _replace(thread_class, "start", start)
+
+
+def _carry_into_pools(module: Any) -> None:
+    executor = module.ThreadPoolExecutor
+    original_submit = executor.submit
+
+    def submit(self: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # also without a context: the pool's thread may have started with another call's
+        return original_submit(self, _in_trace_context(_trace_context.get(), fn), *args, **kwargs)
+
+    _replace(executor, "submit", submit)
+
+
+def _traced_header_list(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] | None:
+    """``headers`` (raw pairs) with the trace context's added; None to leave them as they are."""
+    context = _trace_context.get()
+    if not context:
+        return None
+    for name, _ in headers:
+        if name.decode("latin-1").lower() in _TRACE_HEADER_NAMES:
+            return None
+    return [*headers, *[(n.encode("ascii"), v.encode("latin-1")) for n, v in context]]
+
+
+def _trace_httpcore(module: Any) -> None:
+    """httpcore's connection pools (httpx's transports): the request of each attempt."""
+    pool = getattr(module, "ConnectionPool", None)
+    if pool is not None:
+        original = pool.handle_request
+
+        def handle_request(self: Any, request: Any) -> Any:
+            traced = _traced_header_list(request.headers)
+            if traced is not None:
+                request.headers = traced
+            return original(self, request)
+
+        _replace(pool, "handle_request", handle_request)
+    pool = getattr(module, "AsyncConnectionPool", None)
+    if pool is not None:
+        original_async = pool.handle_async_request
+
+        async def handle_async_request(self: Any, request: Any) -> Any:
+            traced = _traced_header_list(request.headers)
+            if traced is not None:
+                request.headers = traced
+            return await original_async(self, request)
+
+        _replace(pool, "handle_async_request", handle_async_request)
+
+
+def _trace_aiohttp(module: Any) -> None:
+    """aiohttp's ClientRequest: its headers, once the code's are in."""
+    request_class = module.ClientRequest
+    original_update_headers = request_class.update_headers
+
+    def update_headers(self: Any, headers: Any) -> None:
+        original_update_headers(self, headers)
+        context = _trace_context.get()
+        if context and not any(name in self.headers for name in TRACE_HEADERS):
+            for name, value in context:
+                self.headers.add(name, value)
+
+    _replace(request_class, "update_headers", update_headers)
+
+
+# --------------------------------------------------------------------------- library hooks
+
+
+def patch_when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
+    """Run ``patch(module)`` once the module ``name`` has run: at once when it is imported
+    already, else when the code imports it (and again when it reloads it).
+
+    The shims adapt libraries such as requests, httpx and aiohttp this way without importing
+    them: a function that does not use one pays nothing for it (registering costs a cold start
+    microseconds). A patch that fails (another version of the library) is said on stderr, the
+    function's log, and leaves the module as it is: the code's import must never fail because
+    of us.
+    """
+    hook = _import_hook()
+    hook.patches.setdefault(name, []).append(patch)
+    module = sys.modules.get(name)
+    if module is not None:
+        _apply_patches(name, [patch], module)
+
+
+class _PatchOnImport:
+    """A ``sys.meta_path`` finder for the modules with patches: it finds them the way the
+    finders after it do, and hands their loader over to a :class:`_PatchingLoader`."""
+
+    funcmesh_hook = True  # one hook per process, shared by every shim that patches
+
+    def __init__(self) -> None:
+        self.patches: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        patches = self.patches.get(fullname)
+        if patches is None:
+            return None
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            if find_spec is None or getattr(finder, "funcmesh_hook", False):
+                continue  # ourselves
+            spec = find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _PatchingLoader(fullname, spec.loader, patches)
+                return spec
+        return None
+
+
+class _PatchingLoader:
+    """The module's own loader, then the patches; afterwards the module names its own loader
+    again (``inspect``, ``importlib.resources`` and ``reload`` see no difference)."""
+
+    def __init__(
+        self, name: str, loader: Any, patches: list[Callable[[ModuleType], None]]
+    ) -> None:
+        self.name = name
+        self.loader = loader
+        self.patches = patches
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        try:
+            self.loader.exec_module(module)
+        finally:
+            module.__loader__ = self.loader
+            if module.__spec__ is not None:
+                module.__spec__.loader = self.loader
+        _apply_patches(self.name, self.patches, module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+def _import_hook() -> _PatchOnImport:
+    for finder in sys.meta_path:
+        if getattr(finder, "funcmesh_hook", False):  # also another copy of this module's
+            return finder  # type: ignore[no-any-return]
+    hook = _PatchOnImport()
+    sys.meta_path.insert(0, hook)
+    return hook
+
+
+def _apply_patches(name: str, patches: list[Callable[[ModuleType], None]], module: Any) -> None:
+    for patch in patches:
+        try:
+            patch(module)
+        except Exception as exc:  # noqa: BLE001 -- the code's import must go on (see above)
+            print(f"funcmesh: cannot adapt {name} ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- the function

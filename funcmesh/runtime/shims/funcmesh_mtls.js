@@ -19,14 +19,30 @@
  * root, notAfter, renewAt) come from the daemon over the control socket
  * (`fetchCredentials(callback)`), at the first call to a VIP and again after renewAt; they stay
  * in memory (tls.createSecureContext takes PEM strings). The next connection to the same VIP
- * resumes the TLS session of the last one. Not covered: fetch() (undici has
- * agents of its own), and sockets the code opens with net or tls itself.
+ * resumes the TLS session of the last one.
+ *
+ * fetch() is Node's bundled undici, which has agents of its own and no module to require. At
+ * the code's first fetch() the shim puts a dispatcher in undici's global place
+ * (Symbol.for('undici.globalDispatcher.1'), where undici's setGlobalDispatcher puts one) that
+ * hands requests to http: origins to an undici Agent of its own, made with a `connect` function
+ * (undici's documented hook for how an Agent opens connections) that connects as undici does
+ * and then upgrades the socket as above; every other origin goes to the dispatcher that was
+ * there. So redirects, bodies, streams, decompression and errors stay fetch's own. The other
+ * way, running such fetches through http.request and rebuilding a Response, would have to
+ * copy all of that (a Response's url and redirected cannot even be set). The Agent class is
+ * the one of the dispatcher undici made for itself (its constructor); loading undici costs
+ * about 15 ms, so it happens at the first fetch() (which loads it anyway), never at start. A
+ * dispatcher the code set itself (a ProxyAgent, a MockAgent: anything but a plain Agent) is
+ * left alone, and so is a fetch() given its own `dispatcher`.
+ * Not covered: sockets the code opens with net or tls itself, and an npm undici's own fetch.
  *
  * Node's own modules only.
  */
 
+const { EventEmitter } = require('events');
 const http = require('http');
 const https = require('https');
+const net = require('net');
 const tls = require('tls');
 
 const PLAIN_FOR_MS = 30000;
@@ -35,6 +51,11 @@ const REREAD_AFTER_MS = 5000; // after renewAt: the daemon renews at that time
 const RETRY_MS = 30000;
 const MAX_PLAIN_ENTRIES = 1024;
 const MAX_SESSIONS = 256;
+const GLOBAL_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
+// As undici connects (its buildConnector): these are its defaults for an Agent.
+const CONNECT_TIMEOUT_MS = 10000;
+const KEEP_ALIVE_INITIAL_DELAY_MS = 60000;
+const HIGH_WATER_MARK_BYTES = 64 * 1024;
 
 function ipv4ToInt(ip) {
   const parts = ip.split('.');
@@ -193,12 +214,134 @@ class Originator {
   }
 }
 
-/** Replace http.Agent's createConnection with the mesh-aware one; the Originator, or null. */
+// ------------------------------------------------------------------------- fetch()
+
+/** callback(error) once `socket` is connected (at once when it is), or fails or times out. */
+function whenConnected(socket, hostname, port, callback) {
+  if (!socket.connecting) return callback(socket.destroyed ? new Error('socket closed') : null);
+  const timer = setTimeout(() => {
+    const error = new Error(
+      `Connect Timeout Error (attempted address: ${hostname}:${port}, ` +
+        `timeout: ${CONNECT_TIMEOUT_MS}ms)`,
+    );
+    error.name = 'ConnectTimeoutError';
+    error.code = 'UND_ERR_CONNECT_TIMEOUT';
+    socket.destroy(error);
+  }, CONNECT_TIMEOUT_MS);
+  const done = (error) => {
+    clearTimeout(timer);
+    socket.removeListener('connect', onConnect);
+    socket.removeListener('error', done);
+    callback(error || null);
+  };
+  const onConnect = () => done(null);
+  socket.once('connect', onConnect);
+  socket.once('error', done);
+  return undefined;
+}
+
+/** An undici `connect` function for http: origins: a TCP connection as undici makes one, then
+ * upgraded to mTLS when its peer is a mesh VIP. */
+function meshConnector(originator) {
+  return function connect({ hostname, port, localAddress }, callback) {
+    const options = {
+      highWaterMark: HIGH_WATER_MARK_BYTES,
+      host: hostname,
+      port: Number(port) || 80,
+      localAddress: localAddress || undefined,
+    };
+    const open = () =>
+      net.connect(options).setNoDelay(true).setKeepAlive(true, KEEP_ALIVE_INITIAL_DELAY_MS);
+    const handOver = (error, socket) => {
+      if (error) return callback(error);
+      return whenConnected(socket, hostname, options.port, (failed) =>
+        failed ? callback(failed) : callback(null, socket),
+      );
+    };
+    const plain = open();
+    whenConnected(plain, hostname, options.port, (error) => {
+      if (error) return callback(error);
+      return originator.upgrade(plain, hostname, open, handOver);
+    });
+  };
+}
+
+/** undici's global dispatcher for fetch(): http: origins to `mesh`, the rest to `other`; their
+ * events are its own (code that dispatches itself waits for 'drain'). */
+class MeshDispatcher extends EventEmitter {
+  constructor(mesh, other) {
+    super();
+    this.mesh = mesh;
+    this.other = other;
+    for (const event of ['connect', 'disconnect', 'connectionError', 'drain']) {
+      const forward = (...args) => this.emit(event, ...args);
+      mesh.on(event, forward);
+      other.on(event, forward);
+    }
+  }
+
+  dispatch(options, handler) {
+    const plain = String(options.origin || '').startsWith('http:');
+    return (plain ? this.mesh : this.other).dispatch(options, handler);
+  }
+
+  close(callback) {
+    return settle(Promise.all([this.mesh.close(), this.other.close()]), callback);
+  }
+
+  destroy(error, callback) {
+    if (typeof error === 'function') [error, callback] = [null, error];
+    const both = [this.mesh.destroy(error || null), this.other.destroy(error || null)];
+    return settle(Promise.all(both), callback);
+  }
+}
+
+function settle(promise, callback) {
+  const done = promise.then(() => undefined);
+  if (typeof callback !== 'function') return done;
+  done.then(() => callback(null), callback);
+  return undefined;
+}
+
+/** Make fetch()'s http: calls go through the mesh connector; false when the code has a
+ * dispatcher of its own (left alone) or there is no undici. */
+function useMeshForFetch(originator) {
+  void globalThis.Headers; // loads Node's undici, which puts its own Agent in the global place
+  const current = globalThis[GLOBAL_DISPATCHER];
+  if (!current || typeof current.dispatch !== 'function') return false;
+  if (current instanceof MeshDispatcher || current.constructor.name !== 'Agent') return false;
+  const Agent = current.constructor;
+  const mesh = new Agent({ connect: meshConnector(originator) });
+  globalThis[GLOBAL_DISPATCHER] = new MeshDispatcher(mesh, current);
+  return true;
+}
+
+/** globalThis.fetch that sets up the mesh dispatcher at its first call. */
+function meshFetch(original, originator) {
+  let ready = false;
+  const fetch = function fetch(input, init) {
+    if (!ready) {
+      ready = true;
+      useMeshForFetch(originator);
+    }
+    return original.call(this, input, init);
+  };
+  fetch.funcmeshMesh = true;
+  return fetch;
+}
+
+// ------------------------------------------------------------------------- install
+
+/** Replace http.Agent's createConnection with the mesh-aware one, and fetch() with one that
+ * uses it too; the Originator, or null. */
 function install({ cidr, fetchCredentials, resolver, now }) {
   const proto = http.Agent.prototype;
   if (proto.createConnection.funcmeshMesh) return null;
   const original = proto.createConnection;
   const originator = new Originator({ cidr, fetchCredentials, resolver, now });
+  if (typeof globalThis.fetch === 'function' && !globalThis.fetch.funcmeshMesh) {
+    globalThis.fetch = meshFetch(globalThis.fetch, originator);
+  }
 
   function createConnection(options, callback) {
     if (typeof callback !== 'function' || this instanceof https.Agent || options.socketPath) {

@@ -9,7 +9,6 @@ import math
 import pytest
 
 from funcmesh.mesh.telemetry import RequestRecord
-from funcmesh.mesh.trace_store import TraceStore
 from funcmesh.mesh.trace_context import (
     TRACE_HEADERS,
     IdSource,
@@ -18,6 +17,7 @@ from funcmesh.mesh.trace_context import (
     parse_traceparent,
     with_trace_headers,
 )
+from funcmesh.mesh.trace_store import TraceStore
 from funcmesh.mesh.tracing import Sampler, Span, Tracer, call_attributes, span_name
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

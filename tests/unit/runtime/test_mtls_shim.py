@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.request
@@ -61,9 +62,10 @@ class Server:
         return ("127.0.0.1", self.port)
 
 
-def _serve(context: ssl.SSLContext | None, answer: Callable[[str], bytes]) -> Iterator[Server]:
-    """Accept connections; over TLS (when ``context``) answer ``answer(principal SNI)``, in
-    plaintext answer an HTTP request, or 400 what is none."""
+def _serve(context: ssl.SSLContext | None, answer: Callable[[str, str], bytes]) -> Iterator[Server]:
+    """Accept connections; over TLS (when ``context``) answer ``answer("principal SNI",
+    path)``, in plaintext answer an HTTP request (``answer("plain PATH", path)``), or 400 what
+    is none."""
     listener = socket.create_server(("127.0.0.1", 0))
     server = Server(port=listener.getsockname()[1])
     stop = threading.Event()
@@ -78,12 +80,13 @@ def _serve(context: ssl.SSLContext | None, answer: Callable[[str], bytes]) -> It
                 server.resumed.append(tls.session_reused)
                 sock = tls
                 head = _read_head(sock)
-                sock.sendall(answer(f"{principal_of(tls.getpeercert())} {sni}"))
+                who = f"{principal_of(tls.getpeercert())} {sni}"
+                sock.sendall(answer(who, _path_of(head)))
                 return
             head = _read_head(sock)
             if head.startswith(b"GET "):
                 server.seen.append("plain")
-                sock.sendall(answer("plain " + head.split(b" ")[1].decode()))
+                sock.sendall(answer("plain " + _path_of(head), _path_of(head)))
             else:
                 server.seen.append("garbage")
                 sock.sendall(b"HTTP/1.0 400 Bad request\r\nContent-Length: 0\r\n\r\n")
@@ -119,7 +122,12 @@ def _read_head(sock: socket.socket) -> bytes:
     return data
 
 
-def _http_answer(text: str) -> bytes:
+def _path_of(head: bytes) -> str:
+    parts = head.split(b" ", 2)
+    return parts[1].decode() if len(parts) > 2 else ""
+
+
+def _http_answer(text: str, path: str = "") -> bytes:
     body = text.encode()
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
         len(body),
@@ -173,6 +181,15 @@ class Resolver:
         return HELLO if host == "hello" else None
 
 
+def install(credential: MeshCredential, cidr: str) -> Any:
+    """The shim for ``http.client`` in this process; the other clients' patches (which
+    ``_funcmesh_worker`` would apply on import) are left out here: test_mtls_shim_clients.py
+    runs them in a process of their own."""
+    return mtls.install(
+        os.dup(credential.reader_fd), cidr, Resolver(), when_imported=lambda name, patch: None
+    )
+
+
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as answer:
         return str(answer.read().decode())
@@ -181,7 +198,7 @@ def get(url: str) -> str:
 def test_a_call_to_a_mesh_vip_by_address_carries_the_identity(
     client: None, credential: MeshCredential, mesh_vip: Server
 ) -> None:
-    mtls.install(os.dup(credential.reader_fd), LOOPBACK, Resolver())
+    install(credential, LOOPBACK)
 
     answer = get(f"http://127.0.0.1:{mesh_vip.port}/by-address")
 
@@ -201,7 +218,7 @@ def test_a_call_by_service_name_sends_and_checks_that_name(
         return lookup("127.0.0.1" if host == "hello" else host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    mtls.install(os.dup(credential.reader_fd), LOOPBACK, Resolver())
+    install(credential, LOOPBACK)
     connection = http.client.HTTPConnection("hello", mesh_vip.port, timeout=10)
 
     connection.request("GET", "/by-name")
@@ -214,7 +231,7 @@ def test_a_call_by_service_name_sends_and_checks_that_name(
 def test_a_plain_workload_gets_the_call_again_in_plaintext_and_then_plaintext_only(
     client: None, credential: MeshCredential, workload: Server
 ) -> None:
-    mtls.install(os.dup(credential.reader_fd), LOOPBACK, Resolver())
+    install(credential, LOOPBACK)
 
     first = get(f"http://127.0.0.1:{workload.port}/first")
     second = get(f"http://127.0.0.1:{workload.port}/second")
@@ -246,7 +263,7 @@ def test_https_the_code_asks_for_is_never_touched(
     tmp_path: Path,
 ) -> None:
     """The code's own HTTPS client with its own certificate: the VIP sees that one."""
-    mtls.install(os.dup(credential.reader_fd), LOOPBACK, Resolver())
+    install(credential, LOOPBACK)
     own = identity.issue("default", "own")
     (tmp_path / "own.pem").write_text(own.key_pem + own.cert_pem)
     context = ssl.create_default_context(cadata=own.ca_pem)
@@ -264,7 +281,7 @@ def test_https_the_code_asks_for_is_never_touched(
 def test_outside_the_service_cidr_nothing_changes(
     client: None, credential: MeshCredential, workload: Server
 ) -> None:
-    mtls.install(os.dup(credential.reader_fd), "10.96.0.0/12", Resolver())
+    install(credential, "10.96.0.0/12")
 
     assert get(f"http://127.0.0.1:{workload.port}/x") == "plain /x"
     assert workload.seen == ["plain"]
@@ -364,9 +381,30 @@ def test_the_names_shim_says_which_service_a_name_resolved_to() -> None:
 def test_the_next_connection_to_a_vip_resumes_the_session_with_the_same_identity(
     client: None, credential: MeshCredential, mesh_vip: Server
 ) -> None:
-    mtls.install(os.dup(credential.reader_fd), LOOPBACK, Resolver())
+    install(credential, LOOPBACK)
 
     answers = [get(f"http://127.0.0.1:{mesh_vip.port}/{n}") for n in range(3)]
 
     assert answers == [f"{CALLER} -"] * 3  # the principal survives the resumption
     assert mesh_vip.resumed == [False, True, True]
+
+
+def test_the_other_clients_are_adapted_when_imported_and_never_imported_by_the_shim(
+    client: None, credential: MeshCredential
+) -> None:
+    registered: list[str] = []
+    before = set(sys.modules)
+
+    mtls.install(
+        os.dup(credential.reader_fd),
+        LOOPBACK,
+        when_imported=lambda name, patch: registered.append(name),
+    )
+
+    assert registered == [
+        "urllib3.connection",
+        "httpcore._sync.connection",
+        "httpcore._async.connection",
+        "aiohttp.connector",
+    ]
+    assert set(sys.modules) == before

@@ -291,11 +291,13 @@ def test_concurrent_python_calls_keep_their_own_context(
     assert [s["traceparent"] for s in seen] == parents
 
 
-def test_a_thread_the_python_handler_starts_has_no_context(
+def test_a_thread_the_python_handler_starts_carries_the_context(
     python_function: Function, upstream: Upstream
 ) -> None:
-    """Documented limit: a ContextVar does not follow a new thread."""
-    assert python_function.call("thread", upstream, traceparent=TRACEPARENT) == {}
+    """Thread.start takes it along (test_trace_clients.py: pools, httpx, aiohttp)."""
+    assert python_function.call("thread", upstream, traceparent=TRACEPARENT) == {
+        "traceparent": TRACEPARENT
+    }
 
 
 @pytest.mark.parametrize("how", ["get", "url-options", "options", "later", "fetch"])
