@@ -325,6 +325,7 @@ async def test_concurrent_spawns_all_serve(spawn: Spawn) -> None:
         ("hello", "nope", "AttributeError: module 'hello' has no function 'nope'"),
         ("hello", "not_callable", "TypeError: hello.not_callable is a int, not a function"),
         ("_funcmesh_worker", "main", "ImportError: module name '_funcmesh_worker' is reserved"),
+        ("_funcmesh_mtls", "install", "ImportError: module name '_funcmesh_mtls' is reserved"),
         ("json", "loads", "ImportError: module name 'json' clashes with the standard library"),
     ],
 )

@@ -74,7 +74,14 @@ HISTOGRAM_BUCKETS_S = (
 )
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SHIM_MODULES = frozenset(
-    {"_funcmesh_worker", "_funcmesh_zygote", "_funcmesh_secrets", "_funcmesh_names"}
+    {
+        "_funcmesh_worker",
+        "_funcmesh_zygote",
+        "_funcmesh_secrets",
+        "_funcmesh_names",
+        "_funcmesh_mtls",
+        "_funcmesh_interpreter_mounts",
+    }
 )
 
 TEXT_HTML = b"text/html; charset=UTF-8"

@@ -35,6 +35,11 @@ the mesh credentials (certificate and key of the instance's identity): the worke
 itself, when its code first calls a mesh VIP (``_funcmesh_mtls.py``). As root, the worker
 mounts them in a private mount namespace (``_funcmesh_secrets.py``) before dropping privileges.
 
+As root, once at start and after its own imports, the zygote moves into a mount namespace of
+its own that every worker inherits, where the interpreter is readable for the user workers drop
+to, even when it lives below /root (``_funcmesh_interpreter_mounts.py``); the rest of such a
+directory is hidden there. Where that is impossible it prints one warning, which the daemon logs.
+
 Must not: import anything outside the standard library (it runs in the user's interpreter,
 Python 3.8 or newer), import the daemon, or let a forked child return into the zygote loop.
 """
@@ -135,6 +140,7 @@ _prctl = getattr(_libc, "prctl", None)
 _secrets: ModuleType | None = None  # _funcmesh_secrets, imported by main() with the worker
 _names: ModuleType | None = None  # _funcmesh_names: cluster names for the handler's code
 _mtls: ModuleType | None = None  # _funcmesh_mtls: its identity on calls to mesh VIPs
+_interpreter_mounts: ModuleType | None = None  # _funcmesh_interpreter_mounts, used at start
 _environ_block: Any = None  # the worker's C environment (install_environment)
 
 
@@ -774,13 +780,14 @@ def import_worker(shim_dir: str) -> ModuleType:
     on sys.path only meanwhile (a handler's module of the same name must not shadow them)."""
     import importlib
 
-    global _secrets, _names, _mtls
+    global _secrets, _names, _mtls, _interpreter_mounts
     sys.path.insert(0, shim_dir)
     try:
         worker = importlib.import_module("_funcmesh_worker")
         _secrets = importlib.import_module("_funcmesh_secrets")
         _names = importlib.import_module("_funcmesh_names")
         _mtls = importlib.import_module("_funcmesh_mtls")
+        _interpreter_mounts = importlib.import_module("_funcmesh_interpreter_mounts")
         for name in WARM_MODULES:
             # an interpreter built without one (ssl, say) serves without it
             with contextlib.suppress(ImportError):
@@ -791,13 +798,26 @@ def import_worker(shim_dir: str) -> ModuleType:
     return worker
 
 
+def reach_interpreter(shim_dir: str) -> None:
+    """As root, once: a mount namespace in which workers, once they have dropped to nobody,
+    can still read the interpreter (``_funcmesh_interpreter_mounts``); one warning on stderr
+    (the daemon logs it) where that is needed and impossible."""
+    if _interpreter_mounts is None:
+        return
+    warning = _interpreter_mounts.make_reachable([shim_dir])
+    if warning is not None:
+        print(warning, file=sys.stderr)
+
+
 def main() -> int:
     set_parent_death_signal()
     daemon_pid = os.environ.get(DAEMON_PID_ENV)
     if daemon_pid and os.getppid() != int(daemon_pid):
         return 1  # the daemon died before prctl took effect
     control = socket.socket(fileno=int(os.environ.get(CONTROL_FD_ENV, "3")))
-    worker = import_worker(os.path.dirname(os.path.abspath(__file__)))
+    shim_dir = os.path.dirname(os.path.abspath(__file__))
+    worker = import_worker(shim_dir)
+    reach_interpreter(shim_dir)  # after the imports, which read the host as it is
     os.environ.clear()  # workers get theirs from the spawn request; nothing to clear after fork
     sys.stdout = sys.__stdout__ = _line_buffered(1)  # type: ignore[misc] # used by every worker
     sys.stderr = sys.__stderr__ = _line_buffered(2)  # type: ignore[misc]
