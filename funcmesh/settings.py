@@ -79,7 +79,8 @@ class DaemonSettings:
     # plain Services' VIPs by kernel NAT (nftables) when root and nft work; FUNCMESH_VIP_NAT=off
     vip_nat: bool = True
     tracing: TracingSettings = field(default_factory=TracingSettings)
-    access_log: bool = True  # the mesh's access log; FUNCMESH_ACCESS_LOG=off
+    access_log: bool = True  # the mesh's access log in memory; FUNCMESH_ACCESS_LOG=off
+    access_log_file: bool = False  # and in $FUNCMESH_HOME/logs: FUNCMESH_ACCESS_LOG=file
 
     @property
     def db_path(self) -> Path:
@@ -143,6 +144,7 @@ def load_daemon_settings(
     nats = nats_url or env.get("FUNCMESH_NATS_URL")
     dns = dns_addr or env.get("FUNCMESH_DNS_ADDR") or DEFAULT_DNS_ADDR
     upstream = list(dns_upstream) or [env.get("FUNCMESH_DNS_UPSTREAM") or ""]
+    access_log = parse_access_log(env.get("FUNCMESH_ACCESS_LOG", ""))
     return DaemonSettings(
         home=default_home(env),
         work_dir=Path(work_dir).expanduser() if work_dir else None,
@@ -155,7 +157,8 @@ def load_daemon_settings(
         dns_upstream=parse_dns_upstream(upstream),
         vip_nat=parse_switch(env.get("FUNCMESH_VIP_NAT", ""), what="FUNCMESH_VIP_NAT"),
         tracing=load_tracing_settings(env, otlp_endpoint=otlp_endpoint),
-        access_log=parse_switch(env.get("FUNCMESH_ACCESS_LOG", ""), what="FUNCMESH_ACCESS_LOG"),
+        access_log=access_log != "off",
+        access_log_file=access_log == "file",
     )
 
 
@@ -216,6 +219,17 @@ def parse_traces_per_second(text: str) -> float:
             f"FUNCMESH_TRACES_PER_SECOND must be a number of 0 or more or 'unlimited', got {text!r}"
         )
     return per_second
+
+
+def parse_access_log(text: str) -> str:
+    """``FUNCMESH_ACCESS_LOG``: ``on`` (the default: in memory, for ``funcmesh mesh logs``),
+    ``file`` (also appended to ``$FUNCMESH_HOME/logs/mesh-access.log``) or ``off``."""
+    if text.strip().lower() == "file":
+        return "file"
+    try:
+        return "on" if parse_switch(text, what="FUNCMESH_ACCESS_LOG") else "off"
+    except Invalid:
+        raise Invalid(f"FUNCMESH_ACCESS_LOG must be on, file or off, got {text!r}") from None
 
 
 def parse_switch(text: str, *, what: str) -> bool:

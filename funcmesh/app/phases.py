@@ -210,9 +210,10 @@ class Daemon:
         stack.callback(self.logbook.close)
         # the mesh's access log and Istio's metrics: closed after the data plane stops
         self.access_log = None
-        if settings.access_log:  # FUNCMESH_ACCESS_LOG=off leaves it out (a few µs per call)
+        if settings.access_log:  # FUNCMESH_ACCESS_LOG=off leaves it out
+            path = settings.home / "logs" / "mesh-access.log"  # FUNCMESH_ACCESS_LOG=file
             self.access_log = AccessLog(
-                settings.home / "logs" / "mesh-access.log",
+                path if settings.access_log_file else None,
                 call_later=asyncio.get_running_loop().call_later,
             )
             stack.callback(self.access_log.close)

@@ -10,6 +10,7 @@ fault, no healthy upstream, an RBAC denial). No I/O beyond the client's connecti
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -90,10 +91,17 @@ def describe_upstream(record: RequestRecord, backend: Backend, cause: str) -> No
         record.destination_workload = backend.workload
         record.destination_workload_namespace = backend.namespace
     else:
-        namespace, _, name = backend.display_name.partition("/")
-        record.destination_workload = name
-        record.destination_workload_namespace = namespace
+        record.destination_workload_namespace, record.destination_workload = _workload_of(
+            backend.display_name
+        )
     record.response_code_details = DETAILS.get(cause, tm.VIA_UPSTREAM) if cause else tm.VIA_UPSTREAM
+
+
+@functools.lru_cache(maxsize=4096)
+def _workload_of(display_name: str) -> tuple[str, str]:
+    """(namespace, name) of ``namespace/name``, shared by every record of the function."""
+    namespace, _, name = display_name.partition("/")
+    return namespace, name
 
 
 def answer_locally(

@@ -14,13 +14,15 @@ on one line, with "-" for every empty value, START_TIME in UTC with milliseconds
 in whole milliseconds, as Envoy writes them. The format holds no Authorization or Cookie value
 and must keep it so; a stray line break in a value is escaped so one request stays one line.
 
-The last ``keep_lines`` lines stay in memory with sequence numbers (the first line is 1) for
-``funcmesh mesh logs``; followers wait on one shared future that the next line resolves, so
-there is no polling and nothing per request while nobody follows. With a path, lines are also
-appended to a file (mode 0600), buffered: written when ``flush_bytes`` wait, when the timer
-that the first buffered line arms fires (``flush_interval_s`` later, through the ``call_later``
-the daemon passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write
-system call per request. At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
+The last ``keep_lines`` requests stay in memory with sequence numbers (the first line is 1)
+for ``funcmesh mesh logs``, as records: a line is formatted when it is read, so a request
+nobody reads costs no formatting. Followers wait on one shared future that the next line
+resolves, so there is no polling and nothing per request while nobody follows. With a path
+(``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once and appended to a file (mode
+0600), buffered: written when ``flush_bytes`` wait, when the timer that the first buffered line
+arms fires (``flush_interval_s`` later, through the ``call_later`` the daemon passes, e.g.
+``loop.call_later``), on ``flush`` and on ``close``; never one write system call per request.
+At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        self._lines: deque[str] = deque(maxlen=keep_lines)
+        self._records: deque[RequestRecord] = deque(maxlen=keep_lines)
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -133,14 +135,14 @@ class AccessLog:
         self.extend((record,))
 
     def extend(self, records: Sequence[RequestRecord]) -> None:
-        """Format and keep the records' lines (no I/O unless a flush is due)."""
+        """Keep the records (no I/O unless a flush of the file is due)."""
         if self._closed:
             return
-        start_time = self._start_time
-        lines = [format_line(record, start_time(record.start_wall_s)) for record in records]
-        self._lines.extend(lines)
-        self._next_seq += len(lines)
+        self._records.extend(records)
+        self._next_seq += len(records)
         if self._path is not None:
+            start_time = self._start_time
+            lines = [format_line(record, start_time(record.start_wall_s)) for record in records]
             self._pending += lines
             self._pending_chars += sum(map(len, lines)) + len(lines)
             if self._pending_chars >= self._flush_bytes:
@@ -158,14 +160,18 @@ class AccessLog:
     ) -> list[tuple[int, str]]:
         """Kept lines with their sequence numbers, oldest first: those after ``after_seq``,
         at most the last ``tail``."""
-        count = len(self._lines)
+        count = len(self._records)
         if after_seq is not None:
             count = min(count, max(0, self.last_seq - after_seq))
         if tail is not None:
             count = min(count, max(0, tail))
-        newest_first = list(itertools.islice(reversed(self._lines), count))
+        newest_first = list(itertools.islice(reversed(self._records), count))
         first_seq = self._next_seq - count
-        return [(first_seq + index, line) for index, line in enumerate(reversed(newest_first))]
+        start_time = self._start_time
+        return [
+            (first_seq + index, format_line(record, start_time(record.start_wall_s)))
+            for index, record in enumerate(reversed(newest_first))
+        ]
 
     async def wait(self, after_seq: int) -> bool:
         """Return True once a line newer than ``after_seq`` exists, False once closed."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -172,6 +173,27 @@ class RequestRecord:
 
 
 _RECORD_FIELDS = frozenset(RequestRecord.__dataclass_fields__)
+# What tells one series from another: the record fields the labels derive from, read in one
+# C call (a tuple), which is most of the cost of counting a request.
+_series_key = operator.attrgetter(
+    "reporter",
+    "source_workload",
+    "source_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "response_code",
+    "response_flags",
+    "connection_security_policy",
+)
 
 
 class _Series:
@@ -231,48 +253,28 @@ class Telemetry:
 
     def settle(self) -> None:
         """Count and log the requests taken since the last time (before metrics are read, and
-        before the daemon stops)."""
+        before the daemon stops). One loop with no call per request: this is the hot part."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
-        for record in pending:
-            self._count(record)
+        all_series, bisect_left = self._series, bisect.bisect_left
+        for r in pending:
+            key = _series_key(r)
+            series = all_series.get(key)
+            if series is None:
+                series = all_series[key] = _Series(istio_labels(r))
+            series.requests += 1
+            duration_ms = r.duration_s * 1000.0
+            series.duration_sum_ms += duration_ms
+            series.duration_counts[bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
+            received, sent = r.bytes_received, r.bytes_sent
+            series.request_bytes_sum += received
+            series.request_bytes_counts[bisect_left(BYTES_BUCKETS, received)] += 1
+            series.response_bytes_sum += sent
+            series.response_bytes_counts[bisect_left(BYTES_BUCKETS, sent)] += 1
         if self._access_log is not None:
             self._access_log.extend(pending)
-
-    def _count(self, record: RequestRecord) -> None:
-        r = record
-        key = (
-            r.reporter,
-            r.source_workload,
-            r.source_namespace,
-            r.source_principal,
-            r.source_app,
-            r.source_version,
-            r.destination_workload,
-            r.destination_workload_namespace,
-            r.destination_principal,
-            r.destination_app,
-            r.destination_version,
-            r.destination_service,
-            r.destination_service_name,
-            r.destination_service_namespace,
-            r.response_code,
-            r.response_flags,
-            r.connection_security_policy,
-        )
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series(istio_labels(r))
-        series.requests += 1
-        duration_ms = r.duration_s * 1000.0
-        series.duration_sum_ms += duration_ms
-        series.duration_counts[bisect.bisect_left(DURATION_BUCKETS_MS, duration_ms)] += 1
-        series.request_bytes_sum += r.bytes_received
-        series.request_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_received)] += 1
-        series.response_bytes_sum += r.bytes_sent
-        series.response_bytes_counts[bisect.bisect_left(BYTES_BUCKETS, r.bytes_sent)] += 1
 
     @property
     def series_count(self) -> int:

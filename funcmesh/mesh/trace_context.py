@@ -44,7 +44,8 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 ZERO_TRACE_ID = bytes(16)
 ZERO_SPAN_ID = bytes(8)
 NOT_GIVEN = 2  # a sampling decision nobody made yet (neither 0 nor 1)
-_IDS_HEX_DIGITS = 48  # a trace id and a span id
+# where a new trace's ids are in its traceparent line: "traceparent: 00-TRACE-SPAN-00\r\n"
+TRACE_ID_HEX, SPAN_ID_HEX = slice(16, 48), slice(49, 65)
 _ZERO_TRACE_HEX = b"0" * 32
 _ZERO_SPAN_HEX = b"0" * 16
 
@@ -68,9 +69,9 @@ NO_CONTEXT = Incoming()
 
 class IdSource:
     """Random ids cut from one ``os.urandom`` batch at a time (one system call per ~170 spans):
-    as bytes for spans, or as hex for the ``traceparent`` of a trace nobody records."""
+    as bytes for spans, or as the ``traceparent`` line of a trace nobody records."""
 
-    __slots__ = ("_at", "_batch_bytes", "_buffer", "_hex", "_hex_at", "_random_bytes")
+    __slots__ = ("_at", "_batch_bytes", "_buffer", "_lines", "_random_bytes")
 
     def __init__(
         self,
@@ -82,8 +83,7 @@ class IdSource:
         self._batch_bytes = batch_bytes
         self._buffer = b""
         self._at = 0
-        self._hex = b""
-        self._hex_at = 0
+        self._lines: list[bytes] = []
 
     def take(self, size: int, zero: bytes) -> bytes:
         """``size`` random bytes, never all zero (an all-zero id is invalid)."""
@@ -98,20 +98,27 @@ class IdSource:
             if value != zero:
                 return value
 
-    def take_hex(self) -> bytes:
-        """A new trace id and span id as 48 lower-case hex digits (32 + 16), neither all zero:
-        a ``traceparent`` without a span object, hex-encoded a batch at a time."""
+    def take_line(self) -> bytes:
+        """The ``traceparent`` header line (CRLF included) of a new, unsampled trace: a fresh
+        trace id and span id, neither all zero, flags 00. Made a batch at a time, so a
+        request that nobody traces costs a list pop (its ids are at ``TRACE_ID_HEX`` and
+        ``SPAN_ID_HEX``)."""
+        lines = self._lines
+        if not lines:
+            lines = self._lines = self._new_lines()
+        return lines.pop()
+
+    def _new_lines(self) -> list[bytes]:
         while True:
-            at = self._hex_at
-            end = at + _IDS_HEX_DIGITS
-            if end > len(self._hex):
-                batch = self._random_bytes(max(self._batch_bytes, _IDS_HEX_DIGITS // 2))
-                self._hex = binascii.hexlify(batch)
-                at, end = 0, _IDS_HEX_DIGITS
-            self._hex_at = end
-            ids = self._hex[at:end]
-            if ids[:32] != _ZERO_TRACE_HEX and ids[32:] != _ZERO_SPAN_HEX:
-                return ids
+            batch = binascii.hexlify(self._random_bytes(max(self._batch_bytes, 24)))
+            lines = [
+                b"traceparent: 00-%s-%s-00\r\n" % (trace_hex, batch[at + 32 : at + 48])
+                for at in range(0, len(batch) - 47, 48)
+                if (trace_hex := batch[at : at + 32]) != _ZERO_TRACE_HEX
+                and batch[at + 32 : at + 48] != _ZERO_SPAN_HEX
+            ]
+            if lines:
+                return lines
 
 
 # incoming context
@@ -267,16 +274,6 @@ def outgoing_headers(span: Span) -> list[tuple[bytes, bytes]]:
             single += b"-" + span.parent_span_id.hex().encode()
         headers.append((B3, single))
     return headers
-
-
-def traceparent_line_of(ids_hex: bytes, *, sampled: bool) -> bytes:
-    """The ``traceparent`` header line (CRLF included) of a new trace: ``ids_hex`` is its trace
-    id and this hop's span id in hex (``IdSource.take_hex``)."""
-    return b"traceparent: 00-%s-%s-%s\r\n" % (
-        ids_hex[:32],
-        ids_hex[32:],
-        b"01" if sampled else b"00",
-    )
 
 
 def with_trace_headers(headers: HeaderList, span: Span) -> list[tuple[bytes, bytes]]:

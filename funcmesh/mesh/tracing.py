@@ -40,12 +40,13 @@ from funcmesh.mesh.telemetry import UNKNOWN, RequestRecord
 from funcmesh.mesh.trace_context import (
     NO_CONTEXT,
     NOT_GIVEN,
+    SPAN_ID_HEX,
+    TRACE_ID_HEX,
     ZERO_SPAN_ID,
     ZERO_TRACE_ID,
     HeaderList,
     IdSource,
     parse_context,
-    traceparent_line_of,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
 )
 _ALL_SAMPLED = 1 << 64
+_LOW_BITS_AT = TRACE_ID_HEX.stop - 16  # the trace id's low 64 bits: its last 16 hex digits
 
 
 @dataclass(slots=True, kw_only=True, eq=False)
@@ -135,10 +137,20 @@ class Sampler:
         self._clock = clock
         self._last_s = clock()
 
+    def sample_hex(self, text: bytes, at: int) -> bool:
+        """``sample`` for a trace id in hex whose low 64 bits are ``text[at : at + 16]``; the
+        id is read only when a ratio below 1 needs it."""
+        if self._bound < _ALL_SAMPLED and int(text[at : at + 16], 16) >= self._bound:
+            return False
+        return self._take()
+
     def sample(self, trace_id_low_bits: int) -> bool:
         """Whether a new trace whose id ends with these 64 bits is sampled (takes a token)."""
         if trace_id_low_bits >= self._bound:
             return False
+        return self._take()
+
+    def _take(self) -> bool:
         per_second = self._per_second
         if per_second == math.inf:
             return True
@@ -206,12 +218,12 @@ class Tracer:
         """A new trace for a request that came without trace context (the hot path): its
         span, None when the trace is not sampled, and the ``traceparent`` header line (CRLF
         included) its upstream request carries either way."""
-        ids = self._ids.take_hex()
-        if not self._sampler.sample(int(ids[16:32], 16)):
-            return None, traceparent_line_of(ids, sampled=False)
+        line = self._ids.take_line()
+        if not self._sampler.sample_hex(line, _LOW_BITS_AT):
+            return None, line
         span = Span(
-            trace_id=binascii.unhexlify(ids[:32]),
-            span_id=binascii.unhexlify(ids[32:]),
+            trace_id=binascii.unhexlify(line[TRACE_ID_HEX]),
+            span_id=binascii.unhexlify(line[SPAN_ID_HEX]),
             parent_span_id=None,
             name="",
             kind=SERVER,
@@ -219,7 +231,7 @@ class Tracer:
             sampled=True,
             attributes={},
         )
-        return span, traceparent_line_of(ids, sampled=True)
+        return span, line[:-4] + b"01\r\n"
 
     def finish(
         self,

@@ -327,10 +327,21 @@ def test_a_new_sampled_trace_sends_its_own_ids() -> None:
     )
 
 
-def test_hex_ids_come_from_batches_and_are_never_all_zero() -> None:
-    zeros = iter([bytes(24), b"\x01" * 16 + bytes(8), b"\x01" * 24])
-    ids = IdSource(lambda size: next(zeros), batch_bytes=24)
-    assert ids.take_hex() == b"01" * 24  # a zero trace id, then a zero span id, are skipped
+def test_traceparent_lines_come_from_batches_with_ids_never_all_zero() -> None:
+    asked: list[int] = []
+    batches = iter([bytes(24), b"\x01" * 16 + bytes(8), b"\x01" * 48])
+
+    def random_bytes(size: int) -> bytes:
+        asked.append(size)
+        return next(batches)
+
+    ids = IdSource(random_bytes, batch_bytes=24)
+    # a batch with a zero trace id, then one with a zero span id, yield no line
+    line = ids.take_line()
+    assert line == b"traceparent: 00-%s-%s-00\r\n" % (b"01" * 16, b"01" * 8)
+    assert asked == [24, 24, 24]
+    assert ids.take_line() == line  # the third batch made two lines: no new draw
+    assert asked == [24, 24, 24]
 
 
 # outgoing headers
