@@ -15,7 +15,8 @@ in whole milliseconds, as Envoy writes them. The format holds no Authorization o
 and must keep it so; a stray line break in a value is escaped so one request stays one line.
 
 The last ``keep_lines`` requests stay in memory with sequence numbers (the first line is 1)
-for ``funcmesh mesh logs``, as records: a line is formatted when it is read, so a request
+for ``funcmesh mesh logs``, as the fields a line shows (``LINE_FIELDS``): a line is formatted
+when it is read, so a request
 nobody reads costs no formatting. Followers wait on one shared future that the next line
 resolves, so there is no polling and nothing per request while nobody follows. With a path
 (``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once and appended to a file (mode
@@ -30,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import os
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from funcmesh.errors import Unavailable
 from funcmesh.mesh.telemetry import RequestRecord
@@ -57,24 +59,83 @@ class TimerHandle(Protocol):
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
-def format_line(r: RequestRecord, start_time: str) -> str:
+# What a line shows of a record, read in one C call. The log keeps this tuple (of strings,
+# bytes, numbers and None), not the record: the garbage collector stops tracking such a tuple,
+# while ten thousand kept records would make every full collection visit them.
+LINE_FIELDS = operator.attrgetter(
+    "start_wall_s",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "upstream_transport_failure_reason",
+    "bytes_received",
+    "bytes_sent",
+    "duration_s",
+    "upstream_service_time_s",
+    "forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local",
+    "downstream_local",
+    "downstream_remote",
+    "requested_server_name",
+    "route_name",
+)
+
+
+def format_line(record: RequestRecord, start_time: str) -> str:
     """One record in Istio's default text format (no trailing newline)."""
-    service_time = r.upstream_service_time_s
+    return format_fields(LINE_FIELDS(record), start_time)
+
+
+def format_fields(fields: tuple[Any, ...], start_time: str) -> str:
+    """The line of a record's ``LINE_FIELDS``; ``start_time`` is its first, formatted."""
+    (
+        _,
+        method,
+        path,
+        protocol,
+        code,
+        flags,
+        details,
+        failure,
+        received,
+        sent,
+        duration_s,
+        service_time_s,
+        forwarded_for,
+        user_agent,
+        request_id,
+        authority,
+        upstream_host,
+        upstream_cluster,
+        upstream_local,
+        downstream_local,
+        downstream_remote,
+        server_name,
+        route,
+    ) = fields
     line = (
-        f'[{start_time}] "{r.method.decode("utf-8", "backslashreplace") or "-"} '
-        f'{r.path.decode("utf-8", "backslashreplace") or "-"} '
-        f'{r.protocol.decode("utf-8", "backslashreplace") or "-"}" '
-        f"{r.response_code} {r.response_flags or '-'} {r.response_code_details or '-'} - "
-        f'"{r.upstream_transport_failure_reason or "-"}" '
-        f"{r.bytes_received} {r.bytes_sent} {int(r.duration_s * 1000)} "
-        f"{'-' if service_time is None else int(service_time * 1000)} "
-        f'"{r.forwarded_for.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{r.user_agent.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{r.request_id.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{r.authority.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{r.upstream_host or "-"}" {r.upstream_cluster or "-"} {r.upstream_local or "-"} '
-        f"{r.downstream_local or '-'} {r.downstream_remote or '-'} "
-        f"{r.requested_server_name or '-'} {r.route_name or '-'}"
+        f'[{start_time}] "{method.decode("utf-8", "backslashreplace") or "-"} '
+        f'{path.decode("utf-8", "backslashreplace") or "-"} '
+        f'{protocol.decode("utf-8", "backslashreplace") or "-"}" '
+        f"{code} {flags or '-'} {details or '-'} - "
+        f'"{failure or "-"}" '
+        f"{received} {sent} {int(duration_s * 1000)} "
+        f"{'-' if service_time_s is None else int(service_time_s * 1000)} "
+        f'"{forwarded_for.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{user_agent.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{request_id.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{authority.decode("utf-8", "backslashreplace") or "-"}" '
+        f'"{upstream_host or "-"}" {upstream_cluster or "-"} {upstream_local or "-"} '
+        f"{downstream_local or '-'} {downstream_remote or '-'} "
+        f"{server_name or '-'} {route or '-'}"
     )
     if "\n" in line or "\r" in line:  # an HTTP parser refuses these; belt and braces
         line = line.replace("\r", "\\r").replace("\n", "\\n")
@@ -94,7 +155,7 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        self._records: deque[RequestRecord] = deque(maxlen=keep_lines)
+        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # LINE_FIELDS
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -138,11 +199,12 @@ class AccessLog:
         """Keep the records (no I/O unless a flush of the file is due)."""
         if self._closed:
             return
-        self._records.extend(records)
-        self._next_seq += len(records)
+        kept = list(map(LINE_FIELDS, records))
+        self._kept.extend(kept)
+        self._next_seq += len(kept)
         if self._path is not None:
             start_time = self._start_time
-            lines = [format_line(record, start_time(record.start_wall_s)) for record in records]
+            lines = [format_fields(fields, start_time(fields[0])) for fields in kept]
             self._pending += lines
             self._pending_chars += sum(map(len, lines)) + len(lines)
             if self._pending_chars >= self._flush_bytes:
@@ -160,17 +222,17 @@ class AccessLog:
     ) -> list[tuple[int, str]]:
         """Kept lines with their sequence numbers, oldest first: those after ``after_seq``,
         at most the last ``tail``."""
-        count = len(self._records)
+        count = len(self._kept)
         if after_seq is not None:
             count = min(count, max(0, self.last_seq - after_seq))
         if tail is not None:
             count = min(count, max(0, tail))
-        newest_first = list(itertools.islice(reversed(self._records), count))
+        newest_first = list(itertools.islice(reversed(self._kept), count))
         first_seq = self._next_seq - count
         start_time = self._start_time
         return [
-            (first_seq + index, format_line(record, start_time(record.start_wall_s)))
-            for index, record in enumerate(reversed(newest_first))
+            (first_seq + index, format_fields(fields, start_time(fields[0])))
+            for index, fields in enumerate(reversed(newest_first))
         ]
 
     async def wait(self, after_seq: int) -> bool:
