@@ -15,10 +15,10 @@ in whole milliseconds, as Envoy writes them. The format holds no Authorization o
 and must keep it so; a stray line break in a value is escaped so one request stays one line.
 
 The last ``keep_lines`` requests stay in memory with sequence numbers (the first line is 1)
-for ``funcmesh mesh logs``, as the fields a line shows (``LINE_FIELDS``): a line is formatted
-when it is read, so a request
-nobody reads costs no formatting. Followers wait on one shared future that the next line
-resolves, so there is no polling and nothing per request while nobody follows. With a path
+for ``funcmesh mesh logs``, as their values (``record_values``): a line is formatted when it
+is read, so a request nobody reads costs no formatting. Followers wait on one shared future
+that the next line resolves, so there is no polling and nothing per request while nobody
+follows. With a path
 (``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once and appended to a file (mode
 0600), buffered: written when ``flush_bytes`` wait, when the timer that the first buffered line
 arms fires (``flush_interval_s`` later, through the ``call_later`` the daemon passes, e.g.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.telemetry import RequestRecord
+from funcmesh.mesh.telemetry import RECORD_FIELDS, RequestRecord, record_values
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ class TimerHandle(Protocol):
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
-# What a line shows of a record, read in one C call. The log keeps this tuple (of strings,
-# bytes, numbers and None), not the record: the garbage collector stops tracking such a tuple,
-# while ten thousand kept records would make every full collection visit them.
-LINE_FIELDS = operator.attrgetter(
+# What a line shows of a record. The log keeps a record's values (``record_values``: strings,
+# bytes, numbers and None in a tuple, which the garbage collector stops tracking; ten thousand
+# kept records would make every full collection visit them) and picks these when formatting.
+LINE_FIELDS = (
     "start_wall_s",
     "method",
     "path",
@@ -87,15 +87,17 @@ LINE_FIELDS = operator.attrgetter(
     "requested_server_name",
     "route_name",
 )
+_START = RECORD_FIELDS.index("start_wall_s")
+_line_fields = operator.itemgetter(*(RECORD_FIELDS.index(name) for name in LINE_FIELDS))
 
 
 def format_line(record: RequestRecord, start_time: str) -> str:
     """One record in Istio's default text format (no trailing newline)."""
-    return format_fields(LINE_FIELDS(record), start_time)
+    return format_values(record_values(record), start_time)
 
 
-def format_fields(fields: tuple[Any, ...], start_time: str) -> str:
-    """The line of a record's ``LINE_FIELDS``; ``start_time`` is its first, formatted."""
+def format_values(values: tuple[Any, ...], start_time: str) -> str:
+    """The line of a record's values; ``start_time`` is its start, formatted."""
     (
         _,
         method,
@@ -120,7 +122,7 @@ def format_fields(fields: tuple[Any, ...], start_time: str) -> str:
         downstream_remote,
         server_name,
         route,
-    ) = fields
+    ) = _line_fields(values)
     line = (
         f'[{start_time}] "{method.decode("utf-8", "backslashreplace") or "-"} '
         f'{path.decode("utf-8", "backslashreplace") or "-"} '
@@ -155,7 +157,7 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # LINE_FIELDS
+        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # record_values
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -199,12 +201,12 @@ class AccessLog:
         """Keep the records (no I/O unless a flush of the file is due)."""
         if self._closed:
             return
-        kept = list(map(LINE_FIELDS, records))
+        kept = list(map(record_values, records))
         self._kept.extend(kept)
         self._next_seq += len(kept)
         if self._path is not None:
             start_time = self._start_time
-            lines = [format_fields(fields, start_time(fields[0])) for fields in kept]
+            lines = [format_values(values, start_time(values[_START])) for values in kept]
             self._pending += lines
             self._pending_chars += sum(map(len, lines)) + len(lines)
             if self._pending_chars >= self._flush_bytes:
@@ -231,8 +233,8 @@ class AccessLog:
         first_seq = self._next_seq - count
         start_time = self._start_time
         return [
-            (first_seq + index, format_fields(fields, start_time(fields[0])))
-            for index, fields in enumerate(reversed(newest_first))
+            (first_seq + index, format_values(values, start_time(values[_START])))
+            for index, values in enumerate(reversed(newest_first))
         ]
 
     async def wait(self, after_seq: int) -> bool:

@@ -116,9 +116,10 @@ class SpanSink(Protocol):
 class Sampler:
     """Which new traces are sampled: those whose trace id falls under ``ratio``, at most
     ``per_second`` of them a second (a bucket of one second's worth, refilled continuously;
-    ``math.inf``: no limit)."""
+    ``math.inf``: no limit). While the bucket is empty it knows when the next token comes,
+    so an unsampled call costs one clock read."""
 
-    __slots__ = ("_bound", "_clock", "_last_s", "_per_second", "_tokens")
+    __slots__ = ("_bound", "_burst", "_clock", "_last_s", "_next_s", "_per_second", "_tokens")
 
     def __init__(
         self,
@@ -133,13 +134,17 @@ class Sampler:
             raise ValueError(f"traces_per_second must be 0 or more, got {per_second}")
         self._bound = round(ratio * _ALL_SAMPLED)
         self._per_second = per_second
-        self._tokens = max(per_second, 1.0) if per_second else 0.0
+        self._burst = max(per_second, 1.0)
+        self._tokens = self._burst if per_second else 0.0
         self._clock = clock
         self._last_s = clock()
+        self._next_s = -math.inf if per_second else math.inf  # no token before then
 
     def sample_hex(self, text: bytes, at: int) -> bool:
         """``sample`` for a trace id in hex whose low 64 bits are ``text[at : at + 16]``; the
         id is read only when a ratio below 1 needs it."""
+        if self._next_s > self._clock():
+            return False
         if self._bound < _ALL_SAMPLED and int(text[at : at + 16], 16) >= self._bound:
             return False
         return self._take()
@@ -155,13 +160,19 @@ class Sampler:
         if per_second == math.inf:
             return True
         now = self._clock()
-        tokens = min(self._tokens + (now - self._last_s) * per_second, max(per_second, 1.0))
+        if now < self._next_s:
+            return False
+        tokens = min(self._tokens + (now - self._last_s) * per_second, self._burst)
         self._last_s = now
         if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return True
+            tokens -= 1.0
+            taken = True
+        else:
+            taken = False
         self._tokens = tokens
-        return False
+        if tokens < 1.0:
+            self._next_s = now + (1.0 - tokens) / per_second
+        return taken
 
 
 class Tracer:
