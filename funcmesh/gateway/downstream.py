@@ -205,12 +205,20 @@ class ClientConnection(asyncio.Protocol):
         self._body = []
         self._expects_continue = False
 
+    # on_url and on_header count the head's bytes inline: they run for every header
+
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_head_bytes(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._reject_large_head()
+            raise _StopParsing
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head_bytes(len(name) + len(value) + 4)
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._reject_large_head()
+            raise _StopParsing
         self._headers.append((name, value))
         if len(name) == 14 and name.lower() == b"content-length":
             if value.isdigit() and int(value) > self._limits.max_body_bytes:
@@ -265,7 +273,8 @@ class ClientConnection(asyncio.Protocol):
         source: ResponseSource,
     ) -> bool:
         request = self._current
-        if request is None or self._writable() is None:
+        transport = self._transport  # _writable, inline: this runs per response
+        if request is None or transport is None or transport.is_closing():
             return False
         chunked = framing is BodyFraming.CHUNKED or framing is BodyFraming.UNTIL_CLOSE
         if chunked and not request.http11:
@@ -295,7 +304,8 @@ class ClientConnection(asyncio.Protocol):
         out = self._out
         if not out:
             return
-        if transport := self._writable():
+        transport = self._transport  # _writable, inline: this runs per read from the instance
+        if transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
 
@@ -338,8 +348,8 @@ class ClientConnection(asyncio.Protocol):
         if not self._busy:
             return
         self._end_request()
-        if not self._answering:
-            self._answer_queued()
+        if not self._answering and (self._queue or self._paused):
+            self._answer_queued()  # only then has it anything to do
 
     # answering requests in order
 
@@ -411,12 +421,6 @@ class ClientConnection(asyncio.Protocol):
             transport.write(data)
 
     # refusing a client
-
-    def _count_head_bytes(self, count: int) -> None:
-        self._head_bytes += count
-        if self._head_bytes > self._limits.max_head_bytes:
-            self._reject_large_head()
-            raise _StopParsing
 
     def _reject_large_head(self) -> None:
         limit_kib = self._limits.max_head_bytes >> 10

@@ -108,7 +108,7 @@ class MeshPlane:
                 return False
         backend = self.backends.lookup(route.namespace, route.name)
         if backend is not None:
-            DirectCall(self, backend, route, request, client, port=port).start()
+            DirectCall(self, backend, route, request, client, port=port).run()
             return False
         services = self.services
         if services is not None and services.service(route.namespace, route.name) is not None:

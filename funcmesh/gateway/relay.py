@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import time
 from collections.abc import Coroutine
@@ -68,6 +69,11 @@ class Relay:
             max_exchanges=max_exchanges,
             extra_head=extra_head,
         )
+        self.start(call)
+
+    def start(self, call: Call) -> None:
+        """Start a call made for this relay (``call`` makes one; a ``DirectCall`` is one):
+        it is in flight, its deadline ticked, until it ends."""
         self._calls.add(call)
         if self._ticker is None:
             self._ticker = self.loop.call_later(self._deadline_tick_s, self._tick)
@@ -112,14 +118,13 @@ class Relay:
     def upstream_head(
         self, lease: Lease, route: FunctionRoute, request: Request, extra: bytes = b""
     ) -> bytes:
-        host, port = lease.address
         return rewrite_request_head(
             request.method,
             route.target,
             request.headers,
             body_length=len(request.body),
             client_ip=request.client_ip,
-            default_host=f"{host}:{port}".encode(),
+            default_host=_host_header(lease.address),
             event_id=self._event_id(),
             event_time=self._event_time(),
             scheme=request.scheme,
@@ -152,3 +157,11 @@ class Relay:
             self._clock_second = now
             self._clock_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)).encode()
         return self._clock_text
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_header(address: tuple[str, int]) -> bytes:
+    """An instance's address as the Host of a request that has none: made once per address,
+    not per call (nearly every request has a Host)."""
+    host, port = address
+    return f"{host}:{port}".encode()

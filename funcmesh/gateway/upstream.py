@@ -118,6 +118,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchanges = 0  # requests sent on this connection
         self.keep_alive = False
         self.idle_since_s = 0.0
+        self.status = 0  # of the response in this exchange; 0 until its head arrived
+        self.body_bytes = 0  # response body bytes relayed to the sink in this exchange
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -129,7 +131,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._received = False
         self._started = False
         self._informational = False
-        self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._framing = BodyFraming.NONE
@@ -177,6 +178,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline_s = deadline_s
         self._head_only = head_only
         self._received = self._started = self.keep_alive = False
+        self.status = self.body_bytes = 0
         self._reason = b""
         self._headers = []
         self.exchanges += 1
@@ -266,7 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail_broken("the instance sent a response nobody asked for")
             return
         self._deadline_s = math.inf
-        self._status = status
+        self.status = status
         self._framing = response_framing(status, self._headers, head_only=self._head_only)
         if not sink.start_response(status, self._reason, self._headers, self._framing, self):
             self.abandon()
@@ -278,8 +280,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(keep_alive=self._parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        if self._sink is not None:
-            self._sink.send_body(body)
+        sink = self._sink
+        if sink is not None:
+            self.body_bytes += len(body)
+            sink.send_body(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
@@ -305,7 +309,7 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             sink.end_response()
         if listener is not None:
-            listener.exchange_done(self, self._status)
+            listener.exchange_done(self, self.status)
 
     def _fail_broken(self, reason: str) -> None:
         retryable = self.reused and not self._received
@@ -325,11 +329,11 @@ def response_framing(status: int, headers: Headers, *, head_only: bool) -> BodyF
         return BodyFraming.NONE
     framing = BodyFraming.UNTIL_CLOSE
     for name, value in headers:
-        lower_name = name.lower()
-        if lower_name == b"transfer-encoding" and b"chunked" in value.lower():
-            return BodyFraming.CHUNKED
-        if lower_name == b"content-length":
+        size = len(name)  # cheaper than lowering every name to find these two
+        if size == 14 and name.lower() == b"content-length":
             framing = BodyFraming.CONTENT_LENGTH
+        elif size == 17 and name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            return BodyFraming.CHUNKED
     return framing
 
 

@@ -61,7 +61,9 @@ class UpstreamPool:
     def put_idle(self, connection: UpstreamConnection, *, now_s: float) -> None:
         if not connection.is_open:
             return
-        idle = self._idle.setdefault(connection.instance_id, [])
+        idle = self._idle.get(connection.instance_id)
+        if idle is None:  # not setdefault: that makes a list per call
+            idle = self._idle[connection.instance_id] = []
         if len(idle) >= self._max_idle_per_instance:
             connection.close()
             return

@@ -19,10 +19,13 @@ import httptools
 import httpx
 import pytest
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from funcmesh.errors import FuncmeshError, QueueFull, Unavailable
 from funcmesh.gateway.backends import Lease
 from funcmesh.gateway.server import Gateway
+from funcmesh.mesh.access_log import AccessLog
+from funcmesh.mesh.telemetry import CONNECTION_FAILURE_DETAILS, VIA_UPSTREAM, Telemetry
 
 WAIT_S = 5.0
 
@@ -1097,6 +1100,41 @@ async def test_close_cuts_calls_still_waiting_for_an_instance(
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # cut: EOF or reset
         await waiting
     assert never.leases == []
+
+
+async def test_each_call_is_logged_with_what_its_client_got(
+    start_instance: StartInstance, start_gateway: StartGateway
+) -> None:
+    answering = await start_instance(echo)
+    failing = await start_instance(fail_with_500, host="127.128.0.8")
+    breaking = await start_instance(break_mid_body, host="127.128.0.10")
+    with socket.socket() as probe:
+        probe.bind(("127.128.0.9", 0))
+        refusing = probe.getsockname()
+    access_log = AccessLog()
+    gateway = await start_gateway(
+        FakeBackend("default/hello", address=answering.address),
+        FakeBackend("default/failing", address=failing.address),
+        FakeBackend("default/breaking", address=breaking.address),
+        FakeBackend("default/refusing", address=refusing),
+        telemetry=Telemetry(CollectorRegistry(), access_log),
+    )
+
+    answered = await call(gateway, "GET", "/function/hello")
+    assert (await call(gateway, "GET", "/function/failing")).status_code == 500
+    with pytest.raises(httpx.RemoteProtocolError):
+        await call(gateway, "GET", "/function/breaking")
+    assert (await call(gateway, "GET", "/function/refusing")).status_code == 502
+    await wait_for(lambda: access_log.last_seq == 4)
+
+    lines = [line for _, line in access_log.lines()]
+    # code, flags, details, then bytes received and sent: the bodies relayed (a failure's own
+    # answer is not counted); a response cut after its head keeps its status and no flag
+    assert f' 200 - {VIA_UPSTREAM} - "-" 0 {len(answered.content)} ' in lines[0]
+    assert f' 500 - {VIA_UPSTREAM} - "-" 0 25 ' in lines[1]
+    assert f' 200 - {VIA_UPSTREAM} - "-" 0 10 ' in lines[2]
+    assert f' 502 UF {CONNECTION_FAILURE_DETAILS} - "-" 0 0 ' in lines[3]
+    assert all(" outbound|8080||" in line for line in lines)
 
 
 def accepts_connections(address: tuple[str, int]) -> bool:
