@@ -219,11 +219,12 @@ class QueuedCall:
         on_error: Callable[[FuncmeshError], None],
         *,
         deadline: float,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._pool = pool
         self._on_lease = on_lease
         self._on_error = on_error
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._done = self._cancelled = False
         self.deadline = deadline  # time.monotonic() after which it fails with QueueFull
 

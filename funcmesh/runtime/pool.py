@@ -80,6 +80,7 @@ class FunctionPool:
         )
         self._instances = self._lifecycle.instances  # read here, changed only by the lifecycle
         self._waiters: deque[_Waiter | QueuedCall] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the gateway's, once a call queues
         self._decided = asyncio.Event()
         self._closed = False
         self._autoscaler: Autoscaler | None = None  # only while the rule is cpu or qps
@@ -226,7 +227,10 @@ class FunctionPool:
             return None
         self._check_queue_room()
         deadline = time.monotonic() + self._context.queue_wait_s
-        queued = QueuedCall(self, on_lease, on_error, deadline=deadline)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        queued = QueuedCall(self, on_lease, on_error, deadline=deadline, loop=loop)
         self._waiters.append(queued)
         return queued
 
