@@ -204,6 +204,25 @@ def routed(table: MeshTable) -> None:
     )
 
 
+def make_gateway(
+    upstream: tuple[str, int],
+    services: ServiceTable,
+    table: MeshTable,
+    *,
+    telemetry: Telemetry | None,
+    tracer: Tracer | None,
+) -> Gateway:
+    """The gateway, with the one function ``fn`` whose instance is ``upstream``."""
+    return Gateway(
+        Functions(Function(upstream)),  # type: ignore[arg-type]
+        port=0,
+        mesh=table,
+        services=services,
+        telemetry=telemetry,
+        tracer=tracer,
+    )
+
+
 async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Upstream, *UPSTREAM)
@@ -212,14 +231,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     access_log = AccessLog(None, call_later=loop.call_later)
     telemetry = Telemetry(CollectorRegistry(), access_log, call_soon=loop.call_soon)
     tracer = Tracer(TraceStore())
-    gateway = Gateway(
-        Functions(Function(upstream)),  # type: ignore[arg-type]
-        port=0,
-        mesh=table,
-        services=services,
-        telemetry=telemetry,
-        tracer=tracer,
-    )
+    gateway = make_gateway(upstream, services, table, telemetry=telemetry, tracer=tracer)
     await gateway.start()
     rows: list[tuple[str, float]] = []
     try:

@@ -62,14 +62,7 @@ async def serve(mode: str, count: int) -> None:
     if mode in ("defaults", "traced"):
         per_second = float("inf") if mode == "traced" else 0.0
         tracer = m.Tracer(m.TraceStore(), traces_per_second=per_second)
-    gateway = m.Gateway(
-        m.Functions(m.Function(upstream)),  # type: ignore[arg-type]
-        port=0,
-        mesh=table,
-        services=services,
-        telemetry=telemetry,
-        tracer=tracer,
-    )
+    gateway = m.make_gateway(upstream, services, table, telemetry=telemetry, tracer=tracer)
     await gateway.start()
     try:
         if mode == "direct":

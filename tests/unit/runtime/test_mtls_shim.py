@@ -135,37 +135,6 @@ def _http_answer(text: str, path: str = "") -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def identity(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    return MeshIdentity.open(tmp_path_factory.mktemp("mesh"))
-
-
-@pytest.fixture
-def credential(identity: MeshIdentity) -> Iterator[MeshCredential]:
-    issued = identity.issue("default", "caller")
-    renew_at_s = time.time() + 3600
-    made = MeshCredential(
-        ("default", "caller"),
-        payload=credentials_payload(issued, renew_at_s=renew_at_s),
-        renew_at_s=renew_at_s,
-        service_cidr=LOOPBACK,
-    )
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def mesh_vip(identity: MeshIdentity) -> Iterator[Server]:
-    """The mesh entrance: mTLS with a certificate of the mesh CA."""
-    yield from _serve(identity.server_context(), _http_answer)
-
-
-@pytest.fixture
-def workload() -> Iterator[Server]:
-    """A plain HTTP server, as behind kernel NAT: a ClientHello gets a 400."""
-    yield from _serve(None, _http_answer)
-
-
 @pytest.fixture
 def client() -> Iterator[None]:
     """``http.client`` as it was before the test installs the shim, afterwards."""

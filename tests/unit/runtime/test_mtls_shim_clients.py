@@ -14,8 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +21,12 @@ import pytest
 
 import funcmesh.runtime
 from funcmesh.mesh.identity import MeshIdentity
-from funcmesh.runtime.mesh_credentials import MeshCredential, credentials_payload
+from funcmesh.runtime.mesh_credentials import MeshCredential
 from tests.unit.runtime.test_mtls_shim import (
     CALLER,
     HELLO,
     LOOPBACK,
     Server,
-    _http_answer,
-    _serve,
 )
 
 SHIMS = Path(funcmesh.runtime.__file__).parent / "shims"
@@ -139,35 +135,6 @@ print(json.dumps({
     "results": results, "imported_first": imported_first, "imported_by_shim": imported_by_shim,
 }))
 """.replace("LIBRARIES_HERE", repr(LIBRARIES))
-
-
-@pytest.fixture(scope="module")
-def identity(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    return MeshIdentity.open(tmp_path_factory.mktemp("mesh"))
-
-
-@pytest.fixture
-def credential(identity: MeshIdentity) -> Iterator[MeshCredential]:
-    issued = identity.issue("default", "caller")
-    renew_at_s = time.time() + 3600
-    made = MeshCredential(
-        ("default", "caller"),
-        payload=credentials_payload(issued, renew_at_s=renew_at_s),
-        renew_at_s=renew_at_s,
-        service_cidr=LOOPBACK,
-    )
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def mesh_vip(identity: MeshIdentity) -> Iterator[Server]:
-    yield from _serve(identity.server_context(), _http_answer)
-
-
-@pytest.fixture
-def workload() -> Iterator[Server]:
-    yield from _serve(None, _http_answer)
 
 
 def run_client(
