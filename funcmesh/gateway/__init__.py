@@ -7,11 +7,12 @@ runtime's instance pool satisfies). Service VIPs (the kube-proxy): ``vips`` (a l
 cluster IP and port), ``splicing`` (TCP forwarding), ``datagrams`` (UDP), ``balancing`` (which
 endpoint), ``vip_ports`` and ``vip_nat`` (listening sockets, kernel NAT), ``vip_tls`` (mTLS at a
 VIP: the first byte decides, PeerAuthentication's mode allows). The mesh (``funcmesh.mesh`` holds
-its rules and pure parts): ``mesh_plane`` (what every mesh call shares, and its telemetry),
+its rules and pure parts): ``mesh_plane`` (what every mesh call shares, its telemetry, and the
+one decision how a function is called: routed, under a DestinationRule, or direct),
 ``mesh_calls`` (a routed call: route, attempts, retries), ``direct_calls`` (a call without
-rules), ``mesh_records`` (a call's record, span and local answers), ``mesh_attempts`` (an
-attempt's view of the client), ``mesh_access``
+rules: the relay's ``proxy.Call`` itself), ``mesh_records`` (a call's record, span and local
+answers), ``mesh_attempts`` (an attempt's view of the client), ``mesh_access``
 (AuthorizationPolicy before each attempt), ``destinations`` (a route's destination resolved to
-function pools or endpoints), ``triggers`` (HTTPTriggers), ``async_calls``. Never imports
-``api``, ``nameserver`` or the runtime.
+function pools or endpoints), ``triggers`` (HTTPTriggers, called as ``/function/NAME`` is),
+``async_calls``. Never imports ``api``, ``nameserver`` or the runtime.
 """
