@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from funcmesh.mesh.hosts import CLUSTER_DOMAIN, host_matches, qualify, service_of
 from funcmesh.mesh.routes import CompiledRoute, HostRoutes, compile_virtual_service
@@ -111,6 +111,14 @@ class _HostIndex:
         return found
 
 
+class ServiceRules(NamedTuple):
+    """A Service's host name, VirtualService routes and DestinationRule (None: none)."""
+
+    host: str
+    routes: HostRoutes | None
+    destination_rule: DestinationRuleSpec | None
+
+
 class MeshTable:
     """Every Istio object by (namespace, name), and the routes and rules per host."""
 
@@ -125,6 +133,7 @@ class MeshTable:
         self._mesh_cache: dict[str, HostRoutes | None] = {}
         self._gateway_cache: dict[tuple[str, bool], HostRoutes | None] = {}
         self._rule_cache: dict[tuple[str, str | None], DestinationRuleSpec | None] = {}
+        self._service_cache: dict[Key, ServiceRules] = {}
         self._listeners: list[Listener] = []
         self.version = 0  # grows with every change
 
@@ -146,6 +155,19 @@ class MeshTable:
         keys = sorted(self._mesh_hosts.keys_for(fqdn))
         routes = [route for key in keys for route in self._virtual_services[key].routes]
         return _remember(self._mesh_cache, fqdn, HostRoutes(routes) if routes else None)
+
+    def service_rules(self, namespace: str, name: str) -> ServiceRules:
+        """What the mesh says about the Service ``NAME.NS.svc.cluster.local``: its host name,
+        its routes (``mesh_routes``) and its DestinationRule, in one look-up by (namespace,
+        name): a function call asks this first, and mostly hears "nothing"."""
+        key = (namespace, name)
+        try:
+            return self._service_cache[key]
+        except KeyError:
+            pass
+        host = f"{name}.{namespace}.svc.cluster.local"
+        rules = ServiceRules(host, self.mesh_routes(host), self.destination_rule(host))
+        return _remember(self._service_cache, key, rules)
 
     def gateway_routes(self, authority: str, *, tls: bool) -> HostRoutes | None:
         """The routes for a request that reached the funcmesh gateway for host ``authority``
@@ -355,6 +377,7 @@ class MeshTable:
         self._mesh_cache.clear()
         self._gateway_cache.clear()
         self._rule_cache.clear()
+        self._service_cache.clear()
         hosts = {*old_hosts, *new_hosts}
         services: set[Key] = set()
         if not any("*" in host for host in hosts):

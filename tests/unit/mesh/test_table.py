@@ -268,6 +268,23 @@ def test_destination_rules_follow_changes() -> None:
     assert table.destination_rule("ratings.shop.svc.cluster.local") is None
 
 
+def test_service_rules_answer_for_a_service_and_follow_changes() -> None:
+    table = MeshTable()
+    nothing = table.service_rules("shop", "reviews")
+    assert nothing == (REVIEWS, None, None)
+    assert table.service_rules("shop", "reviews") is nothing  # cached
+    table.put_virtual_service(vs("first", ["reviews"]))
+    host, routes, rule = table.service_rules("shop", "reviews")
+    assert host == REVIEWS
+    assert names(routes) == ["first"]
+    assert rule is None
+    table.put_destination_rule(dr("reviews", "reviews"))
+    assert table.service_rules("shop", "reviews").destination_rule is not None
+    table.remove_virtual_service("shop", "first")
+    table.remove_destination_rule("shop", "reviews")
+    assert table.service_rules("shop", "reviews") == (REVIEWS, None, None)
+
+
 def test_has_rules_and_hosts_with_rules() -> None:
     table = MeshTable()
     table.put_virtual_service(vs("reviews", ["reviews"]))
