@@ -60,6 +60,7 @@ from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.authz import Authorizer
 from funcmesh.mesh.feed import MeshFeed
 from funcmesh.mesh.identity import MeshIdentity
+from funcmesh.mesh.sources import PodAddresses
 from funcmesh.mesh.table import MeshTable
 from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.mesh.trace_store import TraceStore
@@ -319,6 +320,9 @@ class Daemon:
         self.http_routes = HttpRouteFeed(self.store, RouteTable(), certificates)
         stack.push_async_callback(self.http_routes.close)
         await self.http_routes.start()
+        sources = PodAddresses(self.pods)  # which workload a call comes from, by its pod IP
+        sources.start()
+        stack.push_async_callback(sources.close)  # after the gateway: no connection asks
         self.gateway = Gateway(
             self.pools,
             host=settings.gateway_addr.host,
@@ -335,6 +339,7 @@ class Daemon:
             pods=self.pods,
             authorizer=self.authorizer,
             tracer=self.tracer,
+            sources=sources,
         )
         plain = f"gateway on {settings.gateway_addr}"
         await listening(self.gateway.start(), plain, "--gateway-addr")

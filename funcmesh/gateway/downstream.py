@@ -7,7 +7,8 @@ order), and relays responses back with the right framing, in one write per read 
 instance. It also protects the gateway from a client: heads over the size limit get 431, bodies
 over it 413, garbage 400, a head or body that trickles in too slowly 408, each followed by a
 lingering close. On a VIP's mesh mTLS side it learns the caller's identity (the principal of
-its client certificate) once per connection, and every request carries it. It knows nothing
+its client certificate) once per connection, and every request carries it; so does the workload
+whose pod IP the connection comes from (a ``SourceLookup``, asked once). It knows nothing
 about functions or instances.
 """
 
@@ -34,6 +35,7 @@ from funcmesh.gateway.messages import (
 )
 from funcmesh.gateway.upstream import ResponseSource
 from funcmesh.mesh.identity import principal_of, requested_server_name
+from funcmesh.mesh.sources import SourceLookup, WorkloadSource
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,16 @@ class _StopParsing(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection; also the sink that upstream responses are relayed into."""
 
-    def __init__(self, owner: ConnectionOwner, *, scheme: bytes = b"http") -> None:
+    def __init__(
+        self,
+        owner: ConnectionOwner,
+        *,
+        scheme: bytes = b"http",
+        sources: SourceLookup | None = None,
+    ) -> None:
         self._owner = owner
+        self._sources = sources  # pod IP -> its workload: the calls' source in the telemetry
+        self._workload: WorkloadSource | None = None
         self._scheme = scheme  # b"https" on the TLS listener: sent as X-Forwarded-Proto
         self._limits = owner.limits
         self._loop = asyncio.get_running_loop()
@@ -135,6 +145,8 @@ class ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         peer = transport.get_extra_info("peername")
         self._client_ip = str(peer[0]).encode() if peer else b""
+        if peer and self._sources is not None:
+            self._workload = self._sources.source_of(str(peer[0]))
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and self._scheme == b"http":  # a VIP's mesh mTLS side
             self._mtls = True
@@ -256,6 +268,7 @@ class ClientConnection(asyncio.Protocol):
             principal=self._principal,
             mtls=self._mtls,
             server_name=self._server_name,
+            source=self._workload,
         )
         self._reading = False
         self._deadline_s = math.inf

@@ -65,6 +65,12 @@ def record_of(request: Request, trace_headers: list[tuple[bytes, bytes]]) -> Req
             record.source_namespace = namespace_of_principal(request.principal) or tm.UNKNOWN
     else:
         record.connection_security_policy = PLAINTEXT
+    source = request.source
+    if source is not None:  # the connection came from a pod's IP (never used for access)
+        record.source_workload = source.workload
+        record.source_namespace = source.namespace
+        record.source_app = source.app
+        record.source_version = source.version
     return record
 
 

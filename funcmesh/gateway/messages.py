@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from funcmesh.mesh.sources import WorkloadSource
+
 Headers = Sequence[tuple[bytes, bytes]]
 
 EVENT_NAMESPACE = b"gateway.funcmesh.io"
@@ -57,6 +59,9 @@ class Request:
     principal: str = ""
     mtls: bool = False
     server_name: str = ""
+    # The workload whose pod IP the connection came from (the gateway's SourceLookup), None
+    # when the address is no pod's: Istio's source_workload and its labels, never for access.
+    source: WorkloadSource | None = None
 
     @property
     def head_only(self) -> bool:
@@ -77,6 +82,7 @@ class Request:
             principal=self.principal,
             mtls=self.mtls,
             server_name=self.server_name,
+            source=self.source,
         )
 
 

@@ -34,6 +34,7 @@ from funcmesh.gateway.triggers import HttpTriggers
 from funcmesh.gateway.upstream_pool import MAX_IDLE_PER_INSTANCE, UpstreamPool
 from funcmesh.mesh.authz import Authorizer
 from funcmesh.mesh.hosts import authority_host
+from funcmesh.mesh.sources import SourceLookup
 from funcmesh.mesh.table import MeshTable
 from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.mesh.tracing import Tracer
@@ -69,8 +70,10 @@ class Gateway:
         pods: PodLabels | None = None,
         authorizer: Authorizer | None = None,
         tracer: Tracer | None = None,
+        sources: SourceLookup | None = None,
     ) -> None:
         self._mesh = mesh
+        self._sources = sources  # pod IP -> workload, asked once per client connection
         self._services = services
         self._telemetry = telemetry
         self._pods = pods
@@ -151,7 +154,10 @@ class Gateway:
         )
         try:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self), self._host, self._port, backlog=self._backlog
+                lambda: ClientConnection(self, sources=self._sources),
+                self._host,
+                self._port,
+                backlog=self._backlog,
             )
         except OSError as exc:
             address = f"{self._host}:{self._port}"
@@ -166,7 +172,7 @@ class Gateway:
             return
         loop = asyncio.get_running_loop()
         self._tls_server = await loop.create_server(
-            lambda: ClientConnection(self, scheme=b"https"),
+            lambda: ClientConnection(self, scheme=b"https", sources=self._sources),
             self._tls_host,
             self._tls_port,
             backlog=self._backlog,
@@ -259,7 +265,8 @@ class Gateway:
         request's own target (the VIP of a function's Service). Its connections count as the
         gateway's: same limits and deadlines, drained and cut by ``close``."""
         owner = _FunctionEntrance(self, namespace, name, port)
-        return lambda: ClientConnection(owner)
+        sources = self._sources
+        return lambda: ClientConnection(owner, sources=sources)
 
     def selects_functions(self, namespace: str, selector: Mapping[str, str]) -> bool:
         """Whether a Service of ``namespace`` with ``selector`` is served here by deployed

@@ -336,6 +336,9 @@ def test_a_python_function_calls_a_strict_service_with_its_identity(
         and f'source_principal="spiffe://{CALLER}"' in line
         and f'destination_service="{TARGET_HOST}"' in line
         and 'connection_security_policy="mutual_tls"' in line
+        # its call left from its pod IP: the mesh knows the calling workload
+        and 'source_workload="pycaller"' in line
+        and 'source_workload_namespace="default"' in line
     ]
     assert counted, metrics
     pods = get_json(daemon, "pods", "-l", "function=pycaller")["items"]
@@ -358,6 +361,15 @@ def test_a_node_function_calls_a_strict_service_with_its_identity(
     lines = daemon.run("mesh", "logs", "--tail", "50").stdout.splitlines()
     [logged] = [line for line in lines if '"GET /from-node HTTP/1.1" 200' in line]
     assert TARGET_HOST in logged
+    with api_client(daemon) as api:
+        metrics = api.get("/metrics").text
+    assert any(
+        line.startswith("istio_requests_total{")
+        and 'source_workload="nodecaller"' in line
+        and 'source_workload_namespace="default"' in line
+        and f'destination_service="{TARGET_HOST}"' in line
+        for line in metrics.splitlines()
+    ), metrics
 
 
 @needs_node

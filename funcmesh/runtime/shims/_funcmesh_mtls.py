@@ -47,11 +47,21 @@ session of the last one (http.client, urllib3); httpx and aiohttp handshake in f
 their connections open. Not covered: sockets the code opens itself, and clients that connect
 through none of the places above (pycurl, for one): their calls stay plaintext.
 
+The same places make the connection leave from the instance's own pod IP (``POD_IP``, the
+address its worker listens on) when its destination is a loopback address (a ClusterIP, a pod
+IP, the gateway; a name counts when the cluster's DNS resolves it to such addresses): the
+daemon then knows which workload called, from the peer address alone (Istio's
+``source_workload``). urllib3 binds its plain-HTTP connections only (its HTTPS ones skip
+``HTTPConnection.connect``), aiohttp when its connector has the ``socket_factory`` hook
+(3.12+); the pod IP is tried once, at the first such call, and when it cannot be bound
+(EADDRNOTAVAIL) connections are made without it. Sockets the code opens itself are not touched.
+
 Standard library only, Python 3.8+: this runs inside users' interpreters.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -72,6 +82,7 @@ REREAD_RETRY_S = 30.0  # when the payload was not renewed yet, or did not parse
 READ_ATTEMPTS = 3  # a read racing the daemon's rewrite does not parse: read again
 AGAIN_IN_PLAINTEXT = object()  # the upgrade failed and closed the socket
 MAX_SESSIONS = 256  # TLS sessions kept for resumption, by (address, port, name)
+POD_IP_ENV = "POD_IP"  # the instance's own address, which its worker listens on
 
 
 class ResumableSocket(ssl.SSLSocket):
@@ -158,6 +169,26 @@ def load_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
         os.close(fd)
 
 
+def is_loopback(ip: str) -> bool:
+    """Whether ``ip`` is an IPv4 address in 127.0.0.0/8: where ClusterIPs and pod IPs live."""
+    try:
+        return socket.inet_aton(ip)[0] == 127
+    except OSError:
+        return False
+
+
+def can_bind(ip: str) -> bool:
+    """Whether a TCP socket can be bound to ``ip`` here (said once on stderr when not)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))
+        return True
+    except OSError as exc:
+        if exc.errno != errno.EADDRNOTAVAIL:
+            print("funcmesh: calls to Services leave from 127.0.0.1: %s" % exc, file=sys.stderr)
+        return False
+
+
 def parse_cidr(cidr: str) -> tuple[int, int]:
     """(network, mask) of an IPv4 CIDR, as integers."""
     address, _, bits = cidr.partition("/")
@@ -199,10 +230,15 @@ class Originator:
         service_name: Optional[Callable[[str], Optional[str]]] = None,
         *,
         clock: Callable[[], float] = time.time,
+        pod_ip: str = "",
+        resolve: Optional[Callable[[str], list[str]]] = None,
     ) -> None:
         self.fd = fd
         self.network, self.mask = parse_cidr(cidr)
         self.service_name = service_name  # host -> "<svc>.<ns>.svc.<zone>" or None
+        self.pod_ip = pod_ip  # connections to loopback addresses leave from it ("": never)
+        self.resolve = resolve  # a cluster name -> its addresses, [] for other names
+        self.bindable: Optional[bool] = None  # whether pod_ip can be bound: tried once
         self.clock = clock
         self.credentials: Optional[Credentials] = None
         self.read_after = 0.0  # when to read the payload (again)
@@ -216,6 +252,36 @@ class Originator:
         except OSError:
             return False  # IPv6: no ClusterIP
         return struct.unpack("!I", packed)[0] & self.mask == self.network
+
+    def source_for(self, host: Any) -> Optional[tuple[str, int]]:
+        """``(pod IP, 0)``, the address to bind a connection to ``host`` to when ``host`` is
+        a loopback address or a cluster name with only such addresses; None to leave it be."""
+        if not self.pod_ip or not isinstance(host, str) or not host:
+            return None
+        try:
+            if socket.inet_aton(host)[0] != 127:
+                return None
+        except OSError:  # a name (or IPv6): loopback when the cluster's DNS says so
+            if self.resolve is None or ":" in host:
+                return None
+            addresses = self.resolve(host)
+            if not addresses or not all(is_loopback(address) for address in addresses):
+                return None
+        if self.bindable is None:
+            self.bindable = can_bind(self.pod_ip)
+        return (self.pod_ip, 0) if self.bindable else None
+
+    def socket_for(self, addr_info: Any) -> socket.socket:
+        """A socket for ``addr_info`` (aiohappyeyeballs' socket factory), bound to the pod IP
+        when the destination is a loopback address."""
+        family, kind, proto, _, address = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        if family == socket.AF_INET and self.source_for(address[0]) is not None:
+            try:
+                sock.bind((self.pod_ip, 0))
+            except OSError:
+                pass  # connected without it, as every client here is
+        return sock
 
     def attempt(self, peer: Any, host: Any) -> Optional[Attempt]:
         """How to try mTLS with ``peer`` (a connected socket's address), which the code called
@@ -321,15 +387,27 @@ def originate_connect(connection: Any, secure_class: Any, originator: Originator
     if getattr(original_connect, "_funcmesh", False):
         return False
 
+    def open_from_pod(self: Any) -> None:
+        source = None
+        if getattr(self, "source_address", "") is None:
+            source = originator.source_for(self.host)
+        if source is None:
+            return original_connect(self)
+        self.source_address = source  # for this connect only: the code's object is its own
+        try:
+            return original_connect(self)
+        finally:
+            self.source_address = None
+
     def connect(self: Any) -> None:
-        original_connect(self)
+        open_from_pod(self)
         if getattr(self, "_tunnel_host", None) or (
             secure_class is not None and isinstance(self, secure_class)
         ):
             return  # through a proxy, or HTTPS the code asked for itself
         upgraded = originator.upgrade(self.sock, self.host)
         if upgraded is AGAIN_IN_PLAINTEXT:
-            original_connect(self)
+            open_from_pod(self)
         elif upgraded is not None:
             self.sock = upgraded
 
@@ -350,6 +428,19 @@ def httpcore_attempt(originator: Originator, connection: Any, stream: Any) -> Op
     return originator.attempt(stream.get_extra_info("server_addr"), origin.host.decode("ascii"))
 
 
+def bind_httpcore(originator: Originator, connection: Any) -> bool:
+    """Make an httpcore connection's next connect leave from the pod IP when its origin is a
+    loopback address (``local_address``, which every network backend honours); True when
+    set, to be undone with ``connection._local_address = None`` once connected."""
+    if getattr(connection, "_local_address", "") is not None or getattr(connection, "_uds", None):
+        return False
+    source = originator.source_for(connection._origin.host.decode("ascii"))
+    if source is None:
+        return False
+    connection._local_address = source[0]
+    return True
+
+
 def probe_timeout(request: Any) -> float:
     """An httpcore request's connect timeout, kept to ``HANDSHAKE_TIMEOUT_S``."""
     timeouts = request.extensions.get("timeout") or {}
@@ -366,17 +457,22 @@ def originate_httpcore(module: Any, originator: Originator) -> None:
     failures = httpcore_failures(module)
 
     def _connect(self: Any, request: Any) -> Any:
-        stream = original_connect(self, request)
-        attempt = httpcore_attempt(originator, self, stream)
-        if attempt is None:
-            return stream
+        bound = bind_httpcore(originator, self)
         try:
-            return stream.start_tls(
-                attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
-            )
-        except failures:
-            originator.refused(attempt)
-            return original_connect(self, request)
+            stream = original_connect(self, request)
+            attempt = httpcore_attempt(originator, self, stream)
+            if attempt is None:
+                return stream
+            try:
+                return stream.start_tls(
+                    attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
+                )
+            except failures:
+                originator.refused(attempt)
+                return original_connect(self, request)
+        finally:
+            if bound:
+                self._local_address = None
 
     mark(_connect, original_connect)
     connection._connect = _connect
@@ -391,17 +487,22 @@ def originate_httpcore_async(module: Any, originator: Originator) -> None:
     failures = httpcore_failures(module)
 
     async def _connect(self: Any, request: Any) -> Any:
-        stream = await original_connect(self, request)
-        attempt = httpcore_attempt(originator, self, stream)
-        if attempt is None:
-            return stream
+        bound = bind_httpcore(originator, self)
         try:
-            return await stream.start_tls(
-                attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
-            )
-        except failures:
-            originator.refused(attempt)
-            return await original_connect(self, request)
+            stream = await original_connect(self, request)
+            attempt = httpcore_attempt(originator, self, stream)
+            if attempt is None:
+                return stream
+            try:
+                return await stream.start_tls(
+                    attempt.context, server_hostname=attempt.name, timeout=probe_timeout(request)
+                )
+            except failures:
+                originator.refused(attempt)
+                return await original_connect(self, request)
+        finally:
+            if bound:
+                self._local_address = None
 
     mark(_connect, original_connect)
     connection._connect = _connect
@@ -429,6 +530,11 @@ def originate_aiohttp(module: Any, originator: Originator) -> None:
     failures = (OSError, ValueError, asyncio.TimeoutError)
 
     async def _wrap_create_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # aiohttp 3.12+: sockets made as its own are, bound to the pod IP where it applies,
+        # unless the code chose a local address or a factory of its own
+        unset = getattr(self, "_socket_factory", "") is None
+        if unset and originator.pod_ip and not getattr(self, "_local_addr_infos", None):
+            self._socket_factory = originator.socket_for
         transport, protocol = await original_wrap(self, *args, **kwargs)
         if kwargs.get("ssl") or not args:
             return transport, protocol
@@ -479,11 +585,13 @@ def install(
     *,
     clock: Callable[[], float] = time.time,
     when_imported: Optional[Callable[[str, Callable[[Any], None]], None]] = None,
+    pod_ip: Optional[str] = None,
 ) -> Optional[Originator]:
     """Upgrade the plain connections to mesh VIPs of ``http.client`` now, and of urllib3,
     httpcore and aiohttp once the code imports them (see the module). ``resolver`` is the names
     shim's ClusterResolver (None: every call to a VIP is by address); ``when_imported`` is
-    ``_funcmesh_worker.patch_when_imported`` unless given. Idempotent."""
+    ``_funcmesh_worker.patch_when_imported`` unless given; ``pod_ip`` (``$POD_IP`` unless
+    given) where their connections to loopback addresses leave from. Idempotent."""
     import http.client
 
     if getattr(http.client.HTTPConnection.connect, "_funcmesh", False):
@@ -492,7 +600,14 @@ def install(
         from _funcmesh_worker import patch_when_imported as when_imported
     os.set_inheritable(fd, False)
     service_name = None if resolver is None else resolver.service_name
-    originator = Originator(fd, cidr, service_name, clock=clock)
+    originator = Originator(
+        fd,
+        cidr,
+        service_name,
+        clock=clock,
+        pod_ip=os.environ.get(POD_IP_ENV, "") if pod_ip is None else pod_ip,
+        resolve=getattr(resolver, "resolve", None),
+    )
     secure_class = getattr(http.client, "HTTPSConnection", None)
     originate_connect(http.client.HTTPConnection, secure_class, originator)
     for name, originate in CLIENT_MODULES:

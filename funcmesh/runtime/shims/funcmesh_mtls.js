@@ -36,6 +36,13 @@
  * left alone, and so is a fetch() given its own `dispatcher`.
  * Not covered: sockets the code opens with net or tls itself, and an npm undici's own fetch.
  *
+ * Both ways make the connection leave from the instance's own pod IP (`podIp`, $POD_IP unless
+ * given: the address its worker listens on) when the destination is a loopback address (a
+ * ClusterIP, a pod IP, the gateway; a name counts when the cluster's DNS resolves it to such
+ * addresses), unless the code chose a localAddress: the daemon then knows which workload
+ * called from the peer address alone (Istio's source_workload). When the pod IP cannot be
+ * bound (EADDRNOTAVAIL), the connection is made again without it, and so are the next ones.
+ *
  * Node's own modules only.
  */
 
@@ -65,6 +72,10 @@ function ipv4ToInt(ip) {
   return value;
 }
 
+function isLoopback(ip) {
+  return typeof ip === 'string' && net.isIPv4(ip) && ip.startsWith('127.');
+}
+
 function parseCidr(cidr) {
   const [address, bits] = String(cidr).split('/');
   const length = bits === undefined ? 32 : Number(bits);
@@ -73,8 +84,9 @@ function parseCidr(cidr) {
 }
 
 class Originator {
-  constructor({ cidr, fetchCredentials, resolver, now }) {
+  constructor({ cidr, fetchCredentials, resolver, now, podIp }) {
     const { network, mask } = parseCidr(cidr);
+    this.podIp = podIp || null; // where connections to loopback addresses leave from
     this.network = network;
     this.mask = mask;
     this.fetchCredentials = fetchCredentials;
@@ -99,6 +111,27 @@ class Originator {
   rememberPlain(ip, port) {
     if (this.plainUntil.size >= MAX_PLAIN_ENTRIES) this.plainUntil.clear();
     this.plainUntil.set(`${ip}:${port}`, this.now() + PLAIN_FOR_MS);
+  }
+
+  /** callback(localAddress or undefined): the pod IP when `host` is a loopback address, or a
+   * cluster name with only such addresses (cached by the names shim, which dns.lookup asks
+   * next). */
+  sourceFor(host, callback) {
+    const podIp = this.podIp;
+    if (podIp === null || typeof host !== 'string' || !host) return callback(undefined);
+    if (net.isIP(host)) return callback(isLoopback(host) ? podIp : undefined);
+    const resolver = this.resolver;
+    if (resolver === null || typeof resolver.resolve !== 'function') return callback(undefined);
+    return resolver.resolve(host, (addresses) => {
+      callback(addresses.length && addresses.every(isLoopback) ? podIp : undefined);
+    });
+  }
+
+  /** The pod IP cannot be bound here (EADDRNOTAVAIL): connect without it from now on. */
+  unbindable(error, localAddress) {
+    if (!error || error.code !== 'EADDRNOTAVAIL' || !localAddress) return false;
+    if (localAddress === this.podIp) this.podIp = null;
+    return localAddress !== undefined;
   }
 
   serviceName(host) {
@@ -258,10 +291,21 @@ function meshConnector(originator) {
         failed ? callback(failed) : callback(null, socket),
       );
     };
-    const plain = open();
-    whenConnected(plain, hostname, options.port, (error) => {
-      if (error) return callback(error);
-      return originator.upgrade(plain, hostname, open, handOver);
+    const start = () => {
+      const plain = open();
+      whenConnected(plain, hostname, options.port, (error) => {
+        if (originator.unbindable(error, options.localAddress)) {
+          options.localAddress = undefined;
+          return start();
+        }
+        if (error) return callback(error);
+        return originator.upgrade(plain, hostname, open, handOver);
+      });
+    };
+    if (options.localAddress) return start();
+    return originator.sourceFor(hostname, (source) => {
+      options.localAddress = source;
+      start();
     });
   };
 }
@@ -334,11 +378,17 @@ function meshFetch(original, originator) {
 
 /** Replace http.Agent's createConnection with the mesh-aware one, and fetch() with one that
  * uses it too; the Originator, or null. */
-function install({ cidr, fetchCredentials, resolver, now }) {
+function install({ cidr, fetchCredentials, resolver, now, podIp }) {
   const proto = http.Agent.prototype;
   if (proto.createConnection.funcmeshMesh) return null;
   const original = proto.createConnection;
-  const originator = new Originator({ cidr, fetchCredentials, resolver, now });
+  const originator = new Originator({
+    cidr,
+    fetchCredentials,
+    resolver,
+    now,
+    podIp: podIp === undefined ? process.env.POD_IP : podIp,
+  });
   if (typeof globalThis.fetch === 'function' && !globalThis.fetch.funcmeshMesh) {
     globalThis.fetch = meshFetch(globalThis.fetch, originator);
   }
@@ -347,7 +397,18 @@ function install({ cidr, fetchCredentials, resolver, now }) {
     if (typeof callback !== 'function' || this instanceof https.Agent || options.socketPath) {
       return original.call(this, options, callback);
     }
-    const agent = this;
+    if (options.localAddress) {
+      connectAndUpgrade(this, options, callback);
+    } else {
+      originator.sourceFor(options.host, (source) => {
+        const bound = source ? { ...options, localAddress: source } : options;
+        connectAndUpgrade(this, bound, callback);
+      });
+    }
+    return undefined; // the socket comes through the callback
+  }
+
+  function connectAndUpgrade(agent, options, callback) {
     const plain = original.call(agent, options);
     let handed = false;
     const hand = (error, socket) => {
@@ -357,7 +418,15 @@ function install({ cidr, fetchCredentials, resolver, now }) {
       plain.removeListener('timeout', onTimeout);
       callback(error, socket);
     };
-    const onError = (error) => hand(error);
+    const onError = (error) => {
+      if (!handed && originator.unbindable(error, options.localAddress)) {
+        handed = true; // again without the pod IP, on a new socket
+        plain.removeListener('timeout', onTimeout);
+        const { localAddress, ...unbound } = options;
+        return connectAndUpgrade(agent, unbound, callback);
+      }
+      return hand(error);
+    };
     // A connect timeout (the request's `timeout`) is the request's to see: hand the socket
     // over as it is, and let it fire again there.
     const onTimeout = () => {
@@ -373,7 +442,6 @@ function install({ cidr, fetchCredentials, resolver, now }) {
       handed = true;
       originator.upgrade(plain, options.host, () => original.call(agent, options), callback);
     });
-    return undefined; // the socket comes through the callback
   }
   createConnection.funcmeshMesh = true;
   proto.createConnection = createConnection;

@@ -13,6 +13,7 @@ from funcmesh.gateway.messages import (
     relay_response_head,
     rewrite_request_head,
 )
+from funcmesh.mesh.sources import WorkloadSource
 
 EVENT_ID = b"AbCdEfGhIjKlMnO"
 EVENT_TIME = b"2021-05-03T11:31:53Z"
@@ -218,6 +219,7 @@ def test_with_headers_keeps_every_other_field() -> None:
         principal="cluster.local/ns/a/sa/b",
         mtls=True,
         server_name="hello.default.svc.cluster.local",
+        source=WorkloadSource(workload="caller", namespace="a"),
     )
     changed = original.with_headers([(b"Host", b"other")])
     assert changed.headers == [(b"Host", b"other")]

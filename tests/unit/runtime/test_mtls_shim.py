@@ -56,6 +56,7 @@ class Server:
     port: int
     seen: list[str] = field(default_factory=list)  # per connection: "tls P SNI", "plain", ...
     resumed: list[bool] = field(default_factory=list)  # per TLS connection
+    peers: list[str] = field(default_factory=list)  # per connection: the client's address
 
     @property
     def address(self) -> tuple[str, int]:
@@ -98,9 +99,10 @@ def _serve(context: ssl.SSLContext | None, answer: Callable[[str, str], bytes]) 
     def accept() -> None:
         while not stop.is_set():
             try:
-                sock, _ = listener.accept()
+                sock, peer = listener.accept()
             except OSError:
                 return
+            server.peers.append(peer[0])
             threading.Thread(target=handle, args=(sock,), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
@@ -377,3 +379,75 @@ def test_the_other_clients_are_adapted_when_imported_and_never_imported_by_the_s
         "aiohttp.connector",
     ]
     assert set(sys.modules) == before
+
+
+POD_IP = "127.128.250.7"  # the instance's own address: any loopback address can be bound
+
+
+class ClusterNames(Resolver):
+    """A resolver that knows ``hello`` (a VIP on loopback) and nothing else."""
+
+    def resolve(self, host: str) -> list[str]:
+        return ["127.0.0.1"] if host == "hello" else []
+
+
+def test_calls_to_cluster_addresses_leave_from_the_pod_ip(
+    client: None,
+    credential: MeshCredential,
+    workload: Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lookup = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, *rest: lookup("127.0.0.1" if host == "hello" else host, *rest),
+    )
+    mtls.install(
+        os.dup(credential.reader_fd),
+        "10.96.0.0/12",
+        ClusterNames(),
+        when_imported=lambda name, patch: None,
+        pod_ip=POD_IP,
+    )
+
+    by_address = get(f"http://127.0.0.1:{workload.port}/by-address")
+    by_name = get(f"http://hello:{workload.port}/by-name")
+
+    assert (by_address, by_name) == ("plain /by-address", "plain /by-name")
+    assert workload.peers == [POD_IP, POD_IP]
+
+
+def test_a_pod_ip_that_cannot_be_bound_leaves_calls_as_they_were(
+    client: None, credential: MeshCredential, workload: Server
+) -> None:
+    originator = mtls.install(
+        os.dup(credential.reader_fd),
+        "10.96.0.0/12",
+        when_imported=lambda name, patch: None,
+        pod_ip="192.0.2.1",  # TEST-NET-1: no address of this machine
+    )
+
+    assert get(f"http://127.0.0.1:{workload.port}/x") == "plain /x"
+    assert workload.peers == ["127.0.0.1"]
+    assert originator.bindable is False  # tried once, not at every call
+
+
+@pytest.mark.parametrize(
+    ("pod_ip", "host", "source"),
+    [
+        (POD_IP, "127.96.0.12", (POD_IP, 0)),  # a ClusterIP
+        (POD_IP, "127.128.3.4", (POD_IP, 0)),  # another pod
+        (POD_IP, "hello", (POD_IP, 0)),  # a cluster name
+        (POD_IP, "example.com", None),  # a name the cluster does not know
+        (POD_IP, "10.1.2.3", None),  # beyond the machine
+        (POD_IP, "::1", None),  # IPv6: no pod IP of that family
+        ("", "127.96.0.12", None),  # not in a pod
+    ],
+)
+def test_which_connections_leave_from_the_pod_ip(
+    pod_ip: str, host: str, source: tuple[str, int] | None
+) -> None:
+    originator = mtls.Originator(-1, LOOPBACK, pod_ip=pod_ip, resolve=ClusterNames().resolve)
+
+    assert originator.source_for(host) == source

@@ -41,6 +41,7 @@ CLIENTS = [
     if importlib.util.find_spec(module) is not None
 ]
 LIBRARIES = ("urllib3", "requests", "httpcore", "httpx", "aiohttp")
+POD_IP = "127.128.250.7"  # the instance's own address: any loopback address can be bound
 
 # argv: shims directory, credentials fd, config (JSON). Prints {"results", "imported_first"}.
 SCRIPT = """\
@@ -60,6 +61,9 @@ class Resolver:  # the names shim's, as far as the mTLS shim asks: "hello" is a 
     def service_name(self, host):
         return config["hello"] if host == "hello" else None
 
+    def resolve(self, host):
+        return ["127.0.0.1"] if host == "hello" else []
+
 
 lookup = socket.getaddrinfo
 
@@ -69,7 +73,7 @@ def getaddrinfo(host, *args, **kwargs):  # anyio asks with bytes, the names shim
 
 
 socket.getaddrinfo = getaddrinfo
-_funcmesh_mtls.install(fd, config["cidr"], Resolver())
+_funcmesh_mtls.install(fd, config["cidr"], Resolver(), pod_ip=config.get("pod_ip", ""))
 imported_by_shim = sorted(
     name for name in LIBRARIES if name in sys.modules and name not in imported_first
 )
@@ -247,3 +251,26 @@ def test_requests_resumes_the_tls_session_of_its_last_connection(
 
     assert printed["results"] == [f"200 http {CALLER} -"] * 3
     assert mesh_vip.resumed == [False, True, True]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_calls_to_cluster_addresses_leave_from_the_pod_ip(
+    credential: MeshCredential, workload: Server, client: str
+) -> None:
+    """By address and by a cluster name: the server sees the instance's pod IP."""
+    urls = [f"http://127.0.0.1:{workload.port}/by-address", f"http://hello:{workload.port}/name"]
+
+    printed = run_client(credential, client, urls, cidr="10.96.0.0/12", pod_ip=POD_IP)
+
+    assert printed["results"] == ["200 http plain /by-address", "200 http plain /name"]
+    assert workload.peers == [POD_IP, POD_IP]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_an_upgraded_call_leaves_from_the_pod_ip_too(
+    credential: MeshCredential, mesh_vip: Server, client: str
+) -> None:
+    printed = run_client(credential, client, [f"http://hello:{mesh_vip.port}/x"], pod_ip=POD_IP)
+
+    assert printed["results"] == [f"200 http {CALLER} {HELLO}"]
+    assert mesh_vip.peers == [POD_IP]

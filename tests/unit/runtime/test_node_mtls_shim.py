@@ -43,7 +43,11 @@ mtls.install({
     setTimeout(() => config.payload ? callback(null, config.payload)
                                     : callback(new Error('no identity')), 10);
   },
-  resolver: { serviceName: (host) => (host === 'hello' ? config.hello : null) },
+  resolver: {
+    serviceName: (host) => (host === 'hello' ? config.hello : null),
+    resolve: (host, callback) => callback(host === 'hello' ? ['127.0.0.1'] : []),
+  },
+  podIp: config.podIp,
 });
 function lookup(host, options, callback) {
   const address = host === 'hello' ? '127.0.0.1' : host;
@@ -98,6 +102,7 @@ def run_node(
     *,
     cidr: str = "127.0.0.0/8",
     how: str = "get",
+    pod_ip: str = "",
 ) -> tuple[dict[str, Any], str]:
     """Run the script; what it printed, and its stderr."""
     assert NODE is not None
@@ -105,7 +110,14 @@ def run_node(
     if identity is not None:
         issued = identity.issue("default", "caller")
         payload = json.loads(credentials_payload(issued, renew_at_s=time.time() + 3600))
-    config = {"cidr": cidr, "payload": payload, "hello": HELLO, "urls": urls, "how": how}
+    config = {
+        "cidr": cidr,
+        "payload": payload,
+        "hello": HELLO,
+        "urls": urls,
+        "how": how,
+        "podIp": pod_ip,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "script.js").write_text(SCRIPT)
     shim = SHIM_PATH.with_name("funcmesh_mtls.js")
@@ -247,3 +259,48 @@ def test_fetch_over_https_gets_no_identity_of_the_shim(
     assert printed["results"][0].startswith("failed: fetch failed"), printed
     assert printed["asked"] == 0
     assert f"tls {CALLER} -" not in mesh_vip.seen
+
+
+POD_IP = "127.128.250.7"  # the instance's own address: any loopback address can be bound
+
+
+@pytest.mark.parametrize("how", ["get", "fetch"])
+def test_calls_to_cluster_addresses_leave_from_the_pod_ip(
+    tmp_path: Path, identity: MeshIdentity, workload: Server, how: str
+) -> None:
+    port = workload.port
+    urls = [f"http://127.0.0.1:{port}/by-address", f"http://hello:{port}/by-name"]
+
+    printed, _ = run_node(tmp_path, identity, urls, cidr="10.96.0.0/12", how=how, pod_ip=POD_IP)
+
+    assert [result.rsplit(" ", 1)[-1] for result in printed["results"]] == [
+        "/by-address",
+        "/by-name",
+    ]
+    assert workload.peers == [POD_IP, POD_IP]
+
+
+@pytest.mark.parametrize("how", ["get", "fetch"])
+def test_an_upgraded_call_leaves_from_the_pod_ip_too(
+    tmp_path: Path, identity: MeshIdentity, mesh_vip: Server, how: str
+) -> None:
+    printed, _ = run_node(
+        tmp_path, identity, [f"http://hello:{mesh_vip.port}/x"], how=how, pod_ip=POD_IP
+    )
+
+    assert printed["results"][0].endswith(f"{CALLER} {HELLO}")
+    assert mesh_vip.peers == [POD_IP]
+
+
+@pytest.mark.parametrize("how", ["get", "fetch"])
+def test_a_pod_ip_that_cannot_be_bound_leaves_calls_as_they_were(
+    tmp_path: Path, identity: MeshIdentity, workload: Server, how: str
+) -> None:
+    urls = [f"http://127.0.0.1:{workload.port}/first", f"http://127.0.0.1:{workload.port}/second"]
+
+    printed, _ = run_node(
+        tmp_path, identity, urls, cidr="10.96.0.0/12", how=how, pod_ip="192.0.2.1"
+    )
+
+    assert [result.rsplit(" ", 1)[-1] for result in printed["results"]] == ["/first", "/second"]
+    assert workload.peers == ["127.0.0.1", "127.0.0.1"]

@@ -1,0 +1,126 @@
+"""Which workload a call comes from, known by the caller's pod IP (Istio's ``source_workload``,
+``source_workload_namespace``, ``source_app``, ``source_version``).
+
+The worker shims make a function's connections to loopback addresses (ClusterIPs, pod IPs,
+the gateway) leave from the instance's own pod IP, so a client connection's peer address
+names the pod that opened it. ``PodAddresses`` keeps pod IP -> ``WorkloadSource`` for every
+pod of the daemon (function instances and workload replicas), from their list and then their
+changes; the gateway asks it once per client connection, a dictionary lookup.
+
+Must not: decide access. An address is no credential (any local process can bind one):
+AuthorizationPolicy reads principals and namespaces from certificates only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from funcmesh.mesh.telemetry import UNKNOWN
+
+logger = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 1.0  # after the watch of pods failed, before listing them again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadSource:
+    """The workload a pod belongs to, as Istio's metrics name a call's source."""
+
+    workload: str  # the Function's or the Deployment's name (a pod without owner: its own)
+    namespace: str
+    app: str = UNKNOWN  # the pod's ``app`` label
+    version: str = UNKNOWN  # its ``version`` label
+
+
+class SourceLookup(Protocol):
+    """Pod IP -> the workload of that pod; None for an address that is no pod's."""
+
+    def source_of(self, ip: str) -> WorkloadSource | None: ...
+
+
+class PodFeed(Protocol):
+    """Pods as ``v1`` Pod dicts: all of them now, and their changes from the first
+    ``__anext__`` of the watch on (``funcmesh.runtime.pod_sources.PodDirectory``)."""
+
+    def list_pods(
+        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
+
+
+def source_of_pod(pod: Mapping[str, Any]) -> WorkloadSource:
+    """The workload of a Pod: its controlling owner's name (a Function or a Deployment),
+    else the pod's own name."""
+    metadata = pod.get("metadata") or {}
+    owners = metadata.get("ownerReferences") or ()
+    labels = metadata.get("labels") or {}
+    workload = next((str(owner["name"]) for owner in owners if owner.get("name")), "")
+    return WorkloadSource(
+        workload=workload or str(metadata.get("name", UNKNOWN)),
+        namespace=str(metadata.get("namespace", UNKNOWN)),
+        app=str(labels.get("app") or UNKNOWN),
+        version=str(labels.get("version") or UNKNOWN),
+    )
+
+
+class PodAddresses:
+    """Pod IP -> WorkloadSource of every pod, kept up to date from a PodFeed."""
+
+    def __init__(self, pods: PodFeed) -> None:
+        self._pods = pods
+        self._by_ip: dict[str, tuple[str, WorkloadSource]] = {}  # ip -> (pod key, source)
+        self._task: asyncio.Task[None] | None = None
+
+    def source_of(self, ip: str) -> WorkloadSource | None:
+        found = self._by_ip.get(ip)
+        return None if found is None else found[1]
+
+    def start(self) -> None:
+        """Follow the pods from now on (their list first, taken as the watch starts)."""
+        self._task = asyncio.create_task(self._follow(), name="pod-addresses")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow(self) -> None:
+        while True:
+            events = self._pods.watch_pods(None)
+            try:
+                # No await between the list and the watch's first __anext__, which subscribes:
+                # no change falls between them.
+                self._by_ip = {}
+                for pod in self._pods.list_pods(None):
+                    self._on_pod("ADDED", pod)
+                async for kind, pod in events:
+                    self._on_pod(kind, pod)
+                logger.warning("the watch of pods ended; listing them again")
+            except Exception:  # the task's boundary: keep following pods
+                logger.exception("following pods for their addresses failed")
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
+        ip = str((pod.get("status") or {}).get("podIP") or "")
+        if not ip:
+            return
+        metadata = pod.get("metadata") or {}
+        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        if kind == "DELETED":
+            found = self._by_ip.get(ip)
+            if found is not None and found[0] == key:  # not a new pod that got the address
+                del self._by_ip[ip]
+            return
+        self._by_ip[ip] = (key, source_of_pod(pod))
