@@ -229,7 +229,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[str, float]]:
     upstream = cast(tuple[str, int], server.sockets[0].getsockname()[:2])
     services, table = fill_tables(upstream)
     access_log = AccessLog(None, call_later=loop.call_later)
-    telemetry = Telemetry(CollectorRegistry(), access_log, call_soon=loop.call_soon)
+    telemetry = Telemetry(CollectorRegistry(), access_log, call_later=loop.call_later)
     tracer = Tracer(TraceStore())
     gateway = make_gateway(upstream, services, table, telemetry=telemetry, tracer=tracer)
     await gateway.start()

@@ -58,7 +58,7 @@ async def serve(mode: str, count: int) -> None:
     telemetry = tracer = None
     if mode != "none":
         access_log = None if mode == "metrics" else m.AccessLog(None, call_later=loop.call_later)
-        telemetry = m.Telemetry(CollectorRegistry(), access_log, call_soon=loop.call_soon)
+        telemetry = m.Telemetry(CollectorRegistry(), access_log, call_later=loop.call_later)
     if mode in ("defaults", "traced"):
         per_second = float("inf") if mode == "traced" else 0.0
         tracer = m.Tracer(m.TraceStore(), traces_per_second=per_second)

@@ -219,7 +219,7 @@ class Daemon:
             )
             stack.callback(self.access_log.close)
         loop = asyncio.get_running_loop()
-        self.telemetry = Telemetry(self.registry, self.access_log, call_soon=loop.call_soon)
+        self.telemetry = Telemetry(self.registry, self.access_log, call_later=loop.call_later)
         stack.callback(self.telemetry.settle)  # before the access log closes
         self.traces = TraceStore()
         self.tracer = None

@@ -158,6 +158,8 @@ class AccessLog:
         call_later: CallLater | None = None,
     ) -> None:
         self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # record_values
+        # who holds requests not handed over yet (the telemetry, batching them): asked first
+        self.before_read: Callable[[], None] | None = None
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
@@ -224,6 +226,8 @@ class AccessLog:
     ) -> list[tuple[int, str]]:
         """Kept lines with their sequence numbers, oldest first: those after ``after_seq``,
         at most the last ``tail``."""
+        if self.before_read is not None:
+            self.before_read()
         count = len(self._kept)
         if after_seq is not None:
             count = min(count, max(0, self.last_seq - after_seq))

@@ -35,7 +35,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 if TYPE_CHECKING:
     from funcmesh.mesh.access_log import AccessLog
 
-CallSoon = Callable[[Callable[[], None]], object]
+CallLater = Callable[[float, Callable[[], None]], object]
+SETTLE_AFTER_S = 0.01  # how long a finished request waits to be counted and logged, at most
 
 # Envoy's default histogram buckets, which Istio keeps for its histograms (durations in ms,
 # sizes in bytes) unless a pod's ``sidecar.istio.io/statsHistogramBuckets`` says otherwise.
@@ -242,26 +243,32 @@ class Telemetry:
         registry: CollectorRegistry,
         access_log: AccessLog | None,
         *,
-        call_soon: CallSoon | None = None,
+        call_later: CallLater | None = None,
+        settle_after_s: float = SETTLE_AFTER_S,
     ) -> None:
         self._series: dict[tuple[object, ...], _Series] = {}
         self._access_log = access_log
-        self._call_soon = call_soon
+        self._call_later = call_later
+        self._settle_after_s = settle_after_s
         self._pending: list[RequestRecord] = []
+        if access_log is not None:  # its readers see every request taken so far
+            access_log.before_read = self.settle
         registry.register(self)  # a collector: Prometheus calls collect() when scraped
 
     def record(self, record: RequestRecord) -> None:
-        """Take one finished request (the hot path). With ``call_soon`` (the event loop's), it
-        is counted and logged with the others that finish in the same turn of the loop, once
-        their answers are written: a batch costs less per request than one at a time, and
-        none of it is on a request's way. Without, at once."""
+        """Take one finished request (the hot path). With ``call_later`` (the event loop's),
+        it is counted and logged ``settle_after_s`` later with the others that finished
+        meanwhile, off every request's way: a batch costs less per request than one at a time,
+        and at a low rate one timer serves several requests where a callback per loop turn
+        would wake the loop once more per request. Reading the metrics or the access log
+        settles first, so no reader misses a request. Without ``call_later``, at once."""
         pending = self._pending
         pending.append(record)
         if len(pending) == 1:
-            if self._call_soon is None:
+            if self._call_later is None:
                 self.settle()
             else:
-                self._call_soon(self.settle)
+                self._call_later(self._settle_after_s, self.settle)
 
     def settle(self) -> None:
         """Count and log the requests taken since the last time (before metrics are read, and

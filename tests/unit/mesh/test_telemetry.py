@@ -185,17 +185,18 @@ def test_each_record_reaches_the_access_log(registry: prometheus_client.Collecto
     ]
 
 
-def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_after_the_turn(
+def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_a_little_later(
     registry: prometheus_client.CollectorRegistry,
 ) -> None:
-    soon: list[Callable[[], None]] = []
+    timers: list[tuple[float, Callable[[], None]]] = []
     log = AccessLog()
-    telemetry = Telemetry(registry, log, call_soon=soon.append)
+    telemetry = Telemetry(
+        registry, log, call_later=lambda delay, call: timers.append((delay, call))
+    )
     for path in (b"/a", b"/b", b"/c"):
         telemetry.record(dataclasses.replace(HELLO, method=b"GET", path=path))
-    assert len(soon) == 1  # one batch for the turn, not one per request
-    assert log.lines() == []
-    soon.pop()()
+    assert [delay for delay, _ in timers] == [0.01]  # one timer for the batch
+    timers.pop()[1]()
     assert [line.split('"')[1] for _, line in log.lines()] == [
         "GET /a HTTP/1.1",
         "GET /b HTTP/1.1",
@@ -203,9 +204,12 @@ def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_after_the_turn(
     ]
     telemetry.record(HELLO)  # a scrape counts what is waiting
     assert value(scrape(registry)["istio_requests"], "istio_requests_total") == 4
-    assert len(log.lines()) == 4
-    soon.pop()()  # the turn's batch, already taken: nothing twice
-    assert len(log.lines()) == 4
+    telemetry.record(HELLO)  # and so does a reader of the access log
+    assert len(log.lines()) == 5
+    for _, settle in timers:  # the batches' timers, their requests already taken
+        settle()
+    assert len(log.lines()) == 5
+    assert value(scrape(registry)["istio_requests"], "istio_requests_total") == 5
 
 
 def test_nothing_is_exported_before_the_first_request(
