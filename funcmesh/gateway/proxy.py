@@ -256,16 +256,21 @@ class Call:
             self.crash()
 
     def _not_leased(self, error: FuncmeshError) -> None:
-        """No instance: 429 when the function's queue is full or the wait too long, else 503."""
+        """No instance: 429 when the function's queue is full or the wait too long, else 503
+        (also a callback of the function's queue: nothing escapes it)."""
         self._queued = None
         function = self._function
-        if isinstance(error, QueueFull):
-            message = str(error) or f"function {function} is busy: too many calls are waiting"
-            self._fail(429, message, cause="UO")
-            self._end(429, ok=False)
-        else:
-            self._fail(503, str(error) or f"function {function} is unavailable", cause="UH")
-            self._end(503, ok=False)
+        try:
+            if isinstance(error, QueueFull):
+                message = str(error) or f"function {function} is busy: too many calls are waiting"
+                self._fail(429, message, cause="UO")
+                self._end(429, ok=False)
+            else:
+                self._fail(503, str(error) or f"function {function} is unavailable", cause="UH")
+                self._end(503, ok=False)
+        except Exception:
+            logger.exception(_CRASHED, function)
+            self.crash()
 
     async def _connect_then_exchange(self) -> None:
         lease = self._lease
