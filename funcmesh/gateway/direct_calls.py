@@ -47,7 +47,16 @@ class DirectCall(Call):
     and the cause of a failure the gateway answered (not of one that cut a started response).
     """
 
-    __slots__ = ("_began_s", "_bytes_sent", "_cause", "_plane", "_span", "_status", "record")
+    __slots__ = (
+        "_began_s",
+        "_bytes_sent",
+        "_cause",
+        "_peer",
+        "_plane",
+        "_span",
+        "_status",
+        "record",
+    )
 
     def __init__(
         self,
@@ -63,6 +72,7 @@ class DirectCall(Call):
         self._status = 0
         self._cause = ""
         self._bytes_sent = 0
+        self._peer = ""  # the instance that answered: Envoy's %UPSTREAM_HOST%
         self._began_s = plane.loop.time()
         trace_headers: list[tuple[bytes, bytes]] = []
         record = self.record = record_of(request, trace_headers)
@@ -118,6 +128,7 @@ class DirectCall(Call):
         """What one exchange relayed to the client (a retried one relayed nothing)."""
         if connection.status:
             self._status = connection.status
+            self._peer = connection.peer
         self._bytes_sent += connection.body_bytes
 
     def _fail(self, status: int, message: str, *, cause: str = "") -> None:
@@ -130,6 +141,6 @@ class DirectCall(Call):
             record = self.record
             now_s = self._plane.loop.time()
             record.upstream_service_time_s = now_s - self._began_s
-            describe_upstream(record, self._backend, self._cause)
+            describe_upstream(record, self._backend, self._cause, self._peer)
             self._finish(self._status, self._bytes_sent, now_s)
         Call._end(self, status, ok=ok)

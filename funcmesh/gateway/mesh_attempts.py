@@ -47,6 +47,7 @@ class Attempt:
         "retrying",
         "started_s",
         "status",
+        "upstream_host",
     )
 
     def __init__(self, call: AttemptOwner, backend: Backend, started_s: float) -> None:
@@ -58,6 +59,7 @@ class Attempt:
         self.bytes_sent = 0
         self.retrying = False
         self.forwarded = False
+        self.upstream_host = ""  # the instance's ip:port, once it answered
 
     @property
     def client_gone(self) -> bool:
@@ -76,6 +78,7 @@ class Attempt:
         source: ResponseSource,
     ) -> bool:
         self.status = status
+        self.upstream_host = source.peer
         if status >= 400 and self.call.will_retry(status, ""):
             self.retrying = True
             return True  # read and drop the body: the connection stays usable

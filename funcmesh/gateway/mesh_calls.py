@@ -296,7 +296,7 @@ class MeshCall:
             resolved.members.finished(attempt.backend, latency_s=latency_s, status=attempt.status)
         record = self.record
         record.upstream_service_time_s = latency_s
-        describe_upstream(record, attempt.backend, attempt.cause)
+        describe_upstream(record, attempt.backend, attempt.cause, attempt.upstream_host)
         if attempt.retrying and not self._ended:
             backoff_s = self._plane.draw() * min(RETRY_BASE_S * (1 << self._tries), RETRY_MAX_S)
             self._wait(backoff_s, attempt=True)

@@ -90,13 +90,16 @@ def start_span(
     return span_or_none, request, line
 
 
-def describe_upstream(record: RequestRecord, backend: Backend, cause: str) -> None:
-    """What the last attempt tells the access log and the metrics about the upstream."""
+def describe_upstream(record: RequestRecord, backend: Backend, cause: str, peer: str = "") -> None:
+    """What the last attempt tells the access log and the metrics about the upstream; ``peer``
+    is the address of the function instance that answered ("" when none did)."""
     if isinstance(backend, EndpointBackend):
         record.upstream_host = backend.address_text
         record.destination_workload = backend.workload
         record.destination_workload_namespace = backend.namespace
     else:
+        if peer:
+            record.upstream_host = peer
         record.destination_workload_namespace, record.destination_workload = _workload_of(
             backend.display_name
         )

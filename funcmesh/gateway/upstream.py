@@ -55,6 +55,12 @@ class ResponseSource(Protocol):
         """The client is gone: stop relaying, fail the exchange with ClientGone."""
         ...
 
+    @property
+    def peer(self) -> str:
+        """``ip:port`` of the instance answering ("" for the gateway's own answers): Envoy's
+        ``%UPSTREAM_HOST%``."""
+        ...
+
 
 class _NoSource:
     """The source of an answer the gateway writes itself: nothing to pause or abandon."""
@@ -67,6 +73,10 @@ class _NoSource:
 
     def abandon(self) -> None:
         pass
+
+    @property
+    def peer(self) -> str:
+        return ""
 
 
 NO_SOURCE: ResponseSource = _NoSource()
@@ -118,6 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchanges = 0  # requests sent on this connection
         self.keep_alive = False
         self.idle_since_s = 0.0
+        self.peer = ""  # ip:port of the instance, once connected
         self.status = 0  # of the response in this exchange; 0 until its head arrived
         self.body_bytes = 0  # response body bytes relayed to the sink in this exchange
         self._on_lost = on_lost
@@ -222,6 +233,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        address = transport.get_extra_info("peername")
+        if address:
+            self.peer = f"{address[0]}:{address[1]}"
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink

@@ -1135,6 +1135,11 @@ async def test_each_call_is_logged_with_what_its_client_got(
     assert f' 200 - {VIA_UPSTREAM} - "-" 0 10 ' in lines[2]
     assert f' 502 UF {CONNECTION_FAILURE_DETAILS} - "-" 0 0 ' in lines[3]
     assert all(" outbound|8080||" in line for line in lines)
+    # %UPSTREAM_HOST%: the instance that answered; none for a connection that failed
+    for line, instance in zip(lines, (answering, failing, breaking), strict=False):
+        host, port = instance.address
+        assert f' "{host}:{port}" outbound|8080||' in line
+    assert ' "-" outbound|8080||' in lines[3]
 
 
 def accepts_connections(address: tuple[str, int]) -> bool:

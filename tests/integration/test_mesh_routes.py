@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from funcmesh.discovery.routes import HttpRoute, RouteTable
 from funcmesh.discovery.services import (
@@ -34,7 +35,9 @@ from funcmesh.discovery.services import (
     ServiceView,
 )
 from funcmesh.gateway.server import Gateway
+from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.table import MeshTable
+from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.model.istio_destinations import parse_destination_rule
 from funcmesh.model.istio_networking import parse_virtual_service
 
@@ -823,3 +826,30 @@ async def test_a_cookie_without_a_ttl_is_not_set(mesh: Mesh) -> None:
     assert all("set-cookie" not in r.headers for r in responses)
     assert {r.json()["upstream"] for r in responses} == {"hello", "canary"}  # no key: random
     assert len({r.json()["upstream"] for r in with_cookie}) == 1
+
+
+async def test_a_routed_call_logs_the_function_instance_that_answered(mesh: Mesh) -> None:
+    """Envoy's %UPSTREAM_HOST% for a function member: the instance's address."""
+    hello = mesh.upstreams["hello"]
+    services, table = ServiceTable(), MeshTable()
+    services.put_service(
+        dataclasses.replace(service("fn"), selector=(("function", "fn"),), function="fn")
+    )
+    route_fn(table, {"route": [{"destination": {"host": "fn"}}]})
+    access_log = AccessLog()
+    gateway = Gateway(
+        Functions(Function("fn", (hello.ip, PORT))),  # type: ignore[arg-type]
+        port=0,
+        mesh=table,
+        services=services,
+        telemetry=Telemetry(CollectorRegistry(), access_log),
+    )
+    await gateway.start()
+    try:
+        url = f"http://{gateway.address[0]}:{gateway.address[1]}/function/fn"
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.get(url)).json()["upstream"] == "hello"
+    finally:
+        await gateway.close(1.0)
+    ((_, line),) = access_log.lines()
+    assert f' "{hello.ip}:{PORT}" outbound|8080||fn.default.svc.cluster.local ' in line
