@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from funcmesh.discovery.pod_watch import PodSource, follow_pods
 from funcmesh.errors import AlreadyExists, Conflict, Invalid, NotFound
 from funcmesh.model.endpoints import pod_ready, subsets_for
 from funcmesh.model.kinds import ENDPOINTS, SERVICE, ResourceType
@@ -38,18 +39,6 @@ Key = tuple[str, str]  # (namespace, name)
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 RETRY_PAUSE_S = 1.0
 BATCH_PERIOD_S = 0.02
-
-
-class PodSource(Protocol):
-    """Pods as ``v1`` Pod dicts: all of them now, and their changes from now on."""
-
-    def list_pods(
-        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """``(ADDED|MODIFIED|DELETED, pod)`` after the first ``__anext__``, until closed."""
-        ...
 
 
 class EndpointsController:
@@ -170,22 +159,11 @@ class EndpointsController:
             self._mark(key)
 
     async def _follow_pods(self) -> None:
-        while True:
-            events = self._pods.watch_pods(None)
-            try:
-                # The worker lists pods only after this task suspends, that is after the
-                # ``async for`` below subscribed: no change falls between the list and the watch.
-                self._mark_all()
-                async for kind, pod in events:
-                    self._on_pod(kind, pod)
-                logger.warning("the watch of pods ended; listing them again")
-            except Exception:  # the task's boundary: keep following pods
-                logger.exception("following pods for the Endpoints failed")
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            await asyncio.sleep(RETRY_PAUSE_S)
+        # The worker lists pods only after this task suspends, that is after the watch
+        # subscribed: no change falls between the list and the watch.
+        await follow_pods(
+            self._pods, on_start=self._mark_all, on_event=self._on_pod, what="the Endpoints"
+        )
 
     def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
         """Mark the Services that select the pod now, and those it was listed in (at once if

@@ -16,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from funcmesh.discovery.pod_watch import PodSource, follow_pods
 from funcmesh.mesh.telemetry import UNKNOWN
 
 logger = logging.getLogger(__name__)
-
-RETRY_PAUSE_S = 1.0  # after the watch of pods failed, before listing them again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,17 +42,6 @@ class SourceLookup(Protocol):
     def source_of(self, ip: str) -> WorkloadSource | None: ...
 
 
-class PodFeed(Protocol):
-    """Pods as ``v1`` Pod dicts: all of them now, and their changes from the first
-    ``__anext__`` of the watch on (``funcmesh.runtime.pod_sources.PodDirectory``)."""
-
-    def list_pods(
-        self, namespace: str | None, *, selector: Mapping[str, str] | None = None
-    ) -> list[dict[str, Any]]: ...
-
-    def watch_pods(self, namespace: str | None) -> AsyncIterator[tuple[str, dict[str, Any]]]: ...
-
-
 def source_of_pod(pod: Mapping[str, Any]) -> WorkloadSource:
     """The workload of a Pod: its controlling owner's name (a Function or a Deployment),
     else the pod's own name."""
@@ -70,9 +58,9 @@ def source_of_pod(pod: Mapping[str, Any]) -> WorkloadSource:
 
 
 class PodAddresses:
-    """Pod IP -> WorkloadSource of every pod, kept up to date from a PodFeed."""
+    """Pod IP -> WorkloadSource of every pod, kept up to date from a PodSource."""
 
-    def __init__(self, pods: PodFeed) -> None:
+    def __init__(self, pods: PodSource) -> None:
         self._pods = pods
         self._by_ip: dict[str, tuple[str, WorkloadSource]] = {}  # ip -> (pod key, source)
         self._task: asyncio.Task[None] | None = None
@@ -93,24 +81,14 @@ class PodAddresses:
                 await task
 
     async def _follow(self) -> None:
-        while True:
-            events = self._pods.watch_pods(None)
-            try:
-                # No await between the list and the watch's first __anext__, which subscribes:
-                # no change falls between them.
-                self._by_ip = {}
-                for pod in self._pods.list_pods(None):
-                    self._on_pod("ADDED", pod)
-                async for kind, pod in events:
-                    self._on_pod(kind, pod)
-                logger.warning("the watch of pods ended; listing them again")
-            except Exception:  # the task's boundary: keep following pods
-                logger.exception("following pods for their addresses failed")
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            await asyncio.sleep(RETRY_PAUSE_S)
+        await follow_pods(
+            self._pods, on_start=self._list, on_event=self._on_pod, what="their addresses"
+        )
+
+    def _list(self) -> None:
+        self._by_ip = {}
+        for pod in self._pods.list_pods(None):
+            self._on_pod("ADDED", pod)
 
     def _on_pod(self, kind: str, pod: Mapping[str, Any]) -> None:
         ip = str((pod.get("status") or {}).get("podIP") or "")
