@@ -346,48 +346,37 @@ def test_a_python_function_calls_a_strict_service_with_its_identity(
 
 
 @needs_node
+@pytest.mark.parametrize(
+    ("caller", "url", "by_address_path"),
+    [
+        ("nodecaller", "http://target.default:8080/from-node", "/node-by-address"),  # http
+        ("nodefetch", "http://target:8080/from-fetch", "/fetch-by-address"),  # fetch()
+    ],
+)
 def test_a_node_function_calls_a_strict_service_with_its_identity(
-    daemon: Daemon, target: str
+    daemon: Daemon, target: str, caller: str, url: str, by_address_path: str
 ) -> None:
-    url = "http://target.default:8080/from-node"
+    path = url.split(":8080", 1)[1]
     answer = wait_for(
-        lambda: (text := ask(daemon, "nodecaller", url)).startswith("200") and text,
-        "nodecaller's call",
+        lambda: (text := ask(daemon, caller, url)).startswith("200") and text,
+        f"{caller}'s call",
     )
-    by_address = ask(daemon, "nodecaller", f"http://{target}:8080/node-by-address")
+    by_address = ask(daemon, caller, f"http://{target}:8080{by_address_path}")
 
-    assert answer == "200 target /from-node"
-    assert by_address == "200 target /node-by-address"
+    assert answer == f"200 target {path}"
+    assert by_address == f"200 target {by_address_path}"
     lines = daemon.run("mesh", "logs", "--tail", "50").stdout.splitlines()
-    [logged] = [line for line in lines if '"GET /from-node HTTP/1.1" 200' in line]
+    [logged] = [line for line in lines if f'"GET {path} HTTP/1.1" 200' in line]
     assert TARGET_HOST in logged
     with api_client(daemon) as api:
         metrics = api.get("/metrics").text
     assert any(
         line.startswith("istio_requests_total{")
-        and 'source_workload="nodecaller"' in line
+        and f'source_workload="{caller}"' in line
         and 'source_workload_namespace="default"' in line
         and f'destination_service="{TARGET_HOST}"' in line
         for line in metrics.splitlines()
     ), metrics
-
-
-@needs_node
-def test_a_node_function_calls_a_strict_service_with_fetch_and_its_identity(
-    daemon: Daemon, target: str
-) -> None:
-    url = "http://target:8080/from-fetch"
-    answer = wait_for(
-        lambda: (text := ask(daemon, "nodefetch", url)).startswith("200") and text,
-        "nodefetch's call",
-    )
-    by_address = ask(daemon, "nodefetch", f"http://{target}:8080/fetch-by-address")
-
-    assert answer == "200 target /from-fetch"
-    assert by_address == "200 target /fetch-by-address"
-    lines = daemon.run("mesh", "logs", "--tail", "50").stdout.splitlines()
-    [logged] = [line for line in lines if '"GET /from-fetch HTTP/1.1" 200' in line]
-    assert TARGET_HOST in logged
 
 
 @pytest.mark.parametrize("how", ["thread", "requests-in-pool"])

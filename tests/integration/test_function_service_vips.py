@@ -32,28 +32,13 @@ from funcmesh.gateway.server import Gateway
 from funcmesh.gateway.vip_ports import VipAddress
 from funcmesh.gateway.vips import VipListeners
 from funcmesh.mesh.table import MeshTable
+from tests.integration.stub_leases import StubLease
 
 WAIT_S = 5.0
 
 
 def random_ip(second: int) -> str:
     return f"127.{second}.{random.randint(128, 254)}.{random.randint(1, 254)}"
-
-
-class Lease:
-    def __init__(self, address: tuple[str, int], name: str) -> None:
-        self.address = address
-        self.instance_id = f"{name}-0"
-        self.timeout_s = 10.0
-
-    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
-        pass
-
-    def kill(self, reason: str) -> None:
-        pass
-
-    async def exit_reason(self, wait_s: float) -> str | None:
-        return None
 
 
 class Function:
@@ -64,7 +49,7 @@ class Function:
     def __init__(self, name: str, labels: Mapping[str, str], address: tuple[str, int]) -> None:
         self.display_name = f"default/{name}"
         self.labels = {**labels, "function": name}
-        self._lease = Lease(address, name)
+        self._lease = StubLease(address, instance_id=f"{name}-0", timeout_s=10.0)
         self.cold_starts = 0
 
     def queue_call(self, on_lease: object, on_error: object) -> None:
@@ -73,7 +58,7 @@ class Function:
     def try_acquire(self) -> None:
         return None
 
-    async def acquire(self) -> Lease:
+    async def acquire(self) -> StubLease:
         self.cold_starts += 1
         return self._lease
 

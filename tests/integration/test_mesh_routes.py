@@ -40,6 +40,7 @@ from funcmesh.mesh.table import MeshTable
 from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.model.istio_destinations import parse_destination_rule
 from funcmesh.model.istio_networking import parse_virtual_service
+from tests.integration.stub_leases import StubLease
 
 PORT = 9000 + random.randrange(900)
 
@@ -509,22 +510,6 @@ async def test_a_call_waiting_for_a_connection_is_answered_when_the_gateway_clos
         await upstream.close()
 
 
-class FunctionLease:
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.address = address
-        self.instance_id = "fn-0"
-        self.timeout_s = 30.0
-
-    def release(self, *, ok: bool, status: int, duration_s: float) -> None:
-        pass
-
-    def kill(self, reason: str) -> None:
-        pass
-
-    async def exit_reason(self, wait_s: float) -> str | None:
-        return None
-
-
 class OneFunction:
     """A function ``fn`` whose instance (the upstream) always has room: the pool's fast path."""
 
@@ -534,15 +519,15 @@ class OneFunction:
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.labels = {"function": "fn"}
-        self._lease = FunctionLease(address)
+        self._lease = StubLease(address)
 
     def queue_call(self, on_lease: object, on_error: object) -> None:
         return None  # never busy: nothing to queue for
 
-    def try_acquire(self) -> FunctionLease:
+    def try_acquire(self) -> StubLease:
         return self._lease
 
-    async def acquire(self) -> FunctionLease:
+    async def acquire(self) -> StubLease:
         return self._lease
 
     def lookup(self, namespace: str, name: str) -> OneFunction | None:
@@ -603,16 +588,16 @@ class Function:
     def __init__(self, name: str, address: tuple[str, int]) -> None:
         self.display_name = f"default/{name}"
         self.labels = {"function": name}
-        self._lease = FunctionLease(address)
+        self._lease = StubLease(address)
         self._lease.instance_id = f"{name}-0"  # the key of its upstream connections
 
     def queue_call(self, on_lease: object, on_error: object) -> None:
         return None  # never busy: nothing to queue for
 
-    def try_acquire(self) -> FunctionLease:
+    def try_acquire(self) -> StubLease:
         return self._lease
 
-    async def acquire(self) -> FunctionLease:
+    async def acquire(self) -> StubLease:
         return self._lease
 
 
