@@ -27,7 +27,9 @@ import dns.rdatatype
 import pytest
 
 from funcmesh.discovery.services import ServiceTable
-from funcmesh.nameserver.server import NameServer
+import funcmesh.nameserver.server as server_module
+from funcmesh.nameserver.backlog import udp_backlog
+from funcmesh.nameserver.server import WINDOW_S, NameServer
 from tests.unit.nameserver.cluster import CASES, Case, cluster, endpoints, normalized, service
 
 HOST = "127.0.0.1"
@@ -443,3 +445,22 @@ async def test_a_flood_from_one_client_does_not_starve_another(server: NameServe
     assert answered == 100
     assert sent > 0
     assert server.dropped > 0, "the flooding client was never held back"
+
+
+async def test_an_idle_server_reads_no_socket_table(
+    server: NameServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[tuple[int, int] | None] = []
+
+    def counted(inodes: set[int]) -> tuple[int, int] | None:
+        reads.append(backlog := udp_backlog(inodes))
+        return backlog
+
+    monkeypatch.setattr(server_module, "udp_backlog", counted)
+    await asyncio.sleep(3.5 * WINDOW_S)  # three fairness windows without a query
+    assert reads == []
+    query = dns.message.make_query("web.default.svc.cluster.local.", "A")
+    response = await dns.asyncquery.udp(query, HOST, port=port_of(server), timeout=2.0)
+    assert response.answer
+    await asyncio.sleep(1.5 * WINDOW_S)
+    assert reads and reads[0] is not None, "the window with a query checked the sockets"
