@@ -26,8 +26,8 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from funcmesh.discovery.services import ServiceTable
 import funcmesh.nameserver.server as server_module
+from funcmesh.discovery.services import ServiceTable
 from funcmesh.nameserver.backlog import udp_backlog
 from funcmesh.nameserver.server import WINDOW_S, NameServer
 from tests.unit.nameserver.cluster import CASES, Case, cluster, endpoints, normalized, service
@@ -463,4 +463,5 @@ async def test_an_idle_server_reads_no_socket_table(
     response = await dns.asyncquery.udp(query, HOST, port=port_of(server), timeout=2.0)
     assert response.answer
     await asyncio.sleep(1.5 * WINDOW_S)
-    assert reads and reads[0] is not None, "the window with a query checked the sockets"
+    assert reads, "the window with a query checked the sockets"
+    assert reads[0] is not None
