@@ -15,9 +15,12 @@ for ``--base`` and once for ``--base + --extra`` requests, and prints the differ
 - ``gateway, the defaults``: metrics, the access log in memory, and a tracer that samples no
   new trace (as under load, past the default 100 traces a second: valgrind slows the clock
   that the rate limit reads, so the limit is set to 0 here to count the common case);
-- ``gateway, the defaults, every call traced``: the same with every new trace sampled.
+- ``gateway, the defaults, every call traced``: the same with every new trace sampled;
+- ``gateway, the defaults, routed by a VirtualService``: the defaults, calling the Service
+  ``hello`` whose VirtualService (a uri prefix match, a response header set) picks the route,
+  as in ``bench/mesh_latency.py``.
 
-    .venv/bin/python bench/mesh_instructions.py [--base 1000] [--extra 2000]
+    .venv/bin/python bench/mesh_instructions.py [--base 1000] [--extra 2000] [--rows MODE,...]
 
 Needs ``valgrind`` (Debian's package of that name). Only user-space instructions are counted,
 not the kernel's work for the sockets. It prints; it asserts nothing.
@@ -42,6 +45,7 @@ ROWS = (
     ("gateway, metrics", "metrics"),
     ("gateway, the defaults", "defaults"),
     ("gateway, the defaults, every call traced", "traced"),
+    ("gateway, the defaults, routed by a VirtualService", "routed"),
 )
 _COLLECTED = re.compile(rb"Collected : (\d+)")
 
@@ -59,7 +63,7 @@ async def serve(mode: str, count: int) -> None:
     if mode != "none":
         access_log = None if mode == "metrics" else m.AccessLog(None, call_later=loop.call_later)
         telemetry = m.Telemetry(CollectorRegistry(), access_log, call_later=loop.call_later)
-    if mode in ("defaults", "traced"):
+    if mode in ("defaults", "traced", "routed"):
         per_second = float("inf") if mode == "traced" else 0.0
         tracer = m.Tracer(m.TraceStore(), traces_per_second=per_second)
     gateway = m.make_gateway(upstream, services, table, telemetry=telemetry, tracer=tracer)
@@ -67,6 +71,9 @@ async def serve(mode: str, count: int) -> None:
     try:
         if mode == "direct":
             await m.run_requests(upstream, "/", count)
+        elif mode == "routed":
+            m.routed(table)
+            await m.run_requests(gateway.address, "/function/hello", count)
         else:
             await m.run_requests(gateway.address, "/function/fn", count)
     finally:
@@ -108,12 +115,16 @@ def main() -> None:
     parser = h.argument_parser(__doc__)
     parser.add_argument("--base", type=int, default=1000)
     parser.add_argument("--extra", type=int, default=2000)
+    parser.add_argument("--rows", default="", help="only these modes, comma-separated")
     args: argparse.Namespace = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install valgrind")
     print(h.describe_machine())
     rows = []
+    wanted = set(args.rows.split(",")) if args.rows else None
     for label, mode in ROWS:
+        if wanted is not None and mode not in wanted:
+            continue
         rows.append((label, f"{per_request(mode, args.base, args.extra):,.0f}"))
     h.print_table(("path", "instructions per request"), rows)
 
