@@ -3,7 +3,7 @@
 ``Attempt`` stands between one upstream exchange and the client: it relays the answer (with
 the route's response header operations), or swallows it when its ``AttemptOwner`` (the
 ``mesh_calls.MeshCall``) will retry; ``Shadow`` takes a mirrored request's answer and drops it.
-``apply_header_operations`` and ``retriable`` are Istio's and Envoy's rules as pure functions.
+``retriable`` is Envoy's rule as a pure function.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from funcmesh.gateway.destinations import Resolved
 from funcmesh.gateway.messages import BodyFraming, Headers
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.upstream import ResponseSource
-from funcmesh.model.istio_networking import HeaderOperations
 
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
 _LOCAL_FAILURES = ("UF", "UC", "UT")  # the connection failed, broke, or the try timed out
@@ -162,18 +161,6 @@ class Shadow:
     def end_call(self) -> None:
         latency_s = asyncio.get_running_loop().time() - self._started_s
         self._resolved.members.finished(self._backend, latency_s=latency_s, status=self._status)
-
-
-def apply_header_operations(
-    headers: Headers, operations: HeaderOperations
-) -> list[tuple[bytes, bytes]]:
-    """Istio's order: remove, then set (replacing every value of the name), then add."""
-    drop = {name.lower().encode() for name in operations.remove}
-    drop.update(name.lower().encode() for name, _ in operations.set)
-    result = [(name, value) for name, value in headers if name.lower() not in drop]
-    result += [(name.encode(), value.encode()) for name, value in operations.set]
-    result += [(name.encode(), value.encode()) for name, value in operations.add]
-    return result
 
 
 def retriable(retry_on: tuple[str, ...], status: int, cause: str) -> bool:

@@ -24,7 +24,6 @@ from funcmesh.gateway.destinations import Resolved
 from funcmesh.gateway.mesh_attempts import (
     Attempt,
     Shadow,
-    apply_header_operations,
     retriable,
 )
 from funcmesh.gateway.mesh_records import (
@@ -38,8 +37,12 @@ from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.mesh import telemetry as tm
 from funcmesh.mesh.endpoint_sets import Overflow
-from funcmesh.mesh.routes import DEFAULT_RETRIES, CompiledRoute, WeightedDestination
-from funcmesh.model.istio_networking import HeaderOperations
+from funcmesh.mesh.routes import (
+    DEFAULT_RETRIES,
+    NO_HEADER_OPERATIONS,
+    CompiledRoute,
+    WeightedDestination,
+)
 
 if TYPE_CHECKING:
     from funcmesh.gateway.mesh_plane import MeshPlane
@@ -49,7 +52,6 @@ logger = logging.getLogger(__name__)
 RETRY_BASE_S = 0.025  # Envoy's default back-off: base 25 ms, at most 10 times that
 RETRY_MAX_S = 0.25
 _OVERFLOW_HEADER = (b"x-funcmesh-overflow", b"true")
-_NO_OPERATIONS = HeaderOperations()
 
 
 class MeshCall:
@@ -346,9 +348,9 @@ class MeshCall:
         route = self._route
         operations = route.request_headers
         authority = route.rewrite_authority
-        if not (operations.set or operations.add or operations.remove or authority):
+        if not (operations or authority):
             return self._request
-        headers = apply_header_operations(self._request.headers, operations)
+        headers = operations.apply(self._request.headers)
         if authority:
             headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             headers.append((b"Host", authority.encode()))
@@ -359,8 +361,8 @@ class MeshCall:
         the sticky cookie given to this client, if any (after them, as in Envoy)."""
         route = self._route
         operations = route.response_headers
-        if operations.set or operations.add or operations.remove:
-            headers = apply_header_operations(headers, operations)
+        if operations:
+            headers = operations.apply(headers)
         if self._set_cookie is not None:
             headers = [*headers, self._set_cookie]
         return headers
@@ -414,8 +416,8 @@ def default_route(host: str, service: tuple[str, str], port: int = 0) -> Compile
         fault=None,
         rewrite_uri=b"",
         rewrite_authority="",
-        request_headers=_NO_OPERATIONS,
-        response_headers=_NO_OPERATIONS,
+        request_headers=NO_HEADER_OPERATIONS,
+        response_headers=NO_HEADER_OPERATIONS,
         mirror=None,
         mirror_percent=0.0,
     )

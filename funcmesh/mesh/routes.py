@@ -77,6 +77,39 @@ class CompiledMatch:
     query: tuple[tuple[str, TextCheck], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class CompiledHeaders:
+    """A route's header operations as the data plane applies them, in Istio's order: remove,
+    then set (replacing every value of the name), then add; names and values encoded once."""
+
+    operations: HeaderOperations  # as the VirtualService gave them
+    drop: frozenset[bytes] = field(init=False)  # lower-case names removed (by remove and set)
+    append: tuple[tuple[bytes, bytes], ...] = field(init=False)  # set's, then add's
+
+    def __post_init__(self) -> None:
+        operations = self.operations
+        drop = {name.lower().encode() for name in operations.remove}
+        drop.update(name.lower().encode() for name, _ in operations.set)
+        append = [(n.encode(), v.encode()) for n, v in (*operations.set, *operations.add)]
+        object.__setattr__(self, "drop", frozenset(drop))
+        object.__setattr__(self, "append", tuple(append))
+
+    def __bool__(self) -> bool:
+        return bool(self.drop or self.append)
+
+    def apply(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        drop = self.drop
+        if drop:
+            result = [header for header in headers if header[0].lower() not in drop]
+        else:
+            result = list(headers)
+        result += self.append
+        return result
+
+
+NO_HEADER_OPERATIONS = CompiledHeaders(HeaderOperations())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompiledRoute:
     """One HTTPRoute of a VirtualService, ready for the data plane."""
@@ -90,8 +123,8 @@ class CompiledRoute:
     fault: Fault | None
     rewrite_uri: bytes  # b"": the path is kept
     rewrite_authority: str
-    request_headers: HeaderOperations
-    response_headers: HeaderOperations
+    request_headers: CompiledHeaders
+    response_headers: CompiledHeaders
     mirror: WeightedDestination | None
     mirror_percent: float  # 0-100; 0 when there is no mirror
     _cumulative: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -241,8 +274,8 @@ def compile_route(route: HttpRoute, virtual_service: tuple[str, str]) -> Compile
         fault=route.fault,
         rewrite_uri=route.rewrite_uri.encode(),
         rewrite_authority=route.rewrite_authority,
-        request_headers=route.request_headers,
-        response_headers=route.response_headers,
+        request_headers=CompiledHeaders(route.request_headers),
+        response_headers=CompiledHeaders(route.response_headers),
         mirror=None if mirror is None else weighted(mirror, namespace, 100),
         mirror_percent=0.0 if mirror is None else route.mirror_percent,
     )

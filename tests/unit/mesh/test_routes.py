@@ -366,5 +366,35 @@ def test_fault_rewrite_authority_and_header_operations_are_carried() -> None:
     assert route.fault is not None
     assert (route.fault.abort_status, route.fault.abort_percent) == (503, 10.0)
     assert route.rewrite_authority == "ratings"
-    assert route.request_headers.set == (("x-a", "1"),)
-    assert route.response_headers.remove == ("x-b",)
+    assert route.request_headers.operations.set == (("x-a", "1"),)
+    assert route.response_headers.operations.remove == ("x-b",)
+
+
+def test_header_operations_remove_then_set_every_value_then_add() -> None:
+    (route,) = routes_of(
+        {
+            "route": [to("v1")],
+            "headers": {
+                "request": {
+                    "remove": ["X-Gone"],
+                    "set": {"x-set": "new"},
+                    "add": {"x-added": "a"},
+                }
+            },
+        }
+    )
+    headers = [
+        (b"Host", b"web"),
+        (b"x-gone", b"1"),
+        (b"X-Set", b"old-1"),
+        (b"x-added", b"kept"),
+        (b"x-set", b"old-2"),
+    ]
+    assert route.request_headers.apply(headers) == [
+        (b"Host", b"web"),
+        (b"x-added", b"kept"),
+        (b"x-set", b"new"),
+        (b"x-added", b"a"),
+    ]
+    assert not route.response_headers
+    assert route.response_headers.apply(headers) == headers
