@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from funcmesh.discovery.services import EXTERNAL_NAME, ServiceTable, ServiceView
@@ -64,11 +64,10 @@ class Resolved:
     policy: TrafficPolicy | None = None
     sticky_cookie: StickyCookie | None = None  # a hash cookie to set when a request lacks it
     generation: tuple[int, int] = (-1, -1)
+    cluster: str = field(init=False)  # Envoy's name for it, as metrics and the access log say
 
-    @property
-    def cluster(self) -> str:
-        """Envoy's name for it, as metrics and the access log show it."""
-        return f"outbound|{self.port}|{self.subset}|{self.host}"
+    def __post_init__(self) -> None:
+        self.cluster = f"outbound|{self.port}|{self.subset}|{self.host}"
 
 
 class EndpointLease:

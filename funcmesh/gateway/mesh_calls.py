@@ -155,7 +155,8 @@ class MeshCall:
         resolved.budget.deposit()
         if resolved.hash_key is not None:
             self._hash_key = self._hash_key_of(resolved)
-        self._sent = self._outgoing()  # once for every attempt and the mirror
+        if route.request_headers.active or route.rewrite_authority:
+            self._sent = self._outgoing()  # once for every attempt and the mirror
         retries = route.retries
         self._attempts_left = retries.attempts if retries is not None else 0
         if route.timeout_s:
@@ -346,11 +347,8 @@ class MeshCall:
     def _outgoing(self) -> Request:
         """The request as the route sends it: its header operations and authority applied."""
         route = self._route
-        operations = route.request_headers
         authority = route.rewrite_authority
-        if not (operations or authority):
-            return self._request
-        headers = operations.apply(self._request.headers)
+        headers = route.request_headers.apply(self._request.headers)
         if authority:
             headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             headers.append((b"Host", authority.encode()))
@@ -361,7 +359,7 @@ class MeshCall:
         the sticky cookie given to this client, if any (after them, as in Envoy)."""
         route = self._route
         operations = route.response_headers
-        if operations:
+        if operations.active:
             headers = operations.apply(headers)
         if self._set_cookie is not None:
             headers = [*headers, self._set_cookie]

@@ -74,8 +74,10 @@ class RetryBudget:
         return self._reserve + self._ratio * self._deposited - self._withdrawn
 
     def deposit(self) -> None:
-        """One original request: it earns ``ratio`` of a retry."""
-        self._advance()
+        """One original request: it earns ``ratio`` of a retry. (Once per mesh call: the
+        slot's check is inlined, ``_advance`` runs only when a slot has passed.)"""
+        if int(self._clock() // self._slot_s) > self._slot:
+            self._advance()
         self._deposits[self._slot % len(self._deposits)] += 1
         self._deposited += 1
 

@@ -85,6 +85,7 @@ class CompiledHeaders:
     operations: HeaderOperations  # as the VirtualService gave them
     drop: frozenset[bytes] = field(init=False)  # lower-case names removed (by remove and set)
     append: tuple[tuple[bytes, bytes], ...] = field(init=False)  # set's, then add's
+    active: bool = field(init=False)  # False: no operation, the headers pass as they are
 
     def __post_init__(self) -> None:
         operations = self.operations
@@ -93,9 +94,7 @@ class CompiledHeaders:
         append = [(n.encode(), v.encode()) for n, v in (*operations.set, *operations.add)]
         object.__setattr__(self, "drop", frozenset(drop))
         object.__setattr__(self, "append", tuple(append))
-
-    def __bool__(self) -> bool:
-        return bool(self.drop or self.append)
+        object.__setattr__(self, "active", bool(drop or append))
 
     def apply(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         drop = self.drop
