@@ -105,6 +105,8 @@ class BenchLease:
 
 
 class BenchBackend:
+    labels: dict[str, str] = {}  # noqa: RUF012 (read only)
+
     def __init__(self, port: int) -> None:
         self._lease = BenchLease(port)
 

@@ -92,7 +92,12 @@ def start_span(
 
 def describe_upstream(record: RequestRecord, backend: Backend, cause: str, peer: str = "") -> None:
     """What the last attempt tells the access log and the metrics about the upstream; ``peer``
-    is the address of the function instance that answered ("" when none did)."""
+    is the address of the function instance that answered ("" when none did). Istio's
+    ``destination_app`` and ``destination_version`` are the workload's ``app`` and ``version``
+    labels."""
+    labels = backend.labels
+    record.destination_app = labels.get("app", tm.UNKNOWN)
+    record.destination_version = labels.get("version", tm.UNKNOWN)
     if isinstance(backend, EndpointBackend):
         record.upstream_host = backend.address_text
         record.destination_workload = backend.workload

@@ -74,6 +74,8 @@ class FunctionPool:
         self.stats = stats
         self.revision: Revision | None = None
         self.failure: str | None = None
+        self._labels: Mapping[str, str] = {}
+        self._labels_of: Revision | None = None  # the revision ``_labels`` were made for
         self._context = context
         self._lifecycle = InstanceLifecycle(
             namespace, name, context=context, stats=stats, on_exit=self._serve_waiters
@@ -100,7 +102,12 @@ class FunctionPool:
         """Its instances' labels (the revision's and ``function``), {} before a revision:
         what mesh policies select (the gateway's ``Backend.labels``)."""
         revision = self.revision
-        return {} if revision is None else {**revision.labels, "function": self.name}
+        if revision is None:
+            return {}
+        if self._labels_of is not revision:  # made once per revision: every call reads them
+            self._labels = {**revision.labels, "function": self.name}
+            self._labels_of = revision
+        return self._labels
 
     # desired state, from the function controller
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -249,8 +249,10 @@ class FakeBackend:
         must_wait: bool = False,
         admitted: asyncio.Event | None = None,
         bug: Exception | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self._display_name = display_name
+        self.labels: Mapping[str, str] = labels or {}  # its pods' labels
         self._must_wait = must_wait  # try_acquire gives nothing: calls wait in acquire
         self._admitted = admitted  # acquire waits for it
         self._bug = bug  # try_acquire raises it, as a bug in the runtime would

@@ -96,7 +96,7 @@ def requests_from(registry: CollectorRegistry, **labels: str) -> float:
     return total
 
 
-async def test_a_call_from_a_pod_ip_names_the_calling_workload(
+async def test_a_call_from_a_pod_ip_names_the_calling_workload_and_the_destination_app(
     start_instance: StartInstance,
     start_gateway: StartGateway,
     pods: tuple[Pods, PodAddresses],
@@ -104,7 +104,11 @@ async def test_a_call_from_a_pod_ip_names_the_calling_workload(
     answering = await start_instance(echo)
     registry = CollectorRegistry()
     gateway = await start_gateway(
-        FakeBackend("default/hello", address=answering.address),
+        FakeBackend(
+            "default/hello",
+            address=answering.address,
+            labels={"function": "hello", "app": "greeter", "version": "v3"},
+        ),
         telemetry=Telemetry(registry, None),
         sources=pods[1],
     )
@@ -120,6 +124,10 @@ async def test_a_call_from_a_pod_ip_names_the_calling_workload(
         "source_canonical_service": "shop",
         "source_canonical_revision": "v2",
         "destination_workload": "hello",
+        "destination_app": "greeter",
+        "destination_version": "v3",
+        "destination_canonical_service": "greeter",
+        "destination_canonical_revision": "v3",
     }
     await wait_for(lambda: requests_from(registry, **caller) == 1)
     unknown = {"source_workload": "unknown", "source_workload_namespace": "unknown"}

@@ -217,11 +217,20 @@ async def test_idle_instances_scale_to_zero_and_min_scale_keeps_one(
 
 async def test_new_revision_replaces_old_instances(pools: Pools, code_dir: Path) -> None:
     pool = pools.deploy(revision(code_dir, "counter"))
+    assert pool.labels == {"app": "counter", "function": "counter"}
     old = await pool.acquire()
     await call(old)
     pools.deploy(
-        revision(code_dir, "hello", name="counter", generation=2, template_hash="ffffff0000")
+        revision(
+            code_dir,
+            "hello",
+            name="counter",
+            generation=2,
+            template_hash="ffffff0000",
+            labels={"app": "counter", "version": "v2"},
+        )
     )
+    assert pool.labels == {"app": "counter", "version": "v2", "function": "counter"}
     answer = await call(await pool.acquire())
     assert answer.text == "hello counter"
     assert await old.exit_reason(10) == "replaced by a new revision"
