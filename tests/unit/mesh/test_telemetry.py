@@ -14,6 +14,7 @@ from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.telemetry import (
     LABELS,
     NO_HEALTHY_UPSTREAM,
+    SETTLE_AFTER_S,
     UPSTREAM_REQUEST_TIMEOUT,
     RequestRecord,
     Telemetry,
@@ -185,7 +186,7 @@ def test_each_record_reaches_the_access_log(registry: prometheus_client.Collecto
     ]
 
 
-def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_a_little_later(
+def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_on_its_next_turn(
     registry: prometheus_client.CollectorRegistry,
 ) -> None:
     timers: list[tuple[float, Callable[[], None]]] = []
@@ -195,7 +196,7 @@ def test_on_a_loop_requests_are_counted_and_logged_in_a_batch_a_little_later(
     )
     for path in (b"/a", b"/b", b"/c"):
         telemetry.record(dataclasses.replace(HELLO, method=b"GET", path=path))
-    assert [delay for delay, _ in timers] == [0.01]  # one timer for the batch
+    assert [delay for delay, _ in timers] == [SETTLE_AFTER_S]  # one callback for the batch
     timers.pop()[1]()
     assert [line.split('"')[1] for _, line in log.lines()] == [
         "GET /a HTTP/1.1",
