@@ -80,21 +80,6 @@ async function viaFetch(url) {
 """
 
 
-@pytest.fixture(scope="module")
-def identity(tmp_path_factory: pytest.TempPathFactory) -> MeshIdentity:
-    return MeshIdentity.open(tmp_path_factory.mktemp("mesh"))
-
-
-@pytest.fixture
-def mesh_vip(identity: MeshIdentity) -> Iterator[Server]:
-    yield from _serve(identity.server_context(), _http_answer)
-
-
-@pytest.fixture
-def workload() -> Iterator[Server]:
-    yield from _serve(None, _http_answer)
-
-
 def run_node(
     tmp_path: Path,
     identity: MeshIdentity | None,
