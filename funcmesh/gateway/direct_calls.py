@@ -23,6 +23,7 @@ from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Call, Responder
 from funcmesh.gateway.routing import FunctionRoute
 from funcmesh.gateway.upstream import UpstreamConnection
+from funcmesh.mesh.hosts import service_host
 from funcmesh.mesh.telemetry import RequestRecord
 from funcmesh.mesh.tracing import Span
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 def service_names(namespace: str, name: str, port: int) -> tuple[str, str, str, str]:
     """A function's Service host, its Envoy cluster, its name and namespace: made once per
     function, so every record of its calls shares the same (already hashed) strings."""
-    host = f"{name}.{namespace}.svc.cluster.local"
+    host = service_host(namespace, name)
     return host, f"outbound|{port}||{host}", name, namespace
 
 

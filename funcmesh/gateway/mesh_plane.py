@@ -25,6 +25,7 @@ from funcmesh.gateway.messages import Request
 from funcmesh.gateway.proxy import Responder
 from funcmesh.gateway.relay import Relay
 from funcmesh.gateway.routing import FunctionRoute
+from funcmesh.mesh.hosts import service_host
 from funcmesh.mesh.routes import CompiledRoute
 from funcmesh.mesh.telemetry import RequestRecord, Telemetry
 from funcmesh.mesh.tracing import Span, Tracer
@@ -111,7 +112,7 @@ class MeshPlane:
             return False
         services = self.services
         if services is not None and services.service(route.namespace, route.name) is not None:
-            host = f"{route.name}.{route.namespace}.svc.cluster.local"
+            host = service_host(route.namespace, route.name)
             service_route = default_route(host, (route.namespace, route.name))
             MeshCall(self, service_route, route.target, request, client, port=port).start()
             return False

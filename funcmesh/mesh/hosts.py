@@ -27,10 +27,16 @@ def qualify(host: str, namespace: str) -> str:
     if "*" in name or name.endswith(_SERVICE_SUFFIX):
         return name
     if "." not in name:
-        return f"{name}.{namespace}{_SERVICE_SUFFIX}"
+        return service_host(namespace, name)
     if name.endswith(".svc") and name.count(".") == 2:
         return f"{name}.{CLUSTER_DOMAIN}"
     return name
+
+
+def service_host(namespace: str, name: str) -> str:
+    """The full name of the Service ``name`` of ``namespace``: "name.namespace.svc.cluster.local"
+    (the inverse of ``service_of``)."""
+    return f"{name}.{namespace}{_SERVICE_SUFFIX}"
 
 
 def service_of(fqdn: str) -> tuple[str, str] | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from funcmesh.mesh.hosts import CLUSTER_DOMAIN, host_matches, qualify, service_of
+from funcmesh.mesh.hosts import CLUSTER_DOMAIN, host_matches, qualify, service_host, service_of
 from funcmesh.mesh.routes import CompiledRoute, HostRoutes, compile_virtual_service
 from funcmesh.model.istio_destinations import DestinationRuleSpec, GatewayServer, GatewaySpec
 from funcmesh.model.istio_networking import VirtualServiceSpec
@@ -165,7 +165,7 @@ class MeshTable:
             return self._service_cache[key]
         except KeyError:
             pass
-        host = f"{name}.{namespace}.svc.cluster.local"
+        host = service_host(namespace, name)
         rules = ServiceRules(host, self.mesh_routes(host), self.destination_rule(host))
         return _remember(self._service_cache, key, rules)
 

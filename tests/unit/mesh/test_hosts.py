@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from funcmesh.mesh.hosts import authority_host, host_matches, qualify, service_of
+from funcmesh.mesh.hosts import authority_host, host_matches, qualify, service_host, service_of
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,11 @@ def test_qualify(host: str, namespace: str, expected: str) -> None:
 )
 def test_service_of(fqdn: str, expected: tuple[str, str] | None) -> None:
     assert service_of(fqdn) == expected
+
+
+def test_service_host_is_the_inverse_of_service_of() -> None:
+    assert service_host("shop", "reviews") == "reviews.shop.svc.cluster.local"
+    assert service_of(service_host("shop", "reviews")) == ("shop", "reviews")
 
 
 @pytest.mark.parametrize(
