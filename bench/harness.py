@@ -40,12 +40,15 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from funcmesh import native
 from funcmesh.client.api import ApiClient
 from funcmesh.client.kubeconfig import load_kubeconfig
 from funcmesh.errors import AlreadyExists, FuncmeshError, NotFound
 from funcmesh.model.conditions import find_condition
 from funcmesh.model.kinds import ENDPOINTS, FUNCTION, ResourceType
 from funcmesh.model.objects import RawObject
+
+native.enable()  # before any data-plane module: in-process benchmarks run what the daemon runs
 
 REPO = Path(__file__).resolve().parent.parent
 FUNCMESH = Path(sys.executable).with_name("funcmesh")
@@ -629,7 +632,7 @@ def describe_machine() -> str:
         f"{platform.node()}: "
         f"{os.cpu_count()} cores shared by load generator and daemon, "
         f"Python {platform.python_version()}, load average {load1:.2f}/{load5:.2f}, "
-        f"{others} other funcmesh daemon(s) running"
+        f"{others} other funcmesh daemon(s) running, data plane {native.describe()}"
     )
 
 

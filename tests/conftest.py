@@ -1,4 +1,9 @@
-"""Guards shared by every test: no child process and no asyncio task may outlive its test."""
+"""Guards shared by every test: no child process and no asyncio task may outlive its test.
+
+Tests run the compiled data plane when it is built (``funcmesh.native``), as the daemon does;
+``$FUNCMESH_PURE_PYTHON`` runs its Python source instead (the coverage run), and
+``$FUNCMESH_REQUIRE_NATIVE`` makes a missing or stale build an error instead of a fallback.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from funcmesh import native
+
+if not native.enable() and os.environ.get("FUNCMESH_REQUIRE_NATIVE"):
+    pytest.exit(f"the compiled data plane is required: {native.describe()}", returncode=3)
 
 
 def _children() -> set[int]:

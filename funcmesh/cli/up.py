@@ -53,15 +53,19 @@ def up(
     verbose: bool,
 ) -> None:
     """Run the funcmesh daemon: API server, gateway, DNS server, controllers and runtimes."""
-    from funcmesh.app import run
-    from funcmesh.errors import FuncmeshError
-    from funcmesh.settings import load_daemon_settings
+    from funcmesh import native
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    native.enable()  # before the data plane's modules are imported; logs which one runs
+
+    from funcmesh.app import run
+    from funcmesh.errors import FuncmeshError
+    from funcmesh.settings import load_daemon_settings
+
     # Triggers call functions through httpx: one INFO line per call would flood the log.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:

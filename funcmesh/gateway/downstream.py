@@ -177,9 +177,9 @@ class ClientConnection(asyncio.Protocol):
             self._deadline_s = self._loop.time() + self._limits.header_timeout_s
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except httptools.HttpParserUpgrade as upgrade:
             # The Upgrade header is hop-by-hop: the request was answered as a plain one.
-            rest = data[exc.args[0] :]
+            rest = data[upgrade.args[0] :]
             if rest:
                 self.data_received(rest)
             return

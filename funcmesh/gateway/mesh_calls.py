@@ -206,9 +206,9 @@ class MeshCall:
         assert resolved is not None
         try:
             member = resolved.members.try_choose(hash_key=self._hash_key, exclude=self._last)
-        except Overflow as exc:
+        except Overflow as overflow:  # one name per type: mypyc types a name once per function
             self.record.response_code_details = tm.OVERFLOW_DETAILS
-            self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
+            self._answer_local(503, str(overflow), flag="UO", headers=(_OVERFLOW_HEADER,))
             return
         except Unavailable as exc:
             self.record.response_code_details = tm.NO_HEALTHY_UPSTREAM_DETAILS
@@ -225,19 +225,20 @@ class MeshCall:
 
     async def _wait_turn(self, resolved: Resolved) -> None:
         self._plane.waiting.add(self)
-        try:
-            await resolved.members.wait_turn()
-        except Overflow as exc:
+        try:  # mypyc mis-compiles a ``return`` in an except clause of an async try-finally
+            try:
+                await resolved.members.wait_turn()
+            finally:
+                self._waiter = None
+                self._plane.waiting.discard(self)
+        except Overflow as overflow:  # one name per type: mypyc types a name once per function
             self.record.response_code_details = tm.OVERFLOW_DETAILS
-            self._answer_local(503, str(exc), flag="UO", headers=(_OVERFLOW_HEADER,))
+            self._answer_local(503, str(overflow), flag="UO", headers=(_OVERFLOW_HEADER,))
             return
         except Unavailable as exc:  # the members went away while it waited
             self.record.response_code_details = tm.NO_HEALTHY_UPSTREAM_DETAILS
             self._answer_local(503, str(exc), flag="UH")
             return
-        finally:
-            self._waiter = None
-            self._plane.waiting.discard(self)
         if not self._ended:
             self._attempt()
 

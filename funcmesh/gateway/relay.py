@@ -83,9 +83,8 @@ class Relay:
         """Wait up to ``timeout_s`` for the calls in flight to end; how many did not."""
         if self._calls:
             self._all_ended = self.loop.create_future()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._all_ended
+            try:  # not ``async with``: compiled by mypyc, it lets exceptions past this clause
+                await asyncio.wait_for(self._all_ended, timeout_s)
             except TimeoutError:
                 pass
             finally:

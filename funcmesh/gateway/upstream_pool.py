@@ -45,13 +45,13 @@ class UpstreamPool:
         """A new connection; raises UpstreamTimeout or UpstreamBroken."""
         loop = asyncio.get_running_loop()
         host, port = address
-        try:
-            async with asyncio.timeout(timeout_s):
-                _, connection = await loop.create_connection(
-                    lambda: UpstreamConnection(instance_id, on_lost=self._forget), host, port
-                )
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"connecting took longer than {timeout_s:g}s") from exc
+        opening = loop.create_connection(
+            lambda: UpstreamConnection(instance_id, on_lost=self._forget), host, port
+        )
+        try:  # not ``async with``: compiled by mypyc, it lets the exceptions past these clauses
+            _, connection = await asyncio.wait_for(opening, timeout_s)
+        except TimeoutError as late:  # one name per type: mypyc types a name once per function
+            raise UpstreamTimeout(f"connecting took longer than {timeout_s:g}s") from late
         except OSError as exc:
             reason = _describe_connect_error(exc)
             raise UpstreamBroken(reason, response_started=False, retryable=False) from exc

@@ -26,7 +26,7 @@ import bisect
 import math
 import operator
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -118,13 +118,12 @@ def rbac_denied_details(policy_id: str | None = None) -> str:
     return f"rbac_access_denied_matched_policy[{policy_id or 'none'}]"
 
 
-@dataclass(kw_only=True, init=False)
+@dataclass(kw_only=True)
 class RequestRecord:
     """What the data plane learns about one request along its way; mutable, one per request.
 
-    Built per request, so it is cheap to make and to read: ``__init__`` copies the defaults
-    into the instance with one dict update, then the fields given (a slotted dataclass assigns
-    every field in Python), so each later read finds its field in the instance.
+    Built per request: compiled (``funcmesh.native``), it is a C struct and ``__init__`` fills
+    it in C.
 
     Bytes are as they arrived on the wire (the access log shows them without decoding them
     twice); addresses are ``ip:port``; an empty value is written "-" in the access log.
@@ -169,23 +168,15 @@ class RequestRecord:
     upstream_service_time_s: float | None = None
     connection_security_policy: str = UNKNOWN  # "none" or "mutual_tls" once known
 
-    def __init__(self, **fields: Any) -> None:
-        if not fields.keys() <= _DEFAULTS.keys():
-            unknown = ", ".join(sorted(fields.keys() - _DEFAULTS.keys()))
-            raise TypeError(f"RequestRecord has no field {unknown}")
-        values = self.__dict__
-        values.update(_DEFAULTS)  # one C call: later reads find every field in the instance
-        values.update(fields)
 
-
-_DEFAULTS = {name: field.default for name, field in RequestRecord.__dataclass_fields__.items()}
-RECORD_FIELDS = tuple(_DEFAULTS)  # the order of a record's values (``record_values``)
+RECORD_FIELDS = tuple(field.name for field in fields(RequestRecord))
+_values = operator.attrgetter(*RECORD_FIELDS)
 
 
 def record_values(record: RequestRecord) -> tuple[Any, ...]:
-    """Every field of a record, in ``RECORD_FIELDS`` order, in one C call: ``__init__`` puts
-    them in the instance in that order, and setting a field later keeps its place."""
-    return tuple(record.__dict__.values())
+    """Every field of a record, in ``RECORD_FIELDS`` order, in one C call."""
+    values: tuple[Any, ...] = _values(record)
+    return values
 
 
 # What tells one series from another: the record fields the labels derive from, read in one

@@ -1,0 +1,158 @@
+"""``funcmesh.native``: the data plane runs compiled only from a build of its current sources,
+and its modules keep clear of what mypyc compiles wrongly."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from funcmesh import native
+
+PROBE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from funcmesh import native
+{before}
+print("enabled", native.enable())
+import funcmesh.gateway.relay, funcmesh.mesh.telemetry
+print("relay", funcmesh.gateway.relay.__file__)
+print("describe", native.describe())
+"""
+
+
+def probe(before: str = "", **env: str) -> str:
+    """What a fresh interpreter prints when it enables the build (after running ``before``)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNCMESH_")}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(before=before)],
+        capture_output=True,
+        text=True,
+        env=clean | env,
+        check=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+built = pytest.mark.skipif(
+    not native.MANIFEST.is_file(), reason="no build: python -m funcmesh.native build"
+)
+
+
+@built
+def test_a_build_of_the_current_sources_is_used() -> None:
+    out = probe()
+    assert "enabled True" in out
+    assert "INFO data plane: compiled (mypyc), 21 modules" in out
+    relay = out.split("relay ", 1)[1].splitlines()[0]
+    assert relay.startswith(str(native.BUILD))
+    assert relay.endswith(".so")
+    assert "describe compiled (mypyc)" in out
+
+
+@built
+def test_a_build_older_than_its_sources_is_not_used() -> None:
+    stale = "native.fingerprint = lambda: {'sources': 'edited since'}"
+    out = probe(stale)
+    assert "enabled False" in out
+    assert "WARNING data plane: pure Python (its build is older than its sources" in out
+    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+def test_pure_python_when_asked() -> None:
+    out = probe(FUNCMESH_PURE_PYTHON="1")
+    assert "enabled False" in out
+    assert "INFO data plane: pure Python ($FUNCMESH_PURE_PYTHON is set)" in out
+    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+@built
+def test_never_a_mix_of_compiled_and_source_modules() -> None:
+    out = probe("import funcmesh.gateway.messages")
+    assert "enabled False" in out
+    assert "WARNING data plane: pure Python (funcmesh.gateway.messages, " in out
+    assert "imported before funcmesh.native.enable()" in out
+    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+def test_every_compiled_module_exists_and_is_typed_source() -> None:
+    for module in native.COMPILED:
+        assert native.source_of(module).is_file(), module
+
+
+def _functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef)
+    return [node for node in ast.walk(tree) if isinstance(node, kinds)]
+
+
+def mypyc_hazards(source: str) -> list[str]:
+    """Constructs mypyc 1.14 compiles into code that behaves differently from Python's."""
+    found = []
+    for function in _functions(ast.parse(source)):
+        types: dict[str, set[str]] = {}
+        for node in ast.walk(function):
+            if isinstance(node, ast.ExceptHandler) and node.name and node.type is not None:
+                types.setdefault(node.name, set()).add(ast.unparse(node.type))
+            if isinstance(node, ast.AsyncWith):
+                found.append(f"{function.name}: async with (exceptions skip the except clauses)")
+            if isinstance(function, ast.AsyncFunctionDef) and isinstance(node, ast.Try):
+                returns = any(
+                    isinstance(inner, ast.Return)
+                    for handler in node.handlers
+                    for inner in ast.walk(handler)
+                )
+                if node.finalbody and returns:
+                    found.append(f"{function.name}: return in an except clause with a finally")
+        found += [
+            f"{function.name}: except ... as {name} for {sorted(kinds)}"
+            for name, kinds in types.items()
+            if len(kinds) > 1
+        ]
+    return found
+
+
+def test_the_compiled_modules_avoid_what_mypyc_compiles_wrongly() -> None:
+    hazards = {
+        module: found
+        for module in native.COMPILED
+        if (found := mypyc_hazards(native.source_of(module).read_text()))
+    }
+    assert hazards == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "hazard"),
+    [
+        (
+            "async def f():\n    async with g():\n        pass\n",
+            "f: async with (exceptions skip the except clauses)",
+        ),
+        (
+            "async def f():\n    try:\n        pass\n    except E:\n        return\n"
+            "    finally:\n        pass\n",
+            "f: return in an except clause with a finally",
+        ),
+        (
+            "def f():\n    try:\n        pass\n    except A as e:\n        pass\n"
+            "    except B as e:\n        pass\n",
+            "f: except ... as e for ['A', 'B']",
+        ),
+    ],
+)
+def test_each_hazard_is_found(source: str, hazard: str) -> None:
+    assert mypyc_hazards(source) == [hazard]
+
+
+def test_safe_forms_are_not_hazards() -> None:
+    source = Path(__file__).read_text()  # this file: sync code, one name per except type
+    assert mypyc_hazards(source) == []
+    nested = (
+        "async def f():\n    try:\n        try:\n            pass\n        finally:\n"
+        "            pass\n    except E:\n        return\n"
+    )
+    assert mypyc_hazards(nested) == []
