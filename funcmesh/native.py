@@ -145,13 +145,17 @@ def _unusable() -> str:
     loaded = [module for module in COMPILED if module in sys.modules]
     if loaded:
         return f"{', '.join(loaded)} imported before funcmesh.native.enable()"
-    try:
-        built = json.loads(MANIFEST.read_text())
-    except (OSError, ValueError) as error:
-        return f"unreadable {MANIFEST}: {error}"
-    if built != fingerprint():
+    if _built() != fingerprint():
         return "its build is older than its sources (scripts/setup rebuilds it)"
     return ""
+
+
+def _built() -> object:
+    """The fingerprint the build recorded (None if unreadable: a build cut short)."""
+    try:
+        return json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build() -> None:
@@ -163,7 +167,7 @@ def build() -> None:
     from setuptools import Distribution
 
     fingerprint_now = fingerprint()
-    if MANIFEST.is_file() and json.loads(MANIFEST.read_text()) == fingerprint_now:
+    if _built() == fingerprint_now:
         return
     shutil.rmtree(BUILD, ignore_errors=True)
     root = PACKAGE.parent
