@@ -158,8 +158,9 @@ def _built() -> object:
         return None
 
 
-def build() -> None:
-    """Compile ``COMPILED`` into ``funcmesh/_native`` (needs mypy, setuptools and a C compiler)."""
+def build() -> bool:
+    """Compile ``COMPILED`` into ``funcmesh/_native`` (needs mypy, setuptools and a C compiler);
+    False if the build there is already of the current sources."""
     import shutil
     import tempfile
 
@@ -168,7 +169,7 @@ def build() -> None:
 
     fingerprint_now = fingerprint()
     if _built() == fingerprint_now:
-        return
+        return False
     shutil.rmtree(BUILD, ignore_errors=True)
     root = PACKAGE.parent
     with tempfile.TemporaryDirectory(prefix="funcmesh-native-") as temp:
@@ -187,11 +188,12 @@ def build() -> None:
         finally:
             os.chdir(cwd)
     MANIFEST.write_text(json.dumps(fingerprint_now, indent=1, sort_keys=True) + "\n")
+    return True
 
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["build"]:
         raise SystemExit("usage: python -m funcmesh.native build")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    build()
-    print(f"compiled {len(COMPILED)} modules into {BUILD}")
+    done = build()
+    print(f"{'compiled' if done else 'up to date:'} {len(COMPILED)} modules in {BUILD}")

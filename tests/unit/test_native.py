@@ -4,6 +4,7 @@ and its modules keep clear of what mypyc compiles wrongly."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,15 @@ def test_never_a_mix_of_compiled_and_source_modules() -> None:
     assert "WARNING data plane: pure Python (funcmesh.gateway.messages, " in out
     assert "imported before funcmesh.native.enable()" in out
     assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+@built
+def test_building_again_without_a_change_leaves_the_build_alone() -> None:
+    if json.loads(native.MANIFEST.read_text()) != native.fingerprint():
+        pytest.skip("the build is older than its sources: scripts/setup rebuilds it")
+    before = native.MANIFEST.stat().st_mtime_ns
+    assert native.build() is False
+    assert native.MANIFEST.stat().st_mtime_ns == before
 
 
 def test_every_compiled_module_exists_and_is_typed_source() -> None:
