@@ -49,7 +49,7 @@ built = pytest.mark.skipif(
 def test_a_build_of_the_current_sources_is_used() -> None:
     out = probe()
     assert "enabled True" in out
-    assert "INFO data plane: compiled (mypyc), 21 modules" in out
+    assert f"INFO data plane: compiled (mypyc), {len(native.COMPILED)} modules" in out
     relay = out.split("relay ", 1)[1].splitlines()[0]
     assert relay.startswith(str(native.BUILD))
     assert relay.endswith(".so")
