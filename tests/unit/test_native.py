@@ -90,7 +90,7 @@ def test_building_again_without_a_change_leaves_the_build_alone() -> None:
     assert native.MANIFEST.stat().st_mtime_ns == before
 
 
-def test_every_compiled_module_exists_and_is_typed_source() -> None:
+def test_every_compiled_module_has_its_source() -> None:
     for module in native.COMPILED:
         assert native.source_of(module).is_file(), module
 
