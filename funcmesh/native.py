@@ -115,9 +115,13 @@ def enable() -> bool:
     spec = importlib.util.spec_from_file_location(name, shared)
     assert spec is not None  # an extension module always has a spec and a loader
     assert spec.loader is not None
-    library = importlib.util.module_from_spec(spec)
+    try:
+        library = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(library)
+    except ImportError as error:  # a damaged build: run the source, say why
+        logger.warning("data plane: pure Python (the build does not load: %s)", error)
+        return False
     sys.modules[name] = library
-    spec.loader.exec_module(library)
     for package in {module.rpartition(".")[0] for module in COMPILED}:
         parent = importlib.import_module(package)  # its __init__ imports no compiled module
         compiled_dir = str(BUILD / package.replace(".", "/"))
@@ -126,6 +130,11 @@ def enable() -> bool:
     _state["active"] = True
     logger.info("data plane: compiled (mypyc), %d modules", len(COMPILED))
     return True
+
+
+def _extension_of(module: str) -> Path:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return BUILD / (module.replace(".", "/") + suffix)
 
 
 def _shared_library() -> Path | None:
@@ -143,6 +152,9 @@ def _unusable() -> str:
         return _OFF
     if not MANIFEST.is_file() or _shared_library() is None:
         return _ABSENT
+    missing = [module for module in COMPILED if not _extension_of(module).is_file()]
+    if missing:  # one module as source among compiled ones would be a mix
+        return f"the build lacks {', '.join(missing)} (scripts/setup rebuilds it)"
     loaded = [module for module in COMPILED if module in sys.modules]
     if loaded:
         return f"{', '.join(loaded)} imported before funcmesh.native.enable()"

@@ -21,7 +21,7 @@ from funcmesh import native
 {before}
 print("enabled", native.enable())
 import funcmesh.gateway.relay, funcmesh.mesh.telemetry
-print("relay", funcmesh.gateway.relay.__file__)
+print("relay_file", funcmesh.gateway.relay.__file__)
 print("describe", native.describe())
 """
 
@@ -50,7 +50,7 @@ def test_a_build_of_the_current_sources_is_used() -> None:
     out = probe()
     assert "enabled True" in out
     assert f"INFO data plane: compiled (mypyc), {len(native.COMPILED)} modules" in out
-    relay = out.split("relay ", 1)[1].splitlines()[0]
+    relay = out.split("relay_file ", 1)[1].splitlines()[0]
     assert relay.startswith(str(native.BUILD))
     assert relay.endswith(".so")
     assert "describe compiled (mypyc)" in out
@@ -62,14 +62,14 @@ def test_a_build_older_than_its_sources_is_not_used() -> None:
     out = probe(stale)
     assert "enabled False" in out
     assert "WARNING data plane: pure Python (its build is older than its sources" in out
-    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
 
 
 def test_pure_python_when_asked() -> None:
     out = probe(FUNCMESH_PURE_PYTHON="1")
     assert "enabled False" in out
     assert "INFO data plane: pure Python ($FUNCMESH_PURE_PYTHON is set)" in out
-    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
 
 
 @built
@@ -78,7 +78,36 @@ def test_never_a_mix_of_compiled_and_source_modules() -> None:
     assert "enabled False" in out
     assert "WARNING data plane: pure Python (funcmesh.gateway.messages, " in out
     assert "imported before funcmesh.native.enable()" in out
-    assert out.split("relay ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+def damaged_copy(tmp_path: Path, damage: str) -> str:
+    """Probe code that points ``native`` at a copy of the build, damaged by ``damage``."""
+    copy = tmp_path / "_native"
+    return (
+        f"import pathlib, shutil; shutil.copytree({str(native.BUILD)!r}, {str(copy)!r})\n"
+        f"native.BUILD = pathlib.Path({str(copy)!r})\n"
+        "native.MANIFEST = native.BUILD / 'manifest.json'\n"
+        f"{damage}\n"
+    )
+
+
+@built
+def test_a_build_missing_a_module_is_not_used(tmp_path: Path) -> None:
+    lose = "next((native.BUILD / 'funcmesh/gateway').glob('relay.*')).unlink()"
+    out = probe(damaged_copy(tmp_path, lose))
+    assert "enabled False" in out
+    assert "WARNING data plane: pure Python (the build lacks funcmesh.gateway.relay" in out
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
+@built
+def test_a_build_that_does_not_load_is_not_used(tmp_path: Path) -> None:
+    truncate = "next(native.BUILD.glob('*__mypyc.*')).write_bytes(b'not an ELF file')"
+    out = probe(damaged_copy(tmp_path, truncate))
+    assert "enabled False" in out
+    assert "WARNING data plane: pure Python (the build does not load: " in out
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
 
 
 @built
