@@ -63,6 +63,7 @@ COMPILED = (
 )
 
 _state: dict[str, bool] = {}
+_why: dict[str, str] = {}  # why enable() left the source in use
 
 
 def source_of(module: str) -> Path:
@@ -90,7 +91,8 @@ def describe() -> str:
     """For the record: ``compiled (mypyc)`` or why the data plane runs as pure Python."""
     if active():
         return "compiled (mypyc)"
-    return f"pure Python ({_unusable() or 'funcmesh.native.enable() was not called'})"
+    why = _why.get("why") or _unusable() or "funcmesh.native.enable() was not called"
+    return f"pure Python ({why})"
 
 
 def enable() -> bool:
@@ -104,6 +106,7 @@ def enable() -> bool:
     _state["active"] = False
     reason = _unusable()
     if reason:
+        _why["why"] = reason
         quiet = reason in (_OFF, _ABSENT)
         logger.log(
             logging.INFO if quiet else logging.WARNING, "data plane: pure Python (%s)", reason
@@ -119,7 +122,8 @@ def enable() -> bool:
         library = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(library)
     except ImportError as error:  # a damaged build: run the source, say why
-        logger.warning("data plane: pure Python (the build does not load: %s)", error)
+        _why["why"] = f"the build does not load: {error}"
+        logger.warning("data plane: pure Python (%s)", _why["why"])
         return False
     sys.modules[name] = library
     for package in {module.rpartition(".")[0] for module in COMPILED}:

@@ -107,6 +107,7 @@ def test_a_build_that_does_not_load_is_not_used(tmp_path: Path) -> None:
     out = probe(damaged_copy(tmp_path, truncate))
     assert "enabled False" in out
     assert "WARNING data plane: pure Python (the build does not load: " in out
+    assert "describe pure Python (the build does not load: " in out
     assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
 
 
