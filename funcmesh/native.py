@@ -106,12 +106,7 @@ def enable() -> bool:
     _state["active"] = False
     reason = _unusable()
     if reason:
-        _why["why"] = reason
-        quiet = reason in (_OFF, _ABSENT)
-        logger.log(
-            logging.INFO if quiet else logging.WARNING, "data plane: pure Python (%s)", reason
-        )
-        return False
+        return _use_source(reason)
     shared = _shared_library()
     assert shared is not None  # _unusable() checked
     name = shared.name.split(".", 1)[0]
@@ -122,9 +117,7 @@ def enable() -> bool:
         library = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(library)
     except ImportError as error:  # a damaged build: run the source, say why
-        _why["why"] = f"the build does not load: {error}"
-        logger.warning("data plane: pure Python (%s)", _why["why"])
-        return False
+        return _use_source(f"the build does not load: {error}")
     sys.modules[name] = library
     for package in {module.rpartition(".")[0] for module in COMPILED}:
         parent = importlib.import_module(package)  # its __init__ imports no compiled module
@@ -134,6 +127,14 @@ def enable() -> bool:
     _state["active"] = True
     logger.info("data plane: compiled (mypyc), %d modules", len(COMPILED))
     return True
+
+
+def _use_source(reason: str) -> bool:
+    """Leave the source in use, and say why (a warning unless nothing was built or wanted)."""
+    _why["why"] = reason
+    level = logging.INFO if reason in (_OFF, _ABSENT) else logging.WARNING
+    logger.log(level, "data plane: pure Python (%s)", reason)
+    return False
 
 
 def _extension_of(module: str) -> Path:

@@ -40,6 +40,12 @@ def probe(before: str = "", **env: str) -> str:
     return result.stdout
 
 
+def assert_source_in_use(out: str) -> None:
+    """The probe fell back: ``enable()`` said no and the data plane came from its source."""
+    assert "enabled False" in out
+    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+
+
 built = pytest.mark.skipif(
     not native.MANIFEST.is_file(), reason="no build: python -m funcmesh.native build"
 )
@@ -60,25 +66,22 @@ def test_a_build_of_the_current_sources_is_used() -> None:
 def test_a_build_older_than_its_sources_is_not_used() -> None:
     stale = "native.fingerprint = lambda: {'sources': 'edited since'}"
     out = probe(stale)
-    assert "enabled False" in out
     assert "WARNING data plane: pure Python (its build is older than its sources" in out
-    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert_source_in_use(out)
 
 
 def test_pure_python_when_asked() -> None:
     out = probe(FUNCMESH_PURE_PYTHON="1")
-    assert "enabled False" in out
     assert "INFO data plane: pure Python ($FUNCMESH_PURE_PYTHON is set)" in out
-    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert_source_in_use(out)
 
 
 @built
 def test_never_a_mix_of_compiled_and_source_modules() -> None:
     out = probe("import funcmesh.gateway.messages")
-    assert "enabled False" in out
     assert "WARNING data plane: pure Python (funcmesh.gateway.messages, " in out
     assert "imported before funcmesh.native.enable()" in out
-    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert_source_in_use(out)
 
 
 def damaged_copy(tmp_path: Path, damage: str) -> str:
@@ -96,19 +99,17 @@ def damaged_copy(tmp_path: Path, damage: str) -> str:
 def test_a_build_missing_a_module_is_not_used(tmp_path: Path) -> None:
     lose = "next((native.BUILD / 'funcmesh/gateway').glob('relay.*')).unlink()"
     out = probe(damaged_copy(tmp_path, lose))
-    assert "enabled False" in out
     assert "WARNING data plane: pure Python (the build lacks funcmesh.gateway.relay" in out
-    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert_source_in_use(out)
 
 
 @built
 def test_a_build_that_does_not_load_is_not_used(tmp_path: Path) -> None:
     truncate = "next(native.BUILD.glob('*__mypyc.*')).write_bytes(b'not an ELF file')"
     out = probe(damaged_copy(tmp_path, truncate))
-    assert "enabled False" in out
     assert "WARNING data plane: pure Python (the build does not load: " in out
     assert "describe pure Python (the build does not load: " in out
-    assert out.split("relay_file ", 1)[1].splitlines()[0].endswith("funcmesh/gateway/relay.py")
+    assert_source_in_use(out)
 
 
 @built
