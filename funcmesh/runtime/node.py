@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SPARES: Final = 2
 HELLO_TIMEOUT_S: Final = 10.0
+EXIT_WAIT_S: Final = 1.0  # for a process whose control socket broke to be seen exiting
 REFILL_DELAY_S: Final = 0.05  # after a take: the new instance loads and answers first
 RETRY_MIN_S: Final = 1.0
 RETRY_MAX_S: Final = 30.0
@@ -199,18 +200,26 @@ class NodeStarter:
         """
         node.specialised = True
         node.credential = request.credential  # what it is answered when it asks for one
-        try:
-            if not node.alive:
-                raise ConnectionError("it exited")
-            if request.cgroup_procs:
+        if request.cgroup_procs and node.alive:
+            try:
                 _join_cgroup(request.cgroup_procs, node.pid)
-            await node.send(specialisation(request, secret_env=secret_env))
-        except (OSError, ConnectionError) as exc:
-            node.signal(signal.SIGKILL)
-            node.close_log()
-            raise Unavailable(
-                f"could not start instance {request.pod_name} in Node.js process {node.pid}: {exc}"
-            ) from exc
+            except OSError as exc:
+                node.signal(signal.SIGKILL)
+                node.close_log()
+                raise Unavailable(
+                    f"could not limit the memory of instance {request.pod_name} "
+                    f"(Node.js process {node.pid}): {exc}"
+                ) from exc
+        if node.alive:
+            try:
+                await node.send(specialisation(request, secret_env=secret_env))
+            except OSError as exc:  # ConnectionResetError: it is dying, or its socket broke
+                await _stop_unready(
+                    node, f"Node.js process {node.pid} could not be sent its function: {exc}"
+                )
+        # A process that died before it read its function (a node that cannot start, a spare
+        # killed on the way) is still returned: its ``ready`` fails with its exit status, and
+        # its output, which says why, reaches the instance's log like any other.
 
         def signal_worker(pid: int, sig: int) -> None:
             node.signal(sig)
@@ -366,6 +375,16 @@ class _Fresh:
             self._executable, ip=self.ip, listener=self._listener, launch=self._launch
         )
         return await self._starter.specialise(node, request, secret_env=self._secret_env)
+
+
+async def _stop_unready(node: NodeProcess, reason: str) -> None:
+    """Settle a process that broke off before it was ready: by its exit status when it is dying
+    anyway (its control socket breaks as it exits), by ``reason`` when it would live on."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(node.exited), EXIT_WAIT_S)
+    if not node.ready.done():
+        node.ready.set_exception(Unavailable(reason))
+    node.signal(signal.SIGKILL)
 
 
 def _join_cgroup(procs: str, pid: int) -> None:
