@@ -21,13 +21,24 @@ _CACHED_TARGET_BYTES = 256
 _FUNCTION_TARGET = re.compile(rb"/function/([^/?.]+)(?:\.([^/?]+))?([/?].*)?", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False, unsafe_hash=True)
 class FunctionRoute:
-    """A request for one function, and the target (path and query) to send to it."""
+    """A request for one function, and the target (path and query) to send to it; a value,
+    never changed once made.
+
+    Not ``frozen``, and its ``__init__`` written out, for its cost: one is made per call, and
+    compiled (``funcmesh.native``) this ``__init__`` runs in C, where a dataclass's generated
+    one stays interpreted (a frozen one's sets each field through ``object.__setattr__``).
+    """
 
     namespace: str
     name: str
     target: bytes
+
+    def __init__(self, *, namespace: str, name: str, target: bytes) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.target = target
 
     @property
     def display_name(self) -> str:

@@ -15,14 +15,14 @@ in whole milliseconds, as Envoy writes them. The format holds no Authorization o
 and must keep it so; a stray line break in a value is escaped so one request stays one line.
 
 The last ``keep_lines`` requests stay in memory with sequence numbers (the first line is 1)
-for ``funcmesh mesh logs``, as their values (``record_values``): a line is formatted when it
-is read, so a request nobody reads costs no formatting. Followers wait on one shared future
-that the next line resolves, so there is no polling and nothing per request while nobody
-follows. With a path
-(``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once and appended to a file (mode
-0600), buffered: written when ``flush_bytes`` wait, when the timer that the first buffered line
-arms fires (``flush_interval_s`` later, through the ``call_later`` the daemon passes, e.g.
-``loop.call_later``), on ``flush`` and on ``close``; never one write system call per request.
+for ``funcmesh mesh logs``, as the values their lines show (``line_values``): a line is
+formatted when it is read, so a request nobody reads costs no formatting. Followers wait on one
+shared future that the next line resolves, so there is no polling and nothing per request while
+nobody follows. With a path (``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once
+and appended to a file (mode 0600), buffered: written when ``flush_bytes`` wait, when the timer
+that the first buffered line arms fires (``flush_interval_s`` later, through the ``call_later``
+the daemon passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write
+system call per request.
 At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
 """
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import operator
 import os
 import time
 from collections import deque
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.telemetry import RECORD_FIELDS, RequestRecord, record_values
+from funcmesh.mesh.telemetry import LINE_FIELDS, RequestRecord, line_values
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ FLUSH_BYTES = 64 * 1024
 ROTATE_BYTES = 50 * 1024 * 1024
 FILE_MODE = 0o600
 _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a lookup beats formatting
+_START = LINE_FIELDS.index("start_wall_s")
 
 
 class TimerHandle(Protocol):
@@ -59,45 +59,13 @@ class TimerHandle(Protocol):
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
 
 
-# What a line shows of a record. The log keeps a record's values (``record_values``: strings,
-# bytes, numbers and None in a tuple, which the garbage collector stops tracking; ten thousand
-# kept records would make every full collection visit them) and picks these when formatting.
-LINE_FIELDS = (
-    "start_wall_s",
-    "method",
-    "path",
-    "protocol",
-    "response_code",
-    "response_flags",
-    "response_code_details",
-    "upstream_transport_failure_reason",
-    "bytes_received",
-    "bytes_sent",
-    "duration_s",
-    "upstream_service_time_s",
-    "forwarded_for",
-    "user_agent",
-    "request_id",
-    "authority",
-    "upstream_host",
-    "upstream_cluster",
-    "upstream_local",
-    "downstream_local",
-    "downstream_remote",
-    "requested_server_name",
-    "route_name",
-)
-_START = RECORD_FIELDS.index("start_wall_s")
-_line_fields = operator.itemgetter(*(RECORD_FIELDS.index(name) for name in LINE_FIELDS))
-
-
 def format_line(record: RequestRecord, start_time: str) -> str:
     """One record in Istio's default text format (no trailing newline)."""
-    return format_values(record_values(record), start_time)
+    return format_values(line_values(record), start_time)
 
 
 def format_values(values: tuple[Any, ...], start_time: str) -> str:
-    """The line of a record's values; ``start_time`` is its start, formatted."""
+    """The line of a record's ``line_values``; ``start_time`` is its start, formatted."""
     (
         _,
         method,
@@ -122,7 +90,7 @@ def format_values(values: tuple[Any, ...], start_time: str) -> str:
         downstream_remote,
         server_name,
         route,
-    ) = _line_fields(values)
+    ) = values
     line = (
         f'[{start_time}] "{method.decode("utf-8", "backslashreplace") or "-"} '
         f'{path.decode("utf-8", "backslashreplace") or "-"} '
@@ -157,7 +125,7 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # record_values
+        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # line_values
         # who holds requests not handed over yet (the telemetry, batching them): asked first
         self.before_read: Callable[[], None] | None = None
         self._next_seq = 1
@@ -203,7 +171,7 @@ class AccessLog:
         """Keep the records (no I/O unless a flush of the file is due)."""
         if self._closed:
             return
-        kept = list(map(record_values, records))
+        kept = list(map(line_values, records))
         self._kept.extend(kept)
         self._next_seq += len(kept)
         if self._path is not None:
