@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from socket import socket
+from typing import Protocol
 
 from funcmesh.discovery.routes import RouteTable
 from funcmesh.discovery.services import ServiceTable
@@ -40,6 +42,18 @@ from funcmesh.mesh.telemetry import Telemetry
 from funcmesh.mesh.tracing import Tracer
 
 logger = logging.getLogger(__name__)
+
+
+class Listener(Protocol):
+    """What the gateway uses of a listening server: asyncio's ``Server``, or uvloop's, which is
+    not one (typed so, this module compiles with the data plane)."""
+
+    @property
+    def sockets(self) -> Sequence[socket]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 class Gateway:
@@ -96,9 +110,9 @@ class Gateway:
         self._upstream_idle_timeout_s = upstream_idle_timeout_s
         self._pool = UpstreamPool(max_idle_per_instance=max_idle_per_instance)
         self._relay: Relay | None = None
-        self._server: asyncio.Server | None = None
+        self._server: Listener | None = None
         self._tls_host, self._tls_port, self._tls_context = tls_host, tls_port, tls_context
-        self._tls_server: asyncio.Server | None = None
+        self._tls_server: Listener | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._connections: set[ClientConnection] = set()
         self._draining = False

@@ -1,29 +1,15 @@
 """The mesh's access log: one line per request in Istio's default text format, kept and written.
 
-Istio's ``EnvoyTextLogFormat`` (Envoy's default format plus Istio's additions)::
-
-    [%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%"
-    %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%
-    "%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%
-    %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%"
-    "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER%
-    %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%
-    %REQUESTED_SERVER_NAME% %ROUTE_NAME%
-
-on one line, with "-" for every empty value, START_TIME in UTC with milliseconds and durations
-in whole milliseconds, as Envoy writes them. The format holds no Authorization or Cookie value
-and must keep it so; a stray line break in a value is escaped so one request stays one line.
-
-The last ``keep_lines`` requests stay in memory with sequence numbers (the first line is 1)
-for ``funcmesh mesh logs``, as the values their lines show (``line_values``): a line is
-formatted when it is read, so a request nobody reads costs no formatting. Followers wait on one
-shared future that the next line resolves, so there is no polling and nothing per request while
-nobody follows. With a path (``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once
-and appended to a file (mode 0600), buffered: written when ``flush_bytes`` wait, when the timer
-that the first buffered line arms fires (``flush_interval_s`` later, through the ``call_later``
-the daemon passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write
-system call per request.
-At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
+The lines are Envoy's (``funcmesh.mesh.access_lines`` formats them). The last ``keep_lines``
+requests stay in memory with sequence numbers (the first line is 1) for ``funcmesh mesh
+logs``, as the values their lines show (``line_values``): a line is formatted when it is read,
+so a request nobody reads costs no formatting. Followers wait on one shared future that the
+next line resolves, so there is no polling and nothing per request while nobody follows. With
+a path (``FUNCMESH_ACCESS_LOG=file``), lines are also formatted at once and appended to a file
+(mode 0600), buffered: written when ``flush_bytes`` wait, when the timer that the first
+buffered line arms fires (``flush_interval_s`` later, through the ``call_later`` the daemon
+passes, e.g. ``loop.call_later``), on ``flush`` and on ``close``; never one write system call
+per request. At ``rotate_bytes`` the file becomes ``NAME.1`` (one old file kept).
 """
 
 from __future__ import annotations
@@ -32,14 +18,20 @@ import asyncio
 import itertools
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.telemetry import LINE_FIELDS, RequestRecord, line_values
+from funcmesh.mesh.access_lines import (
+    LineValues,
+    StartTimes,
+    format_lines,
+    format_values,
+    line_values,
+)
+from funcmesh.mesh.telemetry import RequestRecord
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +40,6 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_BYTES = 64 * 1024
 ROTATE_BYTES = 50 * 1024 * 1024
 FILE_MODE = 0o600
-_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))  # a lookup beats formatting
-_START = LINE_FIELDS.index("start_wall_s")
 
 
 class TimerHandle(Protocol):
@@ -57,59 +47,6 @@ class TimerHandle(Protocol):
 
 
 CallLater = Callable[[float, Callable[[], None]], TimerHandle]
-
-
-def format_line(record: RequestRecord, start_time: str) -> str:
-    """One record in Istio's default text format (no trailing newline)."""
-    return format_values(line_values(record), start_time)
-
-
-def format_values(values: tuple[Any, ...], start_time: str) -> str:
-    """The line of a record's ``line_values``; ``start_time`` is its start, formatted."""
-    (
-        _,
-        method,
-        path,
-        protocol,
-        code,
-        flags,
-        details,
-        failure,
-        received,
-        sent,
-        duration_s,
-        service_time_s,
-        forwarded_for,
-        user_agent,
-        request_id,
-        authority,
-        upstream_host,
-        upstream_cluster,
-        upstream_local,
-        downstream_local,
-        downstream_remote,
-        server_name,
-        route,
-    ) = values
-    line = (
-        f'[{start_time}] "{method.decode("utf-8", "backslashreplace") or "-"} '
-        f'{path.decode("utf-8", "backslashreplace") or "-"} '
-        f'{protocol.decode("utf-8", "backslashreplace") or "-"}" '
-        f"{code} {flags or '-'} {details or '-'} - "
-        f'"{failure or "-"}" '
-        f"{received} {sent} {int(duration_s * 1000)} "
-        f"{'-' if service_time_s is None else int(service_time_s * 1000)} "
-        f'"{forwarded_for.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{user_agent.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{request_id.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{authority.decode("utf-8", "backslashreplace") or "-"}" '
-        f'"{upstream_host or "-"}" {upstream_cluster or "-"} {upstream_local or "-"} '
-        f"{downstream_local or '-'} {downstream_remote or '-'} "
-        f"{server_name or '-'} {route or '-'}"
-    )
-    if "\n" in line or "\r" in line:  # an HTTP parser refuses these; belt and braces
-        line = line.replace("\r", "\\r").replace("\n", "\\n")
-    return line
 
 
 class AccessLog:
@@ -125,14 +62,13 @@ class AccessLog:
         rotate_bytes: int = ROTATE_BYTES,
         call_later: CallLater | None = None,
     ) -> None:
-        self._kept: deque[tuple[Any, ...]] = deque(maxlen=keep_lines)  # line_values
+        self._kept: deque[LineValues] = deque(maxlen=keep_lines)
         # who holds requests not handed over yet (the telemetry, batching them): asked first
         self.before_read: Callable[[], None] | None = None
         self._next_seq = 1
         self._changed: asyncio.Future[None] | None = None
         self._closed = False
-        self._stamp_second = -1
-        self._stamp_prefix = ""
+        self._start_times = StartTimes()
         self._path = path
         self._flush_interval_s = flush_interval_s
         self._flush_bytes = flush_bytes
@@ -175,8 +111,7 @@ class AccessLog:
         self._kept.extend(kept)
         self._next_seq += len(kept)
         if self._path is not None:
-            start_time = self._start_time
-            lines = [format_values(values, start_time(values[_START])) for values in kept]
+            lines = format_lines(kept, self._start_times)
             self._pending += lines
             self._pending_chars += sum(map(len, lines)) + len(lines)
             if self._pending_chars >= self._flush_bytes:
@@ -203,9 +138,9 @@ class AccessLog:
             count = min(count, max(0, tail))
         newest_first = list(itertools.islice(reversed(self._kept), count))
         first_seq = self._next_seq - count
-        start_time = self._start_time
+        start_time = self._start_times.format
         return [
-            (first_seq + index, format_values(values, start_time(values[_START])))
+            (first_seq + index, format_values(values, start_time(values[0])))
             for index, values in enumerate(reversed(newest_first))
         ]
 
@@ -267,14 +202,6 @@ class AccessLog:
             changed.set_result(None)
 
     # internals
-
-    def _start_time(self, wall_s: float) -> str:
-        """``2026-11-27T07:50:01.123Z``; the part up to the second is computed once a second."""
-        second, millisecond = divmod(int(wall_s * 1000), 1000)
-        if second != self._stamp_second:
-            self._stamp_second = second
-            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._stamp_prefix + _MILLISECONDS[millisecond]
 
     def _flush_on_timer(self) -> None:
         self._timer = None

@@ -26,7 +26,7 @@ import bisect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -253,65 +253,6 @@ class RequestRecord:
         self.duration_s = duration_s
         self.upstream_service_time_s = upstream_service_time_s
         self.connection_security_policy = connection_security_policy
-
-
-def line_values(r: RequestRecord) -> tuple[Any, ...]:
-    """What the access log keeps of a record: the values its line shows, in ``LINE_FIELDS``
-    order (strings, bytes, numbers and None in a tuple, which the garbage collector stops
-    tracking). Written out: compiled, each is a read of the C struct, where an
-    ``operator.attrgetter`` goes through the generic attribute lookup for every field."""
-    return (
-        r.start_wall_s,
-        r.method,
-        r.path,
-        r.protocol,
-        r.response_code,
-        r.response_flags,
-        r.response_code_details,
-        r.upstream_transport_failure_reason,
-        r.bytes_received,
-        r.bytes_sent,
-        r.duration_s,
-        r.upstream_service_time_s,
-        r.forwarded_for,
-        r.user_agent,
-        r.request_id,
-        r.authority,
-        r.upstream_host,
-        r.upstream_cluster,
-        r.upstream_local,
-        r.downstream_local,
-        r.downstream_remote,
-        r.requested_server_name,
-        r.route_name,
-    )
-
-
-LINE_FIELDS = (  # the names of ``line_values``, in its order
-    "start_wall_s",
-    "method",
-    "path",
-    "protocol",
-    "response_code",
-    "response_flags",
-    "response_code_details",
-    "upstream_transport_failure_reason",
-    "bytes_received",
-    "bytes_sent",
-    "duration_s",
-    "upstream_service_time_s",
-    "forwarded_for",
-    "user_agent",
-    "request_id",
-    "authority",
-    "upstream_host",
-    "upstream_cluster",
-    "upstream_local",
-    "downstream_local",
-    "downstream_remote",
-    "requested_server_name",
-    "route_name",
-)
 
 
 def series_key(r: RequestRecord) -> tuple[object, ...]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from funcmesh.errors import Unavailable
-from funcmesh.mesh.access_log import AccessLog, format_line
+from funcmesh.mesh.access_lines import format_line
+from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.telemetry import RequestRecord, rbac_denied_details
 
 

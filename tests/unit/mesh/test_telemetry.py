@@ -10,17 +10,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from funcmesh.mesh.access_lines import LINE_FIELDS, line_values
 from funcmesh.mesh.access_log import AccessLog
 from funcmesh.mesh.telemetry import (
     LABELS,
-    LINE_FIELDS,
     NO_HEALTHY_UPSTREAM,
     SETTLE_AFTER_S,
     UPSTREAM_REQUEST_TIMEOUT,
     RequestRecord,
     Telemetry,
     istio_labels,
-    line_values,
     rbac_denied_details,
     response_flags,
     series_key,
