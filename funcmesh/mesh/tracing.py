@@ -65,13 +65,15 @@ _ALL_SAMPLED = 1 << 64
 _LOW_BITS_AT = TRACE_ID_HEX.stop - 16  # the trace id's low 64 bits: its last 16 hex digits
 
 
-@dataclass(slots=True, kw_only=True, eq=False)
+@dataclass(slots=True, kw_only=True, eq=False, init=False)
 class Span:
     """One hop of a trace; mutable until ``Tracer.finish``.
 
     Ids are raw bytes (16 and 8), times wall-clock nanoseconds since the epoch, ``status`` the
     HTTP status answered (0: none was sent). ``b3_multi`` and ``b3_single`` say in which forms
     the request carried B3, ``tracestate`` what it carried beside a valid ``traceparent``.
+    Its ``__init__`` is written out: compiled (``funcmesh.native``) it runs in C, where the
+    dataclass's would stay interpreted (one span per sampled call).
     """
 
     trace_id: bytes
@@ -82,15 +84,52 @@ class Span:
     start_ns: int
     sampled: bool
     attributes: Attributes
-    end_ns: int = 0
-    status: int = 0
-    debug: bool = False  # B3's debug flag: sampled, and said so downstream
-    tracestate: bytes = b""
-    b3_multi: bool = False
-    b3_single: bool = False
-    had_context: bool = False  # the request carried trace headers: replace them upstream
+    end_ns: int
+    status: int
+    debug: bool  # B3's debug flag: sampled, and said so downstream
+    tracestate: bytes
+    b3_multi: bool
+    b3_single: bool
+    had_context: bool  # the request carried trace headers: replace them upstream
     # a mesh call's record, its name and attributes not drawn from it yet (``settle``)
-    record: RequestRecord | None = None
+    record: RequestRecord | None
+
+    def __init__(
+        self,
+        *,
+        trace_id: bytes,
+        span_id: bytes,
+        parent_span_id: bytes | None,
+        name: str,
+        kind: str,
+        start_ns: int,
+        sampled: bool,
+        attributes: Attributes,
+        end_ns: int = 0,
+        status: int = 0,
+        debug: bool = False,
+        tracestate: bytes = b"",
+        b3_multi: bool = False,
+        b3_single: bool = False,
+        had_context: bool = False,
+        record: RequestRecord | None = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.sampled = sampled
+        self.attributes = attributes
+        self.end_ns = end_ns
+        self.status = status
+        self.debug = debug
+        self.tracestate = tracestate
+        self.b3_multi = b3_multi
+        self.b3_single = b3_single
+        self.had_context = had_context
+        self.record = record
 
     def settle(self) -> Span:
         """Draw the name and attributes from the call's record, if not done yet: deferred from

@@ -4,15 +4,22 @@ and its modules keep clear of what mypyc compiles wrongly."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
 import pytest
 
 from funcmesh import native
+from funcmesh.gateway.messages import Request
+from funcmesh.gateway.routing import FunctionRoute
+from funcmesh.mesh.telemetry import RequestRecord
+from funcmesh.mesh.tracing import Span
 
 PROBE = """
 import logging, sys
@@ -197,3 +204,33 @@ def test_safe_forms_are_not_hazards() -> None:
         "            pass\n    except E:\n        return\n"
     )
     assert mypyc_hazards(nested) == []
+
+
+def sample(kind: object, index: int) -> object:
+    """A value of type ``kind`` that tells field number ``index`` from the others."""
+    if isinstance(kind, types.UnionType):  # X | None: an X
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    origin = typing.get_origin(kind) or kind
+    makers: dict[object, object] = {
+        bytes: b"v%d" % index,
+        str: f"v{index}",
+        bool: index % 2 == 0,
+        int: 1000 + index,
+        float: index + 0.5,
+        list: [(b"h%d" % index, b"v")],
+        dict: {f"k{index}": index},
+    }
+    return makers.get(origin)
+
+
+@pytest.mark.parametrize("cls", [RequestRecord, Request, FunctionRoute, Span])
+def test_a_written_out_init_sets_every_field_from_its_own_argument(cls: type) -> None:
+    """The objects made per call write their ``__init__`` out (mypyc leaves a dataclass's
+    generated one interpreted): a field it forgets, or fills from another argument, shows."""
+    hints = typing.get_type_hints(cls)
+    values = {
+        field.name: sample(hints[field.name], index)
+        for index, field in enumerate(dataclasses.fields(cls))
+    }
+    made = cls(**values)
+    assert {name: getattr(made, name) for name in values} == values
