@@ -4,8 +4,10 @@ Every call through the gateway, a Service VIP or the mesh runs the modules in ``
 Interpreted, nine tenths of a call's instructions are CPython's (the bytecode loop, frames,
 attribute lookups), not the sockets' or the HTTP parser's. mypyc compiles these modules, which
 are already fully typed (``mypy --strict``), into C that calls between them directly and reads
-attributes at fixed offsets: a quarter to a third fewer instructions per call
-(docs/benchmarks.md).
+attributes at fixed offsets: half the instructions per call (docs/benchmarks.md). Some
+Python stays Python when compiled, and the modules avoid it on the per-call path: a dataclass's
+generated ``__init__`` (hence the ``__init__``s written out), ``operator.attrgetter`` on a
+compiled class, and module constants that are not ``Final``.
 
 The compiled modules live in ``funcmesh/_native/`` (made by ``python -m funcmesh.native build``,
 which ``scripts/setup`` runs, and never committed). They are used only when:
