@@ -11,6 +11,12 @@ When the pod has its own resolv.conf (its ``spec.dnsConfig``: a root daemon's wo
 pod's resolv.conf and hosts again from the Pod object, and CMD runs in a mount namespace of its
 own where they are bind-mounted over ``/etc``'s (private: the machine never sees them), with
 the pod's host name in a UTS namespace, as the launcher of the pod's process does.
+
+A pod with a mesh identity finds its certificate files in ``$FUNCMESH_MESH_CERTS_DIR``, which a
+root daemon puts on a tmpfs of the pod's own: the machine sees an empty directory there. As
+root, ``exec`` asks the API for a certificate of the pod's identity (its service account) and
+mounts its files over that directory in CMD's mount namespace, so CMD presents the pod's
+identity as the pod's process does.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from typing import Any, Final
 
 import click
 
+from funcmesh.cli.mesh import write_certificate
 from funcmesh.cli.options import global_options
 from funcmesh.cli.session import session_of
+from funcmesh.client.api import MeshCertificate
 from funcmesh.errors import Invalid, Unavailable
 from funcmesh.model.kinds import POD
 from funcmesh.model.objects import RawObject
@@ -40,6 +48,7 @@ CLONE_NEWUTS: Final = 0x04000000
 MS_BIND: Final = 0x1000
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 0x40000
+MESH_CERTS_ENV: Final = "FUNCMESH_MESH_CERTS_DIR"  # as funcmesh.runtime.replicas sets it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,12 +80,20 @@ def exec_command(
     obj = session.client().get(POD, session.namespace, name)
     env, cwd = pod_environment(obj), pod_working_dir(obj)
     etc = pod_files(obj)
-    if etc is not None and os.geteuid() != 0:
+    root = os.geteuid() == 0
+    if etc is not None and not root:
         click.echo(
             "note: CMD keeps this machine's /etc/resolv.conf (the pod's needs root)", err=True
         )
         etc = None
-    ctx.exit(_run(words, env=env, cwd=cwd, etc=etc))
+    certs: tuple[str, MeshCertificate] | None = None
+    certs_dir = env.get(MESH_CERTS_ENV)
+    if certs_dir and root:
+        account = str((obj.get("spec") or {}).get("serviceAccountName") or "default")
+        certs = certs_dir, session.client().mesh_certificate(session.namespace, account)
+    elif certs_dir and not Path(certs_dir, "cert-chain.pem").is_file():
+        click.echo(f"note: CMD finds no mesh certificate in {certs_dir} (it needs root)", err=True)
+    ctx.exit(_run(words, env=env, cwd=cwd, etc=etc, certs=certs))
 
 
 def pod_environment(pod: RawObject) -> dict[str, str]:
@@ -121,19 +138,31 @@ def _container(pod: RawObject) -> dict[str, Any]:
 
 
 def _run(
-    words: list[str], *, env: dict[str, str], cwd: str | None, etc: PodFiles | None = None
+    words: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str | None,
+    etc: PodFiles | None = None,
+    certs: tuple[str, MeshCertificate] | None = None,
 ) -> int:
+    """Run CMD; with ``etc`` or ``certs`` (the directory CMD finds them in, and the
+    certificate), in a mount namespace of its own where they are bind-mounted."""
     if cwd is not None and not Path(cwd).is_dir():
         raise Unavailable(f"the pod's working directory {cwd} is gone: is the pod still running?")
-    if etc is None:
+    if etc is None and certs is None:
         return _run_here(words, env=env, cwd=cwd)
     with tempfile.TemporaryDirectory(prefix="funcmesh-exec-") as directory:
-        for name, text in etc.files.items():
+        mounts: dict[str, str] = {}  # target -> source
+        for name, text in (etc.files if etc is not None else {}).items():
             path = Path(directory, name)
             path.write_text(text)
             path.chmod(0o644)
-        files = {f"/etc/{name}": str(Path(directory, name)) for name in etc.files}
-        enter = _entering_pod(files, etc.hostname)
+            mounts[f"/etc/{name}"] = str(path)
+        if certs is not None:
+            target, issued = certs
+            write_certificate(Path(directory, "mesh-certs"), issued)
+            mounts[target] = str(Path(directory, "mesh-certs"))
+        enter = _entering_pod(mounts, etc.hostname if etc is not None else "")
         return _run_here(words, env=env, cwd=cwd, before_exec=enter)
 
 
@@ -160,8 +189,9 @@ def _run_here(
 
 def _entering_pod(files: dict[str, str], hostname: str) -> Callable[[], None]:
     """What the child runs before the exec: a private mount namespace with ``files`` (target
-    -> source) bind-mounted, and ``hostname`` in a UTS namespace. Runs between fork and exec,
-    so a failure is written to stderr, not raised: CMD runs on with what is in place."""
+    -> source, files or directories) bind-mounted, and ``hostname`` (if any) in a UTS
+    namespace. Runs between fork and exec, so a failure is written to stderr, not raised: CMD
+    runs on with what is in place."""
     libc = ctypes.CDLL(None, use_errno=True)
     mounts = [(source.encode(), target.encode()) for target, source in files.items()]
     name = hostname.encode()
@@ -175,7 +205,7 @@ def _entering_pod(files: dict[str, str], hostname: str) -> Callable[[], None]:
             if name:
                 _check(libc.sethostname(name, ctypes.c_size_t(len(name))), "sethostname")
         except OSError as exc:
-            message = f"note: not all of the pod's DNS settings apply to CMD: {exc.strerror}\n"
+            message = f"note: not all of the pod's files apply to CMD: {exc.strerror}\n"
             os.write(2, message.encode())
 
     return enter

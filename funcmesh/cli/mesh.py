@@ -19,6 +19,7 @@ import click
 
 from funcmesh.cli.options import global_options
 from funcmesh.cli.session import session_of
+from funcmesh.client.api import MeshCertificate
 
 
 @click.group("mesh")
@@ -62,11 +63,17 @@ def cert(ctx: click.Context, /, service_account: str, out: Path) -> None:
     """Get a mesh certificate (mTLS to Service VIPs) for a namespace's service account."""
     session = session_of(ctx)
     issued = session.client().mesh_certificate(session.namespace, service_account)
+    write_certificate(out, issued)
+    click.echo(f"{issued.spiffe_id}: certificate in {out} (valid until {issued.not_after})")
+
+
+def write_certificate(out: Path, issued: MeshCertificate) -> None:
+    """Istio's files of a certificate in ``out`` (created if needed): cert-chain.pem, key.pem
+    (0600) and root-cert.pem."""
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "cert-chain.pem", issued.certificate, mode=0o644)
     _write(out / "key.pem", issued.private_key, mode=0o600)
     _write(out / "root-cert.pem", issued.ca_certificate, mode=0o644)
-    click.echo(f"{issued.spiffe_id}: certificate in {out} (valid until {issued.not_after})")
 
 
 def _write(path: Path, text: str, *, mode: int) -> None:

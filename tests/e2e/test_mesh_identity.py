@@ -206,6 +206,12 @@ echo done
 exec sleep 3600
 """
 
+EXEC_CURL_SCRIPT = """\
+cd "$FUNCMESH_MESH_CERTS_DIR" && ls
+curl -sS --resolve {host}:8080:{vip} --cacert root-cert.pem --cert cert-chain.pem --key key.pem \
+  https://{host}:8080/from-exec
+"""
+
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
 
 
@@ -491,3 +497,8 @@ def test_a_workload_gets_certificate_files_that_curl_uses_through_strict(
     if os.geteuid() == 0:  # a tmpfs in the pod's own mount namespace: nothing on the machine
         home = work_dir_for(daemon.home) / "pods" / f"default_{pod['metadata']['name']}"
         assert list((home / "mesh-certs").iterdir()) == []
+
+    # ``funcmesh exec``'s command finds files of the pod's identity where the pod does
+    exec_script = EXEC_CURL_SCRIPT.format(host=TARGET_HOST, vip=target)
+    shown = daemon.run("exec", pod["metadata"]["name"], "--", "sh", "-c", exec_script).stdout
+    assert shown.splitlines() == ["cert-chain.pem", "key.pem", "root-cert.pem", "target /from-exec"]

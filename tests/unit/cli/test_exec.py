@@ -1,5 +1,5 @@
-"""``exec`` gives CMD the pod's DNS settings: the resolv.conf and hosts its process sees, in a
-mount namespace of CMD's own, which the machine never sees."""
+"""``exec`` gives CMD the pod's DNS settings (the resolv.conf and hosts its process sees) and its
+mesh certificate files, in a mount namespace of CMD's own, which the machine never sees."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from funcmesh.cli.exec import PodFiles, _run, pod_files
+from funcmesh.client.api import MeshCertificate
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 PATH = {"PATH": "/usr/bin:/bin"}
@@ -91,9 +92,39 @@ def test_files_that_cannot_be_mounted_are_named_and_cmd_runs_on(
     code = _run(["true"], env=PATH, cwd=None, etc=files)
 
     assert code == 0
-    assert "note: not all of the pod's DNS settings apply to CMD: /etc/no-such:" in (
+    assert "note: not all of the pod's files apply to CMD: /etc/no-such:" in (
         capfd.readouterr().err
     )
+
+
+CERTIFICATE = MeshCertificate(
+    spiffe_id="spiffe://cluster.local/ns/team/sa/caller",
+    certificate="-----BEGIN CERTIFICATE-----\nchain\n",
+    private_key="-----BEGIN PRIVATE KEY-----\nkey\n",
+    ca_certificate="-----BEGIN CERTIFICATE-----\nroot\n",
+    not_after="2026-11-28T00:00:00Z",
+)
+
+
+@needs_root
+def test_cmd_finds_the_identitys_certificate_files_where_the_pod_does(tmp_path: Path) -> None:
+    """A root daemon's pod has its files on a tmpfs of its own: the machine sees the directory
+    empty, and CMD sees the certificate ``exec`` mounted there (no DNS settings needed)."""
+    certs_dir = tmp_path / "home" / "mesh-certs"
+    certs_dir.mkdir(parents=True)
+    out = tmp_path / "out"
+    script = f"cd {certs_dir} && ls > {out} && cat cert-chain.pem key.pem root-cert.pem >> {out}"
+
+    code = _run(["sh", "-c", script], env=PATH, cwd=None, certs=(str(certs_dir), CERTIFICATE))
+
+    assert code == 0
+    assert out.read_text() == (
+        "cert-chain.pem\nkey.pem\nroot-cert.pem\n"
+        + CERTIFICATE.certificate
+        + CERTIFICATE.private_key
+        + CERTIFICATE.ca_certificate
+    )
+    assert list(certs_dir.iterdir()) == []  # never on the machine
 
 
 def test_a_missing_command_is_reported_with_the_pods_files_too(
