@@ -36,7 +36,7 @@ from funcmesh.cli.mesh import write_certificate
 from funcmesh.cli.options import global_options
 from funcmesh.cli.session import session_of
 from funcmesh.client.api import MeshCertificate
-from funcmesh.errors import Invalid, Unavailable
+from funcmesh.errors import FuncmeshError, Invalid, Unavailable
 from funcmesh.model.kinds import POD
 from funcmesh.model.objects import RawObject
 from funcmesh.model.pod_dns import pod_hostname, pod_hosts, resolv_conf
@@ -90,7 +90,10 @@ def exec_command(
     certs_dir = env.get(MESH_CERTS_ENV)
     if certs_dir and root:
         account = str((obj.get("spec") or {}).get("serviceAccountName") or "default")
-        certs = certs_dir, session.client().mesh_certificate(session.namespace, account)
+        try:
+            certs = certs_dir, session.client().mesh_certificate(session.namespace, account)
+        except FuncmeshError as exc:
+            click.echo(f"note: CMD finds no mesh certificate in {certs_dir}: {exc}", err=True)
     elif certs_dir and not Path(certs_dir, "cert-chain.pem").is_file():
         click.echo(f"note: CMD finds no mesh certificate in {certs_dir} (it needs root)", err=True)
     ctx.exit(_run(words, env=env, cwd=cwd, etc=etc, certs=certs))
